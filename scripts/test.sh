@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite (slow end-to-end tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+python -m pytest "$@"

@@ -1,0 +1,3 @@
+"""StarFT robust fine-tuning as a Kedro pipeline."""
+
+__version__ = "0.1.0"

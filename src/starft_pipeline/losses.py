@@ -1,0 +1,100 @@
+"""Loss functions: FLYP's contrastive loss and the StarFT regulariser (DESIGN.md §1).
+
+Pure functions over tensors. Each returns a scalar tensor; callers mix them explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+MASK_VALUE = -1e8  # the official code's value: large enough to zero a softmax entry, finite in fp32
+RegulariserKind = Literal["star", "kl"]
+
+
+def clip_contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised image and caption features of the same batch (FLYP).
+
+    Row i of each tensor is a positive pair; every other row in the batch is a negative.
+    """
+    logits_per_image = logit_scale * image_features @ text_features.T
+    targets = torch.arange(image_features.shape[0], device=image_features.device)
+    return 0.5 * (
+        F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)
+    )
+
+
+def same_class_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, B) mask, True where labels[i] == labels[j] (the diagonal included)."""
+    return labels[:, None] == labels[None, :]
+
+
+def spuriosity_alignment_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> torch.Tensor:
+    """KL(softmax(T) || softmax(S)), batch mean, with same-class pairs masked out of both when labels are given.
+
+    With labels, image i's distribution runs over the spurious texts of the *other* classes in the
+    batch. A row whose every entry is masked (a batch of one class) contributes zero: both rows then
+    become uniform, so their KL vanishes.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
+    if labels is not None:
+        mask = same_class_mask(labels)
+        student_logits = student_logits.masked_fill(mask, MASK_VALUE)
+        teacher_logits = teacher_logits.masked_fill(mask, MASK_VALUE)
+    return F.kl_div(
+        F.log_softmax(student_logits, dim=-1),
+        F.softmax(teacher_logits, dim=-1),
+        reduction="batchmean",
+    )
+
+
+def star_regulariser(
+    student_image: torch.Tensor,
+    student_text: torch.Tensor,
+    teacher_image: torch.Tensor,
+    teacher_text: torch.Tensor,
+    teacher_scale: torch.Tensor | float,
+    labels: torch.Tensor,
+    kind: RegulariserKind = "star",
+    student_scale: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """StarReg over a batch: image i against the spurious description s_j drawn for sample j.
+
+    ``*_image`` are (B, d) normalised image features, ``*_text`` (B, d) normalised features of the
+    descriptions s_j (row j belongs to sample j). ``star`` scales both logits by the teacher's τ₀ and
+    masks same-class pairs; ``kl`` is the plain variant: no mask, the student's own scale.
+    """
+    teacher_logits = teacher_scale * teacher_image @ teacher_text.T
+    if kind == "star":
+        student_logits = teacher_scale * student_image @ student_text.T
+        return spuriosity_alignment_loss(student_logits, teacher_logits, labels)
+    if kind == "kl":
+        scale = teacher_scale if student_scale is None else student_scale
+        return spuriosity_alignment_loss(scale * student_image @ student_text.T, teacher_logits, None)
+    raise ValueError(f"regulariser kind must be 'star' or 'kl', got {kind!r}")
+
+
+def diminishing_weight(base_weight: float, epoch: int, num_epochs: int, diminishing: bool = True) -> float:
+    """λ_e = λ · (1 − (e+1)/E) at epoch e of E (0-based), or λ when the schedule is off.
+
+    The last epoch therefore trains with no regulariser, as in the official schedule.
+    """
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    if not 0 <= epoch < num_epochs:
+        raise ValueError(f"epoch must be in [0, {num_epochs}), got {epoch}")
+    if not diminishing:
+        return base_weight
+    return base_weight * (1.0 - (epoch + 1) / num_epochs)

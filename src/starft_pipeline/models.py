@@ -1,0 +1,244 @@
+"""open_clip models: creation from a local file or a pretrained tag, encoding, and the zero-shot head.
+
+No Kedro here. Weights never come from the network silently: a tag that is not in the local cache
+fails in seconds with a message naming the file to provide (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_DIR = resources.files("starft_pipeline") / "assets" / "model_configs"
+open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to build: an open_clip architecture plus where its weights come from.
+
+    ``pretrained`` is a path to a weights file (safetensors preferred), an open_clip pretrained tag
+    such as ``"openai"`` (used only if it is already in the local cache or the network is allowed),
+    or ``None`` for random initialisation.
+    """
+
+    architecture: str
+    pretrained: str | None = None
+    allow_download: bool = False
+    cache_dir: str | None = None
+    init_seed: int = 0  # random initialisation is deterministic too
+
+    def identity(self) -> dict[str, str]:
+        """What the model's outputs depend on: architecture and the weights' content (or tag, or seed)."""
+        from .io_utils import file_digest
+
+        if self.pretrained is None:
+            weights = f"random-init:{self.init_seed}"
+        elif _is_weight_file(self.pretrained) and Path(self.pretrained).is_file():
+            weights = f"sha256:{file_digest(self.pretrained)}"
+        else:
+            weights = f"tag:{self.pretrained}"
+        return {"architecture": self.architecture, "weights": weights}
+
+
+@dataclass
+class LoadedModel:
+    model: open_clip.CLIP
+    tokenizer: Any
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+
+def _is_weight_file(pretrained: str) -> bool:
+    return pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained or "/" in pretrained
+
+
+def _check_pretrained_available(spec: ModelSpec) -> None:
+    """Fail fast when weights would have to be downloaded and downloading is not allowed."""
+    pretrained = spec.pretrained
+    if pretrained is None:
+        return
+    if _is_weight_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(
+                f"model weights file {pretrained!r} does not exist. Set `model.pretrained` to an "
+                "existing .safetensors/.pt file, or to an open_clip tag that is in your local cache."
+            )
+        return
+    known = open_clip.list_pretrained_tags_by_model(spec.architecture)
+    if pretrained not in known:
+        raise ValueError(
+            f"open_clip has no pretrained tag {pretrained!r} for {spec.architecture!r}; known tags: {known}"
+        )
+    if spec.allow_download:
+        return
+    # Without network the hub retries for ~45 s; HF_HUB_OFFLINE makes a cache miss fail at once.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
+    _check_pretrained_available(spec)
+    pretrained = spec.pretrained
+    state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
+    torch.manual_seed(spec.init_seed)
+    try:
+        model = open_clip.create_model(
+            spec.architecture,
+            pretrained=None if state_dict_file else pretrained,
+            cache_dir=spec.cache_dir,
+            device=device,
+        )
+    except RuntimeError as error:
+        if pretrained and not state_dict_file:
+            raise RuntimeError(
+                f"could not load open_clip weights {spec.architecture}/{pretrained} without network: "
+                f"{error}. Download them on a connected machine and set `model.pretrained` to the "
+                "local .safetensors file, or set `model.allow_download: true`."
+            ) from error
+        raise
+    if state_dict_file:
+        load_weights(model, state_dict_file)
+    visual_size = model.visual.image_size
+    image_size = visual_size[0] if isinstance(visual_size, tuple) else int(visual_size)
+    return LoadedModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(spec.architecture),
+        image_size=image_size,
+        image_mean=tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
+        image_std=tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
+    )
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a state dict from safetensors, or from a torch file with ``weights_only=True`` (no pickle code)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        state_dict = load_file(path)
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = state_dict.get("state_dict", state_dict)
+        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    load_state_dict(model, state_dict, source=path)
+
+
+def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load weights strictly, casting to the model's dtypes (weights may be stored in fp16)."""
+    reference = model.state_dict()
+    state_dict = {key: value.to(reference[key].dtype) if key in reference else value for key, value in state_dict.items()}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} do(es) not fit the model: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]}. Check `model.architecture`."
+        )
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> None:
+    """Write the model's state dict as safetensors (optionally cast, e.g. to fp16 to halve the file)."""
+    from .io_utils import atomic_path
+
+    tensors = {
+        key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+        for key, value in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+    return device
+
+
+def _batches(n: int, batch_size: int) -> range:
+    return range(0, n, batch_size)
+
+
+@torch.no_grad()
+def encode_images(
+    model: open_clip.CLIP, images: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """L2-normalised image features of preprocessed ``images`` (N, 3, H, W), returned on the CPU."""
+    model.eval()
+    chunks = [
+        F.normalize(model.encode_image(images[start : start + batch_size].to(device)).float(), dim=-1).cpu()
+        for start in _batches(len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0, model.text_projection.shape[-1])
+
+
+def encode_texts(
+    model: open_clip.CLIP,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    grad: bool = False,
+) -> torch.Tensor:
+    """L2-normalised text features of ``texts``; with ``grad`` the graph is kept (training)."""
+    with torch.set_grad_enabled(grad):
+        chunks = [
+            F.normalize(model.encode_text(tokenizer(list(texts[start : start + batch_size])).to(device)).float(), dim=-1)
+            for start in _batches(len(texts), batch_size)
+        ]
+    return torch.cat(chunks)
+
+
+def fill_template(template: str, class_name: str) -> str:
+    """Fill a prompt template's class slot; templates use ``{c}`` (or the OpenAI style ``{}``)."""
+    if "{c}" in template:
+        return template.replace("{c}", class_name)
+    if "{}" in template:
+        return template.replace("{}", class_name)
+    raise ValueError(f"template {template!r} has no class slot: write {{c}} where the class name goes")
+
+
+def zero_shot_head(
+    model: open_clip.CLIP,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    device: torch.device | str = "cpu",
+    grad: bool = False,
+) -> torch.Tensor:
+    """CLIP's zero-shot classifier: per class, normalise each template's embedding, average, renormalise.
+
+    Returns (n_classes, d). Built from the *current* text encoder, so it follows fine-tuning.
+    """
+    if not class_names or not templates:
+        raise ValueError("zero_shot_head needs at least one class name and one template")
+    prompts = [fill_template(template, name) for name in class_names for template in templates]
+    features = encode_texts(model, tokenizer, prompts, device=device, grad=grad)
+    per_class = features.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(per_class, dim=-1)
+
+
+def logit_scale(model: open_clip.CLIP) -> torch.Tensor:
+    """The model's (exponentiated) logit scale τ."""
+    return model.logit_scale.exp()
+
+
+def state_dict_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights, e.g. the zero-shot weights for WiSE-FT."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}

@@ -1,0 +1,5 @@
+"""The class_names stage."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
