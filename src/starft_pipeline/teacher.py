@@ -118,7 +118,7 @@ def compute_teacher_cache(
         for dataset, names in class_names.items()
     }
     image_features, zero_shot_logits = {}, {}
-    scale = float(logit_scale(model))
+    scale = float(logit_scale(model).detach())
     for key, split in splits.items():
         features = split_features(loaded, split, batch_size, device)
         image_features[key] = features

@@ -1,0 +1,36 @@
+"""Shared test helpers: the project's own parameters, shrunk to run in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SPECS = {
+    "synthetic": {"name": "tiny_finetune", "object_ids": [0, 1, 2], "background_ids": [5, 1, 2],
+                  "train_per_class": 24, "val_per_group": 2, "test_per_group": 3, "correlation": 0.9},
+    "waterbirds_like": {"name": "tiny_wb", "object_ids": [4, 5], "background_ids": [5, 1],
+                        "train_per_class": 8, "val_per_group": 2, "test_per_group": 3, "correlation": 0.75},
+}
+
+
+def project_parameters(env: str | None = None) -> dict[str, Any]:
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env or "base")
+    return copy.deepcopy(loader["parameters"])
+
+
+def tiny_parameters(data_root: Path) -> dict[str, Any]:
+    """The base parameters with tiny synthetic data sets under ``data_root`` and 1-epoch fine-tuning."""
+    params = project_parameters()
+    for name, spec in TINY_SPECS.items():
+        params["datasets"][name] = {"root": str(data_root / name), "generate": spec}
+    for block in params.values():
+        if isinstance(block, dict) and isinstance(block.get("finetune"), dict):
+            block["finetune"].update(epochs=1, batch_size=16, device="cpu")
+    params["teacher"]["device"] = "cpu"
+    params["evaluation"]["device"] = "cpu"
+    return params
