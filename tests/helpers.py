@@ -34,3 +34,27 @@ def tiny_parameters(data_root: Path) -> dict[str, Any]:
     params["teacher"]["device"] = "cpu"
     params["evaluation"]["device"] = "cpu"
     return params
+
+
+def copy_project(destination: Path) -> Path:
+    """A runnable copy of the project (configuration only; the package is installed editable)."""
+    import shutil
+
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy2(PROJECT_ROOT / name, destination / name)
+    shutil.copytree(PROJECT_ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("credentials*"))
+    # Kedro wants src/ inside the project; the package link also serves the committed weights' path.
+    (destination / "src").mkdir()
+    (destination / "src" / "starft_pipeline").symlink_to(PROJECT_ROOT / "src" / "starft_pipeline")
+    (destination / "conf" / "local").mkdir(exist_ok=True)
+    (destination / "data").mkdir(exist_ok=True)
+    return destination
+
+
+def kedro_env() -> dict[str, str]:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANTHROPIC")}
+    env.update(KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+    return env

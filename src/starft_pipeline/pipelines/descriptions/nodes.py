@@ -43,10 +43,13 @@ def _credentials(path: str | None) -> dict[str, Any] | None:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-def _from_anthropic(class_names: list[str], settings: dict[str, Any]) -> tuple[dict, dict[str, float]]:
+def _from_anthropic(
+    class_names: list[str], confounder_types: list[str], settings: dict[str, Any]
+) -> tuple[dict, dict[str, float], list[dict[str, Any]]]:
+    """Ask Claude (cached per class × confounder type); the key comes from the env or conf/local only."""
     from starft_pipeline.llm import LLMSettings, generate_descriptions, resolve_api_key
 
-    llm_settings = LLMSettings.from_params(settings["anthropic"])
+    llm_settings = LLMSettings.from_params({**settings["anthropic"], "confounder_types": confounder_types})
     result = generate_descriptions(
         class_names,
         llm_settings,
@@ -54,7 +57,11 @@ def _from_anthropic(class_names: list[str], settings: dict[str, Any]) -> tuple[d
         api_key=resolve_api_key(_credentials(settings.get("credentials_file"))),
         logger=logger,
     )
-    return result.descriptions, result.usage
+    review = [
+        {key: record.get(key) for key in ("class_name", "confounder_type", "key", "cached", "model", "created_at")}
+        for record in result.records
+    ]
+    return result.descriptions, result.usage, review
 
 
 def generate_descriptions(
@@ -70,8 +77,8 @@ def generate_descriptions(
         table, usage = expand_pools(class_names, spurious_template_pools, confounder_types), {}
         settings: dict[str, Any] = {"confounder_types": confounder_types}
     elif provider == "anthropic":
-        table, usage = _from_anthropic(class_names, descriptions)
-        settings = {key: value for key, value in descriptions["anthropic"].items() if "key" not in key}
+        table, usage, review = _from_anthropic(class_names, confounder_types, descriptions)
+        settings = {"confounder_types": confounder_types, "anthropic": dict(descriptions["anthropic"]), "records": review}
     else:
         raise DescriptionsError(f"descriptions.provider is {provider!r}; use 'offline' or 'anthropic'")
     document = descriptions_document(table, class_names, provider, settings)
