@@ -5,4 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+# Headless Chromium (Debian's package) for the kedro-viz browser test; installed once.
+if [ ! -x /usr/bin/chromium ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+fi
 python -m pytest "$@"

@@ -32,6 +32,7 @@ def tiny_parameters(data_root: Path) -> dict[str, Any]:
         if isinstance(block, dict) and isinstance(block.get("finetune"), dict):
             block["finetune"].update(epochs=1, batch_size=16, device="cpu")
     params["teacher"]["device"] = "cpu"
+    params["teacher"]["work_dir"] = str(data_root / "teacher_parts")  # not the project's data/
     params["evaluation"]["device"] = "cpu"
     return params
 
@@ -58,3 +59,26 @@ def kedro_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANTHROPIC")}
     env.update(KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
     return env
+
+
+def stage_tiny(data_root: Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """class_names → descriptions → teacher through the node functions on tiny data (random-init teacher).
+
+    Returns the parameters and every artifact by catalog name.
+    """
+    import yaml
+
+    from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
+    from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
+    from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
+
+    templates = {name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
+                 for name in ("prompt_templates", "spurious_templates")}
+    params = params or tiny_parameters(data_root)
+    params["teacher"]["model"]["pretrained"] = None  # random init: independent of the committed weights
+    metadata = prepare_datasets(params["datasets"])
+    index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
+    document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
+    record, cache = build_teacher_cache(metadata, index, document, params["teacher"])
+    return {"params": params, "dataset_metadata": metadata, "dataset_index": index, "descriptions": document,
+            "teacher_model": record, "teacher_cache": cache}

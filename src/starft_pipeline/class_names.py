@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -86,3 +86,37 @@ def names_from_csv(path: str | Path, name_column: str, label_column: str | None 
     if label_column is not None:
         return names_from_mapping(frame[label_column], dict(zip(frame[label_column], frame[name_column])), str(path))
     return check_class_names([clean_class_name(name) for name in frame[name_column].astype(str)], str(path))
+
+
+def folder_name(value: object) -> str:
+    """A class folder's name as read back from a CSV (``0.0`` → ``"0"`` for numbered folders)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def names_from_folders(folders: Sequence[str], class_map: str | Path | None = None) -> list[str]:
+    """Names of ImageFolder classes in label order: the cleaned folder names, or a class map's names.
+
+    ``class_map`` is a CSV with columns ``folder,name`` (e.g. ``n01440764,tench``), its rows in the
+    canonical label order; a numbered folder ``k`` (ImageNet-V2's ``0`` … ``999``) is the map's row k.
+    """
+    if class_map is None:
+        return check_class_names([clean_class_name(folder) for folder in folders], "class folders")
+    path = Path(class_map)
+    if not path.is_file():
+        raise ClassNameError(f"class map {path} not found; give a CSV with columns folder,name (see README)")
+    frame = pd.read_csv(path, dtype=str)
+    for column in ("folder", "name"):
+        if column not in frame.columns:
+            raise ClassNameError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
+    by_folder = dict(zip(frame["folder"], frame["name"]))
+    names = []
+    for folder in folders:
+        if folder in by_folder:
+            names.append(by_folder[folder])
+        elif folder.isdigit() and int(folder) < len(frame):
+            names.append(frame["name"].iloc[int(folder)])
+        else:
+            raise ClassNameError(f"{path}: class folder {folder!r} is not in the map; add a row {folder},<name>")
+    return check_class_names([clean_class_name(name) for name in names], str(path))

@@ -3,20 +3,31 @@
 One reader serves the real Waterbirds release and the embedded synthetic default: a dataset root
 holding ``metadata.csv`` (columns ``img_id, img_filename, y, split, place, place_filename``) with
 image paths relative to the root. Group ``g = y · n_places + place`` (``2y + place`` for Waterbirds).
+
+User-assembled data is checked up front (:func:`read_metadata`, :func:`check_image_files`): columns,
+every row's values, the image files. A bad row is an error naming its line, or, with
+``bad_data: skip``, left out and returned for the skipped-items report (:class:`DataChecks`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .images import DECODE_ERRORS, decode_rgb, image_problem
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +54,406 @@ class GroupSplit:
         return len(self.paths)
 
 
-def read_metadata(root: str | Path, metadata_file: str = "metadata.csv") -> pd.DataFrame:
-    """Read and check a release-format ``metadata.csv``; returns it sorted by ``img_id``."""
+BadDataPolicy = Literal["error", "skip"]
+ExtraColumns = Literal["ignore", "error"]
+ImageCheck = Literal["auto", "decode", "header", "exists", "none"]
+#: ``check_images: auto`` decodes every image of a data set up to this many rows, else reads headers only.
+AUTO_DECODE_LIMIT = 20_000
+#: Columns the pipeline adds; a metadata.csv must not bring its own.
+RESERVED_COLUMNS = ("dataset", "root", "path")
+INTEGER_COLUMNS = ("img_id", "y", "split", "place")
+#: Columns of the skipped-items report (``data/02_intermediate/skipped_items.csv``).
+SKIPPED_COLUMNS = ("dataset", "line", "img_id", "img_filename", "split", "reason", "detail")
+#: Examples listed per reason in an error message.
+MAX_LISTED = 5
+_SKIP_REPORT = "skipped_items.csv"
+
+
+@dataclass(frozen=True)
+class DataChecks:
+    """How one data set's rows and images are checked (parameters ``datasets.<name>.*``).
+
+    ``bad_data``: ``error`` stops with a message naming every bad row (up to :data:`MAX_LISTED` per
+    reason); ``skip`` drops them, logs a warning and returns them for the skipped-items report.
+    ``extra_columns``: columns beyond the release's six are kept and listed in a warning (``ignore``)
+    or refused (``error``). ``check_images``: ``decode`` reads every pixel (catches truncation),
+    ``header`` opens each file, ``exists`` only looks for it, ``auto`` decodes up to
+    :data:`AUTO_DECODE_LIMIT` rows and reads headers above. ``source`` names the parameter block
+    in messages.
+    """
+
+    bad_data: BadDataPolicy = "error"
+    extra_columns: ExtraColumns = "ignore"
+    check_images: ImageCheck = "auto"
+    source: str = "metadata"
+
+    def __post_init__(self) -> None:
+        for name, kind in (("bad_data", BadDataPolicy), ("extra_columns", ExtraColumns), ("check_images", ImageCheck)):
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise DataError(f"{self.source}.{name} is {getattr(self, name)!r}; use one of {list(allowed)}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], source: str) -> "DataChecks":
+        """The checks of a ``datasets.<name>`` parameter block (absent keys keep their defaults)."""
+        keys = ("bad_data", "extra_columns", "check_images")
+        return cls(**{key: config[key] for key in keys if config.get(key) is not None}, source=source)
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One bad row: where it is (``line`` of metadata.csv, header = 1; None for image folders) and why."""
+
+    line: int | None
+    img_id: str
+    img_filename: str
+    split: str
+    reason: str
+    detail: str
+
+    def describe(self) -> str:
+        where = f"line {self.line} (img_id {self.img_id}, {self.img_filename!r})" if self.line else repr(self.img_filename)
+        return f"{where}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class CheckedMetadata:
+    """The usable rows of a data set and the rows skipped (empty under ``bad_data: error``)."""
+
+    frame: pd.DataFrame
+    skipped: tuple[RowIssue, ...] = ()
+
+
+def read_metadata(
+    root: str | Path, checks: DataChecks = DataChecks(), metadata_file: str = "metadata.csv"
+) -> CheckedMetadata:
+    """Read and check a release-format ``metadata.csv``; rows sorted by ``img_id``.
+
+    Every cell is read as text first (so a file named ``NA`` or ``1e5.png`` stays a name), then the
+    integer columns are parsed. Rows with a non-integer, an unknown split code, a negative
+    label or place, an empty file name, a repeated ``img_id``, a missing file or an unreadable image
+    are bad rows, handled by ``checks.bad_data``.
+    """
     path = Path(root) / metadata_file
     if not path.is_file():
         raise DataError(
             f"{path} not found. Point the dataset root parameter at the folder that holds "
             f"{metadata_file} (the Waterbirds release layout), or generate the synthetic default."
         )
-    frame = pd.read_csv(path)
+    raw = _checked_columns(_read_csv(path), path, checks)
+    frame, issues = _parse_rows(raw)
+    paths = [Path(root) / name for name in frame["img_filename"]]
+    checked = check_image_files(frame, paths, checks, str(path), issues)
+    return CheckedMetadata(checked.frame.sort_values("img_id", kind="stable").reset_index(drop=True), checked.skipped)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every cell as text (empty cells as ""), a byte-order mark dropped, column names stripped."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty; it needs a header line {list(METADATA_COLUMNS)} and one row per image") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path} is not a well-formed CSV file: {error}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
+    return frame.fillna("").rename(columns=lambda column: str(column).strip())  # short rows: "" cells
+
+
+def _checked_columns(frame: pd.DataFrame, path: Path, checks: DataChecks) -> pd.DataFrame:
+    """Missing release columns and reserved names are errors; extra columns follow ``extra_columns``."""
     missing = [column for column in METADATA_COLUMNS if column not in frame.columns]
     if missing:
+        lower = {str(column).lower(): column for column in frame.columns}
+        hints = [f"{lower[name]!r} for {name!r}" for name in missing if name in lower]
+        hint = f" (column names are case-sensitive: found {', '.join(hints)})" if hints else ""
         raise DataError(
-            f"{path}: missing column(s) {missing}; expected {list(METADATA_COLUMNS)} "
-            f"(found {list(frame.columns)})"
+            f"{path}: missing column(s) {missing}; expected {list(METADATA_COLUMNS)} (found {list(frame.columns)}){hint}"
         )
-    for column in ("y", "split", "place"):
-        if not pd.api.types.is_integer_dtype(frame[column]):
-            raise DataError(f"{path}: column {column!r} must hold integers, found dtype {frame[column].dtype}")
-    unknown = sorted(set(frame["split"].unique()) - set(SPLIT_CODES.values()))
+    reserved = [column for column in RESERVED_COLUMNS if column in frame.columns]
+    if reserved:
+        raise DataError(f"{path}: column(s) {reserved} are added by the pipeline; rename or remove them")
+    extra = [column for column in frame.columns if column not in METADATA_COLUMNS]
+    if extra and checks.extra_columns == "error":
+        raise DataError(
+            f"{path}: unexpected column(s) {extra}; remove them, or set `{checks.source}.extra_columns: ignore` to keep them"
+        )
+    if extra:
+        logger.warning("%s: extra column(s) %s are kept but not used (%s.extra_columns: ignore)", path, extra, checks.source)
+    return frame
+
+
+def _integer_column(values: pd.Series) -> pd.Series:
+    """Integers parsed from text (``"3"``, ``" 3 "``, ``"3.0"``); anything else is NaN."""
+    numbers = pd.to_numeric(values.str.strip(), errors="coerce")
+    whole = numbers.notna() & np.isfinite(numbers) & (numbers == np.round(numbers))
+    return numbers.where(whole)
+
+
+def _row_issue(row: pd.Series, line: int | None, reason: str, detail: str) -> RowIssue:
+    return RowIssue(line, str(row["img_id"]), str(row["img_filename"]), str(row["split"]), reason, detail)
+
+
+def _row_checks(raw: pd.DataFrame, parsed: pd.DataFrame) -> list[tuple[pd.Series, str, Callable[[int], str]]]:
+    """(bad-row mask, reason, detail of row i) in the order a row's first problem is reported."""
+    def not_integer(column: str) -> Callable[[int], str]:
+        return lambda i: f"column {column!r} holds {raw[column].iloc[i]!r}, not an integer"
+
+    def negative(column: str) -> Callable[[int], str]:
+        return lambda i: f"column {column!r} is {int(parsed[column].iloc[i])}; labels and places count from 0"
+
+    return [
+        *((parsed[column].isna(), "bad_value", not_integer(column)) for column in INTEGER_COLUMNS),
+        (~parsed["split"].isin(list(SPLIT_NAMES)), "unknown_split",
+         lambda i: f"unknown split code {int(parsed['split'].iloc[i])}; use 0=train, 1=val, 2=test"),
+        (parsed["y"] < 0, "label_out_of_range", negative("y")),
+        (parsed["place"] < 0, "place_out_of_range", negative("place")),
+        (raw["img_filename"].str.strip() == "", "bad_value", lambda i: "column 'img_filename' is empty"),
+    ]
+
+
+def _parse_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[RowIssue]]:
+    """Integer columns parsed; rows with a bad value, unknown split, negative label/place or repeated id set aside.
+
+    Each bad row is reported once, with its first problem. The frame keeps the file line in ``_line``.
+    """
+    parsed = raw.assign(**{column: _integer_column(raw[column]) for column in INTEGER_COLUMNS})
+    flagged = np.zeros(len(raw), dtype=bool)
+    issues = []
+    for mask, reason, detail in _row_checks(raw, parsed):
+        new = mask.to_numpy(dtype=bool) & ~flagged
+        issues += [_row_issue(raw.iloc[i], i + 2, reason, detail(i)) for i in np.flatnonzero(new)]
+        flagged |= new
+    ids = parsed["img_id"].where(~flagged)
+    repeated = (ids.duplicated(keep="first") & ~flagged).to_numpy()
+    first_line = {int(value): position + 2 for position, value in ids[~flagged & ~repeated].items()}
+    issues += [
+        _row_issue(raw.iloc[i], i + 2, "duplicate_img_id",
+                   f"img_id {int(ids.iloc[i])} is also on line {first_line[int(ids.iloc[i])]}")
+        for i in np.flatnonzero(repeated)
+    ]
+    keep = np.flatnonzero(~flagged & ~repeated)
+    frame = parsed.iloc[keep].astype({column: np.int64 for column in INTEGER_COLUMNS})
+    return frame.assign(_line=keep + 2), sorted(issues, key=lambda issue: issue.line or 0)
+
+
+def _missing_file_detail(path: Path) -> str:
+    """Why a listed image is not there, with a hint for the usual naming slips."""
+    name = path.name
+    hints = []
+    if name != name.strip():
+        hints.append("the name has leading/trailing spaces")
+    if "\\" in str(path):
+        hints.append("use / as the folder separator, not \\")
+    for form in ("NFC", "NFD"):
+        variant = path.with_name(unicodedata.normalize(form, name))
+        if variant != path and variant.is_file():
+            hints.append(f"a file with the {form}-normalised name exists")
+    return f"image file {str(path)!r} does not exist" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _file_problem(path: Path, mode: str) -> tuple[str, str] | None:
+    if not path.is_file():
+        return "missing_file", _missing_file_detail(path)
+    if mode in ("decode", "header"):
+        problem = image_problem(path, full_decode=mode == "decode")
+        if problem:
+            return "unreadable_image", f"image file {str(path)!r} cannot be decoded ({problem})"
+    return None
+
+
+def _image_check_mode(checks: DataChecks, n_rows: int) -> str:
+    if checks.check_images != "auto":
+        return checks.check_images
+    return "decode" if n_rows <= AUTO_DECODE_LIMIT else "header"
+
+
+def check_image_files(
+    frame: pd.DataFrame,
+    paths: Sequence[Path],
+    checks: DataChecks,
+    origin: str,
+    issues: Sequence[RowIssue] = (),
+) -> CheckedMetadata:
+    """Check the image of every row (``checks.check_images``), then apply ``checks.bad_data`` to all issues.
+
+    ``paths`` are the rows' image paths in ``frame`` order; ``issues`` are problems found before
+    (rows already left out of ``frame``). ``origin`` (the metadata file or image tree) heads messages.
+    A data set left without rows is an error; empty splits are logged.
+    """
+    mode = _image_check_mode(checks, len(frame))
+    found = list(issues)
+    keep = []
+    problems = _file_problems(paths, mode)
+    for position, problem in enumerate(problems):
+        if problem is None:
+            keep.append(position)
+            continue
+        row = frame.iloc[position]
+        found.append(_row_issue(row, int(row["_line"]) if "_line" in frame else None, *problem))
+    found.sort(key=lambda issue: (issue.line or 0, issue.img_filename))
+    if found and checks.bad_data == "error":
+        raise DataError(_bad_rows_message(origin, found, checks, len(frame) + len(issues)))
+    if found:
+        logger.warning("%s: skipping %d bad row(s) (%s.bad_data: skip): %s", origin, len(found), checks.source,
+                       _reason_counts(found))
+    kept = frame.iloc[keep].drop(columns="_line", errors="ignore").reset_index(drop=True)
+    if kept.empty:
+        raise DataError(f"{origin}: no usable rows left ({len(found)} bad: {_reason_counts(found)}); "
+                        f"the data set {checks.source} needs at least one image")
+    _log_empty_splits(kept, origin)
+    return CheckedMetadata(kept, tuple(found))
+
+
+def _file_problems(paths: Sequence[Path], mode: str) -> list[tuple[str, str] | None]:
+    """One file check per path; a few threads, since opening files is mostly waiting on the disk."""
+    if mode == "none":
+        return [None] * len(paths)
+    if len(paths) < 64:
+        return [_file_problem(Path(path), mode) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        return list(pool.map(lambda path: _file_problem(Path(path), mode), paths, chunksize=64))
+
+
+def _reason_counts(issues: Sequence[RowIssue]) -> str:
+    counts = Counter(issue.reason for issue in issues)
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
+
+
+def _bad_rows_message(origin: str, issues: Sequence[RowIssue], checks: DataChecks, n_rows: int) -> str:
+    """Every reason with a count and up to :data:`MAX_LISTED` rows each, and the two ways out."""
+    lines = [f"{origin}: {len(issues)} of {n_rows} row(s) are unusable ({_reason_counts(issues)}):"]
+    for reason in sorted({issue.reason for issue in issues}):
+        of_reason = [issue for issue in issues if issue.reason == reason]
+        lines += [f"  - {reason}: {issue.describe()}" for issue in of_reason[:MAX_LISTED]]
+        if len(of_reason) > MAX_LISTED:
+            lines.append(f"  - {reason}: … and {len(of_reason) - MAX_LISTED} more")
+    lines.append(
+        f"Fix these rows, or set `{checks.source}.bad_data: skip` to leave them out "
+        f"(skipped rows are listed in {_SKIP_REPORT} and counted in MLflow)."
+    )
+    return "\n".join(lines)
+
+
+def split_sizes(frame: pd.DataFrame) -> dict[str, int]:
+    """Rows per split name (every split listed, 0 when empty)."""
+    counts = frame["split"].value_counts()
+    return {name: int(counts.get(code, 0)) for name, code in SPLIT_CODES.items()}
+
+
+def _log_empty_splits(frame: pd.DataFrame, origin: str) -> None:
+    empty = [name for name, size in split_sizes(frame).items() if size == 0]
+    if empty:
+        logger.warning("%s: split(s) %s have no rows; nothing is trained or evaluated on them", origin, empty)
+
+
+def skipped_table(skipped: Mapping[str, Sequence[RowIssue]]) -> pd.DataFrame:
+    """The skipped-items report: one row per skipped row of every data set (columns :data:`SKIPPED_COLUMNS`)."""
+    rows = [{"dataset": dataset, **asdict(issue)} for dataset, issues in skipped.items() for issue in issues]
+    return pd.DataFrame(rows, columns=list(SKIPPED_COLUMNS))
+
+
+def data_quality_counts(metadata: pd.DataFrame, skipped: pd.DataFrame) -> dict[str, int]:
+    """Per data set: images used per split and rows skipped per reason (``<dataset>.<split>.images``,
+    ``<dataset>.skipped``, ``<dataset>.skipped.<reason>``)."""
+    counts: dict[str, int] = {}
+    for dataset, rows in metadata.groupby("dataset", sort=False):
+        counts |= {f"{dataset}.{split}.images": size for split, size in split_sizes(rows).items()}
+        of_dataset = skipped[skipped["dataset"] == dataset]
+        counts[f"{dataset}.skipped"] = len(of_dataset)
+        counts |= {f"{dataset}.skipped.{reason}": int(n) for reason, n in of_dataset["reason"].value_counts().items()}
+    return counts
+
+
+def require_split_rows(metadata: pd.DataFrame, dataset: str, split: str, role: str) -> None:
+    """Raise when ``dataset`` has no rows in ``split``, saying which stage needs them (``role``)."""
+    rows = metadata[(metadata["dataset"] == dataset) & (metadata["split"] == SPLIT_CODES[split])]
+    if rows.empty:
+        raise DataError(
+            f"data set {dataset!r} has no {split} rows (split code {SPLIT_CODES[split]}), but {role} needs them. "
+            f"Check the split column of its metadata, and the skipped rows in {_SKIP_REPORT}."
+        )
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+
+
+def _folder_order(name: str) -> tuple[int, int, str]:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def class_folders_of(root: str | Path) -> list[str]:
+    """Class sub-folders of an ImageFolder tree in label order: sorted as torchvision sorts them,
+    except that numbered folders (ImageNet-V2's 0 … 999) go by number."""
+    folders = [entry.name for entry in Path(root).iterdir() if entry.is_dir() and not entry.name.startswith(".")]
+    return sorted(folders, key=_folder_order)
+
+
+def read_image_folder(root: str | Path, split: str, class_folders: Sequence[str] | None = None) -> pd.DataFrame:
+    """An ImageFolder tree (one sub-folder per class) as release-format metadata.
+
+    ``y`` is the folder's index in ``class_folders`` (default: this tree's own folders), ``place``
+    is 0, ``split`` the given split, ``img_filename`` relative to ``root``; the extra column
+    ``class_folder`` keeps the folder name (e.g. a WordNet id) for naming the classes.
+    """
+    root = Path(root)
+    if split not in SPLIT_CODES:
+        raise DataError(f"unknown split {split!r} for image folder {root}; use one of {list(SPLIT_CODES)}")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory; point the image-folder root at the tree of class folders")
+    folders = list(class_folders) if class_folders is not None else class_folders_of(root)
+    unknown = sorted(set(class_folders_of(root)) - set(folders))
     if unknown:
-        row = int(frame.index[frame["split"].isin(unknown)][0])
-        raise DataError(
-            f"{path}: unknown split code(s) {unknown} (first at row {row + 2}); use 0=train, 1=val, 2=test"
-        )
-    return frame.sort_values("img_id", kind="stable").reset_index(drop=True)
+        raise DataError(f"{root}: class folder(s) {unknown[:5]} are not among the data set's classes")
+    rows = [
+        (path.relative_to(root).as_posix(), label, folder)
+        for label, folder in enumerate(folders)
+        if (root / folder).is_dir()
+        for path in sorted((root / folder).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if not rows:
+        raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class sub-folders")
+    filenames, labels, names = zip(*rows)
+    return pd.DataFrame(
+        {
+            "img_id": range(len(rows)),
+            "img_filename": filenames,
+            "y": labels,
+            "split": SPLIT_CODES[split],
+            "place": 0,
+            "place_filename": "",
+            "class_folder": names,
+        }
+    )
+
+
+def read_image_folder_splits(
+    roots: dict[str, str | Path], optional: bool = False, source: str = "roots"
+) -> pd.DataFrame | None:
+    """One data set made of an ImageFolder tree per split (``{split: root}``), labelled consistently
+    (the union of the trees' class folders), with a ``root`` column. A missing root is an error
+    naming the parameter ``source.<split>``, or, for an ``optional`` data set, skipped with a
+    warning; None when no root of an optional data set exists."""
+    present = {}
+    for split, root in roots.items():
+        if Path(root).is_dir():
+            present[split] = Path(root)
+        elif optional:
+            logger.warning("%s.%s: %s not found; skipping it (the data set is optional)", source, split, root)
+        else:
+            raise DataError(
+                f"{source}.{split}: {root} is not a directory. Point it at the tree of class folders, "
+                "or mark the data set `optional: true` to skip it when absent."
+            )
+    if not present:
+        return None
+    folders = sorted(set().union(*(class_folders_of(root) for root in present.values())), key=_folder_order)
+    frame = pd.concat(
+        [read_image_folder(root, split, folders).assign(root=str(root)) for split, root in present.items()],
+        ignore_index=True,
+    )
+    return frame.assign(img_id=range(len(frame)))
 
 
 def n_places_of(frame: pd.DataFrame) -> int:
@@ -98,19 +484,51 @@ def group_counts(groups: np.ndarray, n_groups: int) -> np.ndarray:
     return np.bincount(groups, minlength=n_groups).astype(np.int64)
 
 
+def check_groups_present(split: GroupSplit, group_names: Sequence[str], label: str, allow_empty: bool) -> list[str]:
+    """The names of the groups with no sample in ``split`` (``label``: ``<dataset>/<split>``).
+
+    Worst-group and adjusted averages are undefined over an empty group, so one is an error unless
+    ``allow_empty`` (parameter ``evaluation.allow_empty_groups``); then it is logged, reported with
+    n = 0 and left out of the worst-group and mean-over-groups figures.
+    """
+    counts = group_counts(split.groups, len(group_names))
+    empty = [str(group_names[group]) for group in np.flatnonzero(counts == 0)]
+    if empty and not allow_empty:
+        raise DataError(
+            f"{label}: group(s) {empty} have no samples, so worst-group and adjusted averages are undefined. "
+            "Add samples of those groups, evaluate other splits (evaluation.splits), or set "
+            "`evaluation.allow_empty_groups: true` to report them with n = 0 and leave them out of worst-group "
+            "and mean-over-groups accuracy (the adjusted average is renormalised over the groups present)."
+        )
+    if empty:
+        logger.warning("%s: group(s) %s have no samples; reported with n = 0 (evaluation.allow_empty_groups)", label, empty)
+    return empty
+
+
 def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """Decode one image as RGB uint8 (3, S, S): shorter side resized to S, centre-cropped (CLIP's preprocessing)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = image_size / min(width, height)
-        if scale != 1.0:
-            size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        width, height = image.size
-        left, top = (width - image_size) // 2, (height - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-        array = np.asarray(image, dtype=np.uint8)
+    """Decode one image as RGB uint8 (3, S, S): shorter side resized to S, centre-cropped (CLIP's preprocessing).
+
+    Any PIL mode is accepted (:mod:`starft_pipeline.images`); a file that cannot be decoded is a
+    :class:`DataError` naming it.
+    """
+    try:
+        image = decode_rgb(path)
+    except FileNotFoundError:
+        raise DataError(f"image file {str(path)!r} does not exist (it was listed in the data set's metadata)") from None
+    except DECODE_ERRORS as error:
+        raise DataError(
+            f"image file {str(path)!r} cannot be decoded ({type(error).__name__}: {error}). Replace it, or rerun "
+            "the class_names stage with `check_images: decode` and `bad_data: skip` for its data set to leave it out."
+        ) from None
+    width, height = image.size
+    scale = image_size / min(width, height)
+    if scale != 1.0:
+        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    width, height = image.size
+    left, top = (width - image_size) // 2, (height - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 

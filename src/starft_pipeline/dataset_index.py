@@ -16,15 +16,30 @@ import pandas as pd
 from .data import DataError, GroupSplit, SPLIT_CODES, group_counts
 from .evaluate import EvalTask, default_group_names
 from .io_utils import fingerprint
+from .metrics import CONVENTIONS
 from .models import fill_template
 
 DatasetIndex = dict[str, Any]
 
 
 def dataset_entry(
-    rows: pd.DataFrame, class_names: Sequence[str], place_names: Sequence[str], templates: Sequence[str], name: str
+    rows: pd.DataFrame,
+    class_names: Sequence[str],
+    place_names: Sequence[str],
+    templates: Sequence[str],
+    name: str,
+    convention: str = "generic",
 ) -> dict[str, Any]:
-    """Index entry of one data set; checks labels and places fit the names given."""
+    """Index entry of one data set; checks labels and places fit the names given.
+
+    ``convention`` (waterbirds, celeba or generic) says which benchmark's metric conventions
+    the data set is reported under (DESIGN.md §2).
+    """
+    if convention not in CONVENTIONS:
+        raise DataError(
+            f"data set {name!r}: convention {convention!r} is not one of {list(CONVENTIONS)} "
+            f"(class_names.datasets.{name}.convention)"
+        )
     n_classes, n_places = len(class_names), len(place_names)
     if rows["y"].max() >= n_classes or rows["y"].min() < 0:
         raise DataError(
@@ -44,6 +59,7 @@ def dataset_entry(
         "n_places": n_places,
         "group_names": list(default_group_names(class_names, place_names)),
         "templates": list(templates),
+        "convention": convention,
         "train_group_counts": group_counts(groups, n_classes * n_places).tolist(),
         "metadata_fingerprint": fingerprint(rows.drop(columns=["path", "root"], errors="ignore").to_dict("list")),
     }

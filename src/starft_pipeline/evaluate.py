@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .data import GroupSplit
+from .heads import ClassifierHead
 from .metrics import GroupMetrics, group_robust_metrics
 from .models import LoadedModel, encode_images, zero_shot_head
 from .data import normalise_images
@@ -40,13 +41,19 @@ def zero_shot_predictions(
     task: EvalTask,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    head: ClassifierHead | None = None,
 ) -> np.ndarray:
-    """Argmax class of each uint8 image under the model's zero-shot head for ``task``."""
+    """Argmax class of each uint8 image under the model's zero-shot head for ``task``.
+
+    A learned ``head`` (LP, FT, LP-FT; rows in ``task.class_names`` order) replaces the zero-shot head.
+    """
     model = loaded.model.to(device).eval()
-    head = zero_shot_head(model, loaded.tokenizer, task.class_names, task.templates, device=device).cpu()
     pixels = normalise_images(images, loaded.image_mean, loaded.image_std)
     features = encode_images(model, pixels, batch_size=batch_size, device=device)
-    return (features @ head.T).argmax(dim=1).numpy()
+    if head is not None:
+        return head.logits(features).argmax(dim=1).numpy()
+    classes = zero_shot_head(model, loaded.tokenizer, task.class_names, task.templates, device=device).cpu()
+    return (features @ classes.T).argmax(dim=1).numpy()
 
 
 def split_metrics(predictions: np.ndarray, split: GroupSplit, task: EvalTask) -> GroupMetrics:

@@ -28,6 +28,17 @@ def clip_contrastive_loss(
     )
 
 
+def head_cross_entropy(
+    image_features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of a linear head on L2-normalised image features (FT, LP-FT), batch mean.
+
+    Logits are ``image_features @ weight.T + bias``; a zero-shot-initialised head has
+    ``weight = τ₀ · class text features`` and ``bias = 0`` (WiSE-FT's FT baseline).
+    """
+    return F.cross_entropy(image_features @ weight.T + bias, labels)
+
+
 def same_class_mask(labels: torch.Tensor) -> torch.Tensor:
     """Boolean (B, B) mask, True where labels[i] == labels[j] (the diagonal included)."""
     return labels[:, None] == labels[None, :]

@@ -28,11 +28,15 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "CELEBA_GROUP_NAMES",
+    "CONVENTIONS",
+    "HEADLINE_METRIC",
     "WATERBIRDS_GROUP_NAMES",
     "WATERBIRDS_TRAIN_GROUP_COUNTS",
     "GroupMetrics",
     "bootstrap_ci",
+    "check_convention",
     "check_waterbirds_group_counts",
+    "convention_warning",
     "count_groups",
     "group_ids",
     "group_robust_metrics",
@@ -356,18 +360,45 @@ def check_waterbirds_group_counts(train_group_counts: Sequence[int] | ArrayLike)
     )
 
 
-def headline_average(metrics: GroupMetrics, convention: Literal["waterbirds", "celeba"]) -> float:
+Convention = Literal["waterbirds", "celeba", "generic"]
+
+#: Benchmark conventions a data set can be declared under (``class_names.datasets.<name>.convention``).
+CONVENTIONS: tuple[str, ...] = ("waterbirds", "celeba", "generic")
+
+#: The metric each convention reports as its headline "average accuracy".
+HEADLINE_METRIC: dict[str, str] = {
+    "waterbirds": "adjusted_avg_acc",  # WILDS adj_acc_avg: weighted by training group proportions
+    "celeba": "avg_acc",  # plain test average
+    "generic": "avg_acc",  # no benchmark convention: plain average
+}
+
+
+def check_convention(convention: str) -> Convention:
+    """Return ``convention`` if it is one of :data:`CONVENTIONS`, else raise ``ValueError``."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"`convention` must be one of {list(CONVENTIONS)}, got {convention!r}.")
+    return convention  # type: ignore[return-value]
+
+
+def convention_warning(convention: str, train_group_counts: Sequence[int] | ArrayLike) -> str | None:
+    """The warning a data set's declared convention raises about its training split, or ``None``.
+
+    Only ``"waterbirds"`` is checked (against the release's group counts, see
+    :func:`check_waterbirds_group_counts`); the other conventions carry no fixed counts.
+    """
+    if check_convention(convention) == "waterbirds":
+        return check_waterbirds_group_counts(train_group_counts)
+    return None
+
+
+def headline_average(metrics: GroupMetrics, convention: Convention) -> float:
     """The number a paper calls "average accuracy" under each benchmark's convention.
 
     * ``"waterbirds"``: the train-weighted adjusted average (WILDS ``adj_acc_avg``),
       ``metrics.adjusted_avg_acc``.
     * ``"celeba"``: the plain test average, ``metrics.avg_acc``.
+    * ``"generic"`` (no benchmark convention): the plain average, ``metrics.avg_acc``.
 
     ``mean_group_acc`` is never a headline average.
     """
-    if convention == "waterbirds":
-        return metrics.adjusted_avg_acc
-    if convention == "celeba":
-        return metrics.avg_acc
-    raise ValueError(f"`convention` must be 'waterbirds' or 'celeba', got {convention!r}.")
-
+    return float(getattr(metrics, HEADLINE_METRIC[check_convention(convention)]))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,8 +88,62 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
         )
     if spec.allow_download:
         return
-    # Without network the hub retries for ~45 s; HF_HUB_OFFLINE makes a cache miss fail at once.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _require_cached(spec)
+
+
+def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
+    """The Hugging Face repo and the files open_clip would fetch for ``tag`` (safetensors first); None for a URL."""
+    hub = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    if not filename:
+        return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def _require_cached(spec: ModelSpec) -> None:
+    """Raise at once, naming the file to provide, when a pretrained tag is not in the local cache.
+
+    Without network the hub would retry for ~45 s first (DESIGN.md §3). huggingface_hub reads
+    ``HF_HUB_OFFLINE`` only when imported, so the cache is inspected here instead.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    config = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+    hub = _hub_files(spec.architecture, spec.pretrained)
+    if hub is not None:
+        repo, names = hub
+        if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=spec.cache_dir), str) for name in names):
+            return
+        source = f"https://huggingface.co/{repo}/resolve/main/{names[0]} (or {names[-1]})"
+    else:
+        url = config.get("url", "")
+        if (Path(spec.cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)).is_file():
+            return
+        source = url
+    quick_gelu = f" together with `model.architecture: {spec.architecture}-quickgelu`" if config.get("quick_gelu") else ""
+    raise FileNotFoundError(
+        f"open_clip weights {spec.architecture}/{spec.pretrained} are not in the local cache "
+        f"({spec.cache_dir or 'the default Hugging Face cache'}) and `model.allow_download` is false. "
+        f"Download {source} on a connected machine and set `model.pretrained` to the local file{quick_gelu}, "
+        "or set `model.allow_download: true`."
+    )
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Keep huggingface_hub from the network (a cached file then loads without retries)."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
@@ -98,12 +153,13 @@ def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedM
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
     torch.manual_seed(spec.init_seed)
     try:
-        model = open_clip.create_model(
-            spec.architecture,
-            pretrained=None if state_dict_file else pretrained,
-            cache_dir=spec.cache_dir,
-            device=device,
-        )
+        with _hub_offline(not spec.allow_download):
+            model = open_clip.create_model(
+                spec.architecture,
+                pretrained=None if state_dict_file else pretrained,
+                cache_dir=spec.cache_dir,
+                device=device,
+            )
     except RuntimeError as error:
         if pretrained and not state_dict_file:
             raise RuntimeError(

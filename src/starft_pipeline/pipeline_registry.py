@@ -1,14 +1,15 @@
 """Project pipelines: the five stages, each runnable alone, and `full` chaining them.
 
 Registered explicitly rather than through ``find_pipelines``: Kedro loads only the requested
-pipelines through that, and `full` is built from all five stages.
+pipelines through that, and `full` is built from all five stages. `pretrain` (the default
+teacher's weights, committed) stands apart: `full` reads its output but never reruns it.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from .pipelines import class_names, descriptions, evaluation, finetune, teacher
+from .pipelines import class_names, descriptions, evaluation, finetune, pretrain, teacher
 
 STAGES = {
     "class_names": class_names,
@@ -23,4 +24,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines = {name: module.create_pipeline() for name, module in STAGES.items()}
     pipelines["full"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["full"]
+    pipelines["pretrain"] = pretrain.create_pipeline()
     return pipelines

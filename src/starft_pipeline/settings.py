@@ -2,6 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
+from starft_pipeline.hooks import ParameterValidationHooks
+
+# Typed parameters (starft_pipeline.params) are checked before any node runs.
+HOOKS = (ParameterValidationHooks(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

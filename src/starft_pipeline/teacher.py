@@ -9,8 +9,12 @@ makes a stale cache an error rather than a silent mistake.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import torch
 
@@ -19,7 +23,7 @@ from .dataset_index import class_prompts, data_identity
 from .descriptions import DescriptionPool
 from .io_utils import fingerprint
 from .models import LoadedModel, encode_images, encode_texts, logit_scale, zero_shot_head
-from .tensor_bundle import TensorBundle
+from .tensor_bundle import DamagedFileError, TensorBundle
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,107 @@ def expected_fingerprint(model_identity: Mapping[str, str], index: Mapping, pool
     return teacher_fingerprint(model_identity, class_prompts(index), pool, data_identity(index))
 
 
+#: Where finished per-split features wait until the teacher cache is saved (parameter ``teacher.work_dir``).
+DEFAULT_WORK_DIR = "data/04_feature/teacher_parts"
+#: Bumped when the image features of an unchanged model and data would change (e.g. decoding).
+FEATURES_VERSION = 1
+_KEY = re.compile(r"^[0-9a-f]{16}$")  # io_utils.fingerprint's form
+
+
+def image_features_key(model_identity: Mapping[str, str], index: Mapping) -> str:
+    """What a split's teacher image features depend on: the model's weights and the data (not prompts or descriptions)."""
+    return fingerprint(dict(model_identity), dict(data_identity(index)), FEATURES_VERSION)
+
+
+class FeatureParts:
+    """Finished per-split image features of one teacher run, so that a killed run resumes.
+
+    One safetensors file per ``<dataset>/<split>`` under ``root/<key>/`` (``key``:
+    :func:`image_features_key`), each written atomically the moment the split is encoded. A rerun
+    reuses every file whose key, split and row count match; a damaged one is logged and recomputed.
+    """
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.root = Path(root)
+        self.key = key
+        self.folder = self.root / key
+
+    def path(self, split_key: str) -> Path:
+        return self.folder / f"{quote(split_key, safe='')}.safetensors"
+
+    def load(self, split_key: str, n_rows: int) -> torch.Tensor | None:
+        """The finished features of ``split_key``, or None when absent, damaged or not for these rows."""
+        path = self.path(split_key)
+        if not path.is_file():
+            return None
+        try:
+            bundle = TensorBundle.load(path)
+        except DamagedFileError as error:
+            logger.warning("teacher: %s; recomputing %s", error, split_key)
+            return None
+        features = bundle.tensors.get("features")
+        expected = {"key": self.key, "split": split_key, "rows": n_rows}
+        if features is None or len(features) != n_rows or any(bundle.metadata.get(k) != v for k, v in expected.items()):
+            logger.warning("teacher: %s is not for %s (%d rows); recomputing it", path, split_key, n_rows)
+            return None
+        return features
+
+    def save(self, split_key: str, features: torch.Tensor) -> None:
+        metadata = {"key": self.key, "split": split_key, "rows": len(features)}
+        TensorBundle({"features": features}, metadata).save(self.path(split_key))
+
+    def release(self) -> None:
+        """Remove every run's parts under ``root`` (call once the teacher cache that holds them is saved).
+
+        Folders of other keys are parts of earlier, interrupted runs on other models or data.
+        """
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if folder.is_dir() and _KEY.match(folder.name):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _features_of(
+    loaded: LoadedModel, key: str, split: GroupSplit, parts: FeatureParts | None, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """One split's image features: from a finished part when there is one, else encoded (and kept as a part)."""
+    finished = parts.load(key, len(split)) if parts is not None else None
+    if finished is not None:
+        logger.info("teacher: reusing the finished features of %s (%d images) from %s", key, len(split), parts.folder)
+        return finished
+    features = split_features(loaded, split, batch_size, device)
+    if parts is not None:
+        parts.save(key, features)
+    logger.info("teacher: encoded %d images of %s", len(split), key)
+    return features
+
+
+def _require_same(found: str, expected: str, message: str) -> None:
+    if found != expected:
+        raise StaleCacheError(message)
+
+
+def check_trained_from(method: str, weights_fingerprint: str | None, teacher_model: Mapping, index: Mapping) -> None:
+    """Fine-tuned weights must come from the current teacher cache, and that cache from the current data.
+
+    ``weights_fingerprint`` is the cache fingerprint stored with the weights (None: not recorded);
+    ``teacher_model`` is the teacher stage's record (``fingerprint``, ``data``).
+    """
+    rerun = f"Rerun `kedro run --pipeline=finetune` (or `--namespaces={method}`) before evaluating, or run `--pipeline=full`."
+    if weights_fingerprint is not None:
+        _require_same(
+            weights_fingerprint, teacher_model["fingerprint"],
+            f"the {method} weights were fine-tuned from the teacher cache {weights_fingerprint}, but the current "
+            f"teacher cache is {teacher_model['fingerprint']} (other model weights, prompts, descriptions or data). {rerun}",
+        )
+    if "data" in teacher_model:
+        _require_same(
+            fingerprint(teacher_model["data"]), fingerprint(dict(data_identity(index))),
+            "the teacher cache (and the models fine-tuned from it) was computed from other data than the current "
+            "dataset index (the class_names stage ran since). Rerun `kedro run --pipeline=teacher`, then finetune.",
+        )
+
+
 def check_fresh(cache: TeacherCache, expected: str) -> None:
     if cache.fingerprint != expected:
         raise StaleCacheError(
@@ -105,11 +210,13 @@ def compute_teacher_cache(
     fingerprint_value: str,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    parts: FeatureParts | None = None,
 ) -> TeacherCache:
     """Run the frozen model once over every split, the class prompts and the descriptions.
 
     ``splits`` keys are ``"<dataset>/<split>"``; ``class_names`` and ``templates_by_dataset`` keys
-    are data set names.
+    are data set names. With ``parts``, each split's features are kept as soon as they are
+    computed and reused by a rerun (a killed run resumes; see :class:`FeatureParts`).
     """
     device = torch.device(device)
     model = loaded.model.to(device).eval()
@@ -120,10 +227,9 @@ def compute_teacher_cache(
     image_features, zero_shot_logits = {}, {}
     scale = float(logit_scale(model).detach())
     for key, split in splits.items():
-        features = split_features(loaded, split, batch_size, device)
+        features = _features_of(loaded, key, split, parts, batch_size, device)
         image_features[key] = features
         zero_shot_logits[key] = scale * features @ class_features[key.split("/")[0]].T
-        logger.info("teacher: encoded %d images of %s", len(split), key)
     description_features = encode_texts(model, loaded.tokenizer, descriptions.texts, batch_size, device).cpu()
     return TeacherCache(
         image_features=image_features,

@@ -2,13 +2,16 @@
 
 Setup, step and loop are separate short functions; randomness is derived from (seed, epoch, step)
 so that a resumed run draws the same batches, crops and descriptions as an uninterrupted one.
+A step's random draws (crops, captions, descriptions) are made for its whole batch, so they do not
+depend on how the batch is split into micro-batches (``grad_accum_steps``) or over DDP ranks; the
+losses are computed over the gathered batch (``distributed``). Precision, compile, DDP and meters
+live in ``engine``, checkpoints in ``checkpointing``, streamed images in ``streaming``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
@@ -16,15 +19,23 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .checkpointing import Checkpointer
 from .data import normalise_images
 from .descriptions import DescriptionPool
-from .losses import clip_contrastive_loss, diminishing_weight, star_regulariser
+from .distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
+from .engine import PRECISIONS, EpochMeter, Encoders, Precision, accumulate_gradients, compile_towers, progress_bar
+from .heads import HEAD_MODULE
+from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
+from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["flyp", "star", "kl"]
+Method = Literal["lp", "ft", "lp_ft", "flyp", "star", "kl"]
+METHODS: tuple[str, ...] = ("lp", "ft", "lp_ft", "flyp", "star", "kl")
 REGULARISED_METHODS = ("star", "kl")
+# Methods that classify with a learned linear head, and where that head starts from.
+HEAD_INIT: dict[str, str] = {"lp": "linear_probe", "ft": "zero_shot", "lp_ft": "linear_probe"}
 
 
 @dataclass(frozen=True)
@@ -44,19 +55,56 @@ class FinetuneConfig:
     augment: bool = True
     crop_scale: tuple[float, float] = (0.9, 1.0)
     seed: int = 0
+    # GPU and scale (engine, distributed, streaming). The last six leave the result unchanged.
+    precision: Precision = "fp32"  # bf16: autocast on CUDA or the CPU, losses in fp32
+    grad_accum_steps: int = 1  # micro-batches per step; the contrastive loss then sees micro-batches
+    compile: bool = False  # torch.compile the towers
+    data_loading: DataLoading = "auto"  # memory | stream | auto (stream above memory_limit_gb)
+    memory_limit_gb: float = 4.0
+    num_workers: int = 0
+    pin_memory: bool = False
+    progress: bool = True  # tqdm bars (shown only on a terminal, on rank 0)
 
     def __post_init__(self) -> None:
-        if self.method not in ("flyp", "star", "kl"):
-            raise ValueError(f"finetune method must be one of flyp, star, kl; got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"finetune method must be one of {', '.join(METHODS)}; got {self.method!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"finetune {name} must be >= 1, got {getattr(self, name)}")
         if self.reg_weight < 0:
             raise ValueError(f"finetune reg_weight (λ) must be >= 0, got {self.reg_weight}")
+        self._check_scale_options()
+
+    def _check_scale_options(self) -> None:
+        choices = {"precision": PRECISIONS, "data_loading": DATA_LOADING}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"finetune {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("compile", "pin_memory", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"finetune {name} must be true or false, got {getattr(self, name)!r}")
+        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"finetune grad_accum_steps must be >= 1 and divide batch_size ({self.batch_size}); "
+                f"got {self.grad_accum_steps}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"finetune num_workers must be >= 0, got {self.num_workers}")
+        if self.memory_limit_gb <= 0:
+            raise ValueError(f"finetune memory_limit_gb must be > 0, got {self.memory_limit_gb}")
+
+    def result_dict(self) -> dict:
+        """The fields that decide the trained weights (what a checkpoint's fingerprint covers)."""
+        return {key: value for key, value in asdict(self).items() if key not in RESULT_NEUTRAL_FIELDS}
 
     @property
     def regularised(self) -> bool:
         return self.method in REGULARISED_METHODS and self.reg_weight > 0
+
+    @property
+    def head_init(self) -> str | None:
+        """Where a head method's head starts (``zero_shot`` or ``linear_probe``); None for contrastive methods."""
+        return HEAD_INIT.get(self.method)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,11 +123,14 @@ class FinetuneConfig:
         return cls(**values)
 
 
+RESULT_NEUTRAL_FIELDS = ("compile", "data_loading", "memory_limit_gb", "num_workers", "pin_memory", "progress")
+
+
 @dataclass
 class TrainData:
     """What the loop reads: uint8 train images, labels, and the cached teacher embeddings."""
 
-    images: torch.Tensor  # (N, 3, S, S) uint8
+    images: ImageSource  # (N, 3, S, S) uint8 tensor, or streamed from disk (streaming.StreamedImages)
     labels: torch.Tensor  # (N,)
     class_names: Sequence[str]
     teacher_image: torch.Tensor | None = None  # (N, d), rows aligned with images
@@ -90,12 +141,23 @@ class TrainData:
 
 @dataclass
 class TrainState:
+    """The model (its raw module: checkpoints and weights come from it) and what the loop advances.
+
+    ``encoders`` is what the loss functions call (autocast, DDP); ``context`` this process's rank.
+    """
+
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    encoders: Encoders | None = None
+    context: DistContext = SINGLE_PROCESS
+
+    def __post_init__(self) -> None:
+        if self.encoders is None:
+            self.encoders = Encoders(self.model, self.model.logit_scale.device)
 
 
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
@@ -129,11 +191,22 @@ def build_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.opt
     )
 
 
-def setup_state(loaded: LoadedModel, config: FinetuneConfig, n_samples: int, device: torch.device) -> TrainState:
+def setup_state(
+    loaded: LoadedModel,
+    config: FinetuneConfig,
+    n_samples: int,
+    device: torch.device,
+    context: DistContext = SINGLE_PROCESS,
+) -> TrainState:
+    """Model on ``device`` in train mode (towers compiled if asked), AdamW, the schedule, the encoders."""
     model = loaded.model.to(device).train()
+    if config.compile:
+        logger.info("torch.compile: %s", ", ".join(compile_towers(model)))
     optimizer = build_optimizer(model, config)
     total = config.epochs * steps_per_epoch(n_samples, config.batch_size)
-    return TrainState(model, optimizer, cosine_with_warmup(optimizer, config.warmup_steps, total))
+    scheduler = cosine_with_warmup(optimizer, config.warmup_steps, total)
+    encoders = Encoders(model, device, config.precision, context)
+    return TrainState(model, optimizer, scheduler, encoders=encoders, context=context)
 
 
 def _generator(*seeds: int) -> torch.Generator:
@@ -148,28 +221,58 @@ def epoch_batches(n_samples: int, config: FinetuneConfig, epoch: int) -> list[to
     return [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(per_epoch)]
 
 
-def random_resized_crop(
-    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
-    """Light augmentation as in the official code: a square crop of 90–100% area, resized back."""
-    size = images.shape[-1]
-    out = torch.empty_like(images, dtype=torch.float32)
-    for index, image in enumerate(images.float()):
+CropBox = tuple[int, int, int]  # top, left, side
+
+
+def crop_boxes(n_images: int, size: int, scale: tuple[float, float], generator: torch.Generator) -> list[CropBox]:
+    """A square crop of ``scale`` (area fraction) per image, drawn image by image."""
+    boxes = []
+    for _ in range(n_images):
         area = torch.empty(1).uniform_(*scale, generator=generator).item()
         side = max(1, round(size * math.sqrt(area)))
         top = int(torch.randint(0, size - side + 1, (1,), generator=generator))
         left = int(torch.randint(0, size - side + 1, (1,), generator=generator))
+        boxes.append((top, left, side))
+    return boxes
+
+
+def apply_crops(images: torch.Tensor, boxes: Sequence[CropBox]) -> torch.Tensor:
+    """Crop each image to its box and resize it back (float, on the images' device)."""
+    size = images.shape[-1]
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    for index, (image, (top, left, side)) in enumerate(zip(images.float(), boxes)):
         crop = image[:, top : top + side, left : left + side]
         out[index] = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     return out
 
 
-def batch_pixels(
-    loaded: LoadedModel, data: TrainData, indices: torch.Tensor, config: FinetuneConfig, generator: torch.Generator
+def random_resized_crop(
+    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
 ) -> torch.Tensor:
-    images = data.images[indices]
+    """Light augmentation as in the official code: a square crop of 90–100% area, resized back."""
+    return apply_crops(images, crop_boxes(len(images), images.shape[-1], scale, generator))
+
+
+def batch_pixels(
+    loaded: LoadedModel,
+    data: TrainData,
+    indices: torch.Tensor,
+    config: FinetuneConfig,
+    generator: torch.Generator,
+    rows: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Normalised pixels of the batch's ``rows`` (all by default), augmented and normalised on ``device``.
+
+    Crops are drawn for the whole batch, so a row's crop does not depend on which rows are asked for.
+    """
+    rows = torch.arange(len(indices)) if rows is None else rows
+    images = data.images[indices[rows]]
+    if device is not None:
+        images = images.to(device, non_blocking=True)
     if config.augment:
-        images = random_resized_crop(images, config.crop_scale, generator)
+        boxes = crop_boxes(len(indices), images.shape[-1], config.crop_scale, generator)
+        images = apply_crops(images, [boxes[int(row)] for row in rows])
     return normalise_images(images, loaded.image_mean, loaded.image_std)
 
 
@@ -187,6 +290,100 @@ def captions_for(labels: torch.Tensor, data: TrainData, config: FinetuneConfig, 
     return [fill_template(templates[int(t)], data.class_names[int(y)]) for y, t in zip(labels, choice)]
 
 
+Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # the total, and its named parts
+
+
+def contrastive_losses(
+    loaded: LoadedModel,
+    model: torch.nn.Module,
+    data: TrainData,
+    indices: torch.Tensor,
+    config: FinetuneConfig,
+    reg_weight: float,
+    generator: torch.Generator,
+    device: torch.device,
+    rows: BatchRows | None = None,
+) -> Losses:
+    """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, with R from cached teacher embeddings.
+
+    Draws cover the whole batch; this process encodes ``rows.local``, the losses run over the
+    gathered ``rows.gathered`` (all rows by default).
+    """
+    rows = rows or BatchRows.whole(len(indices))
+    labels = data.labels[indices]
+    pixels = batch_pixels(loaded, data, indices, config, generator, rows.local, device)
+    captions = captions_for(labels, data, config, generator)
+    local_captions = [captions[int(row)] for row in rows.local]
+    regularise = config.regularised and reg_weight > 0
+    if regularise:
+        picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(data.class_names)), generator)
+        unique, inverse = torch.unique(picks[rows.local], return_inverse=True)
+        texts = local_captions + [data.descriptions.texts[int(i)] for i in unique]
+    else:
+        texts = local_captions
+    # One text forward for captions and each unique description of the batch.
+    text_features = F.normalize(model.encode_text(loaded.tokenizer(texts).to(device)), dim=-1)
+    image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
+    caption_features = rows.gather(text_features[: len(local_captions)])
+    losses = {"contrastive": clip_contrastive_loss(image_features, caption_features, logit_scale(model))}
+    total = losses["contrastive"]
+    if regularise:
+        student_descriptions = rows.gather(text_features[len(local_captions) :][inverse])
+        gathered = rows.gathered
+        losses["regulariser"] = star_regulariser(
+            student_image=image_features,
+            student_text=student_descriptions,
+            teacher_image=data.teacher_image[indices[gathered]].to(device),
+            teacher_text=data.teacher_descriptions[picks[gathered]].to(device),
+            teacher_scale=data.teacher_scale,
+            labels=labels[gathered].to(device),
+            kind=config.method,
+            student_scale=logit_scale(model),
+        )
+        total = total + reg_weight * losses["regulariser"]
+    return total, losses
+
+
+def classification_losses(
+    loaded: LoadedModel,
+    model: torch.nn.Module,
+    data: TrainData,
+    indices: torch.Tensor,
+    config: FinetuneConfig,
+    reg_weight: float,
+    generator: torch.Generator,
+    device: torch.device,
+    rows: BatchRows | None = None,
+) -> Losses:
+    """FT and LP-FT: cross-entropy of the learned head on normalised image features (text tower frozen)."""
+    head = getattr(model, HEAD_MODULE, None)
+    if head is None:
+        raise ValueError(f"method {config.method!r} trains a head: call heads.attach_head on the model first")
+    rows = rows or BatchRows.whole(len(indices))
+    pixels = batch_pixels(loaded, data, indices, config, generator, rows.local, device)
+    image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
+    loss = head_cross_entropy(image_features, head.weight, head.bias, data.labels[indices[rows.gathered]].to(device))
+    return loss, {"cross_entropy": loss}
+
+
+STEP_LOSSES: dict[str, Callable[..., Losses]] = {
+    "ft": classification_losses,
+    "lp_ft": classification_losses,
+    "flyp": contrastive_losses,
+    "star": contrastive_losses,
+    "kl": contrastive_losses,
+}
+
+
+def step_losses(method: str) -> Callable[..., Losses]:
+    if method not in STEP_LOSSES:
+        raise ValueError(
+            f"method {method!r} has no fine-tuning loop (LP only fits a head: linear_probe.select_linear_probe); "
+            f"methods with one: {sorted(STEP_LOSSES)}"
+        )
+    return STEP_LOSSES[method]
+
+
 def training_step(
     loaded: LoadedModel,
     state: TrainState,
@@ -196,50 +393,28 @@ def training_step(
     reg_weight: float,
     device: torch.device,
 ) -> dict[str, float]:
-    """One optimiser step: L = L_FLYP + λ_e · R, with R from cached teacher embeddings."""
-    model = state.model
-    generator = _generator(config.seed, state.epoch, state.step)
-    labels = data.labels[indices]
-    pixels = batch_pixels(loaded, data, indices, config, generator).to(device)
-    captions = captions_for(labels, data, config, generator)
-    regularise = config.regularised and reg_weight > 0
-    if regularise:
-        picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(data.class_names)), generator)
-        unique, inverse = torch.unique(picks, return_inverse=True)
-        texts = captions + [data.descriptions.texts[int(i)] for i in unique]
-    else:
-        texts = captions
-    # One text forward for captions and each unique description of the batch.
-    text_features = F.normalize(model.encode_text(loaded.tokenizer(texts).to(device)), dim=-1)
-    image_features = F.normalize(model.encode_image(pixels), dim=-1)
-    caption_features = text_features[: len(captions)]
-    losses = {"contrastive": clip_contrastive_loss(image_features, caption_features, logit_scale(model))}
-    total = losses["contrastive"]
-    if regularise:
-        student_descriptions = text_features[len(captions) :][inverse]
-        losses["regulariser"] = star_regulariser(
-            student_image=image_features,
-            student_text=student_descriptions,
-            teacher_image=data.teacher_image[indices].to(device),
-            teacher_text=data.teacher_descriptions[picks].to(device),
-            teacher_scale=data.teacher_scale,
-            labels=labels.to(device),
-            kind=config.method,
-            student_scale=logit_scale(model),
-        )
-        total = total + reg_weight * losses["regulariser"]
+    """One optimiser step on the method's loss (see STEP_LOSSES), over ``grad_accum_steps`` micro-batches.
+
+    The loss functions get ``state.encoders`` as the model (autocast, DDP; engine.Encoders).
+    """
+    losses_of = step_losses(config.method)
+
+    def micro_batch(rows: BatchRows) -> Losses:
+        generator = _generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
+        return losses_of(loaded, state.encoders, data, indices, config, reg_weight, generator, device, rows=rows)
+
     state.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
+    total, losses = accumulate_gradients(micro_batch, plan, state.encoders)
     state.optimizer.step()
     state.scheduler.step()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp of τ at 100
-    record = {name: float(value.detach()) for name, value in losses.items()}
-    record |= {"loss": float(total.detach()), "reg_weight": reg_weight, "lr": state.scheduler.get_last_lr()[0]}
-    return record
+        state.model.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp of τ at 100
+    return losses | {"loss": total, "reg_weight": reg_weight, "lr": state.scheduler.get_last_lr()[0]}
 
 
 def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
+    step_losses(config.method)
     if len(data.images) < 2:
         raise ValueError("the training split has fewer than 2 images; contrastive fine-tuning needs a batch")
     if config.regularised and (data.teacher_image is None or data.descriptions is None):
@@ -251,6 +426,32 @@ def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
         )
 
 
+def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: FinetuneConfig) -> None:
+    """Run epoch ``state.epoch``: each step's record, and the epoch's summary on its last, go to the history."""
+    device = state.model.logit_scale.device
+    reg_weight = diminishing_weight(config.reg_weight, state.epoch, config.epochs, config.diminishing)
+    batches = epoch_batches(len(data.images), config, state.epoch)
+    plan = micro_batch_rows(len(batches[0]), config.grad_accum_steps, state.context)
+    meter = EpochMeter(device)
+    show = config.progress and state.context.is_main
+    with progress_bar(len(batches), f"epoch {state.epoch + 1}/{config.epochs}", show, leave=False) as bar:
+        for indices in epoch_steps(data.images, batches, torch.cat([rows.local for rows in plan])):
+            meter.start_step()
+            record = training_step(loaded, state, data, indices, config, reg_weight, device)
+            state.step += 1
+            record |= meter.end_step(len(indices), record["loss"])
+            state.history.append({"epoch": state.epoch, "step": state.step, **record})
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update()
+    state.history[-1].update(meter.summary())
+    summary = state.history[-1]
+    logger.info(
+        "%s epoch %d/%d: loss %.4f, λ_e %.3f, %.1f images/s, peak memory %.0f MB",
+        config.method, state.epoch + 1, config.epochs, summary["epoch_loss"], reg_weight,
+        summary["epoch_images_per_s"], summary["peak_memory_mb"],
+    )
+
+
 def finetune(
     loaded: LoadedModel,
     data: TrainData,
@@ -258,33 +459,41 @@ def finetune(
     device: torch.device,
     on_epoch_end: Callable[[TrainState], None] | None = None,
     state: TrainState | None = None,
+    *,
+    checkpoints: Checkpointer | None = None,
+    context: DistContext | None = None,
 ) -> TrainState:
-    """Run (or continue) fine-tuning; ``on_epoch_end`` is where callers checkpoint."""
+    """Run (or continue) fine-tuning.
+
+    ``checkpoints`` first resumes a checkpoint of this very run (same fingerprint), then saves one
+    after every epoch (rank 0 only) and cleans up at the end; ``on_epoch_end`` runs after the save.
+    ``context``: this process's place in a DDP job (default: the initialised process group, if any).
+    """
     check_train_data(data, config)
+    context = context or current_context()
     torch.manual_seed(config.seed)
-    state = state or setup_state(loaded, config, len(data.images), device)
-    while state.epoch < config.epochs:
-        reg_weight = diminishing_weight(config.reg_weight, state.epoch, config.epochs, config.diminishing)
-        started, seen = time.perf_counter(), 0
-        for indices in epoch_batches(len(data.images), config, state.epoch):
-            record = training_step(loaded, state, data, indices, config, reg_weight, state.model.logit_scale.device)
-            state.step += 1
-            seen += len(indices)
-            state.history.append({"epoch": state.epoch, "step": state.step, **record})
-        elapsed = time.perf_counter() - started
-        logger.info(
-            "%s epoch %d/%d: loss %.4f, λ_e %.3f, %.1f images/s",
-            config.method, state.epoch + 1, config.epochs, state.history[-1]["loss"], reg_weight, seen / elapsed,
-        )
-        state.epoch += 1
-        if on_epoch_end is not None:
-            on_epoch_end(state)
+    state = state or setup_state(loaded, config, len(data.images), device, context)
+    run_key = checkpoints.fingerprint(config.result_dict(), state.model, len(data.images)) if checkpoints else ""
+    if checkpoints is not None:
+        checkpoints.resume(state, run_key)
+    show = config.progress and context.is_main
+    with progress_bar(config.epochs, f"{config.method}", show, initial=state.epoch) as bar:
+        while state.epoch < config.epochs:
+            run_epoch(loaded, state, data, config)
+            state.epoch += 1
+            bar.update()
+            if checkpoints is not None and context.is_main:
+                checkpoints.save(state, run_key)
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+    if checkpoints is not None and context.is_main:
+        checkpoints.finish()
     state.model.eval()
     return state
 
 
 def train_data_from_cache(
-    images: torch.Tensor,
+    images: ImageSource,
     labels: torch.Tensor,
     class_names: Sequence[str],
     pool: DescriptionPool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,17 @@ import pandas as pd
 
 from starft_pipeline import class_names as names
 from starft_pipeline import synthetic
-from starft_pipeline.data import read_metadata
+from starft_pipeline.data import (
+    CheckedMetadata,
+    DataChecks,
+    DataError,
+    check_image_files,
+    data_quality_counts,
+    read_image_folder_splits,
+    read_metadata,
+    require_split_rows,
+    skipped_table,
+)
 from starft_pipeline.dataset_index import dataset_entry
 
 logger = logging.getLogger(__name__)
@@ -26,22 +37,63 @@ def _ensure_generated(name: str, root: Path, generate: Any) -> None:
     logger.info("data set %r: synthetic images in %s", name, root)
 
 
-def prepare_datasets(datasets: dict[str, Any]) -> pd.DataFrame:
-    """Read every configured data set's metadata.csv (generating synthetic ones) into one frame.
+def _read_dataset(name: str, config: dict[str, Any]) -> CheckedMetadata | None:
+    """One data set's checked metadata with a ``root`` column; None when an ``optional`` one is absent.
+
+    ``format: release`` (default) reads ``<root>/metadata.csv``; ``format: image_folder`` reads an
+    ImageFolder tree per split from ``roots: {split: path}``. Bad rows follow ``bad_data`` (data.DataChecks).
+    """
+    optional = bool(config.get("optional", False))
+    data_format = config.get("format", "release")
+    checks = DataChecks.from_config(config, f"datasets.{name}")
+    if data_format == "image_folder":
+        frame = read_image_folder_splits(config["roots"], optional, f"datasets.{name}.roots")
+        if frame is None:
+            return None
+        paths = [Path(root) / filename for root, filename in zip(frame["root"], frame["img_filename"])]
+        return check_image_files(frame, paths, checks, f"datasets.{name}.roots")
+    if data_format != "release":
+        raise DataError(f"datasets.{name}.format is {data_format!r}; use release (metadata.csv) or image_folder")
+    root = Path(config["root"])
+    _ensure_generated(name, root, config.get("generate"))
+    if optional and not (root / "metadata.csv").is_file():
+        logger.warning("datasets.%s.root: %s has no metadata.csv; skipping it (the data set is optional)", name, root)
+        return None
+    checked = read_metadata(root, checks)
+    return CheckedMetadata(checked.frame.assign(root=str(root)), checked.skipped)
+
+
+def prepare_checked_datasets(datasets: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and check every configured data set (generating synthetic ones) into one frame.
 
     Adds the columns ``dataset``, ``root`` and ``path`` (image path under the project, or absolute).
+    Also returns the skipped-items report (rows left out under ``bad_data: skip``).
     """
-    frames = []
+    frames, skipped = [], {}
     for name, config in datasets.items():
-        root = Path(config["root"])
-        _ensure_generated(name, root, config.get("generate"))
-        frame = read_metadata(root)
+        checked = _read_dataset(name, config)
+        if checked is None:
+            continue
+        frame = checked.frame
         frame.insert(0, "dataset", name)
-        frame["root"] = str(root)
-        frame["path"] = [str(root / filename) for filename in frame["img_filename"]]
+        frame["path"] = [str(Path(root) / filename) for root, filename in zip(frame["root"], frame["img_filename"])]
         frames.append(frame)
-        logger.info("data set %r: %d images", name, len(frame))
-    return pd.concat(frames, ignore_index=True)
+        skipped[name] = checked.skipped
+        logger.info("data set %r: %d images, %d row(s) skipped", name, len(frame), len(checked.skipped))
+    if not frames:
+        raise DataError(f"none of the configured data sets {sorted(datasets)} was found; check the datasets parameters")
+    return pd.concat(frames, ignore_index=True), skipped_table(skipped)
+
+
+def prepare_datasets(datasets: dict[str, Any]) -> pd.DataFrame:
+    """:func:`prepare_checked_datasets` without the skipped-items report."""
+    return prepare_checked_datasets(datasets)[0]
+
+
+def data_quality_metrics(dataset_metadata: pd.DataFrame, skipped_items: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Images per split and skipped rows per reason of every data set (MLflow: ``data.<key>``, the catalog's prefix)."""
+    counts = data_quality_counts(dataset_metadata, skipped_items)
+    return {re.sub(r"[^\w.\- /]", "_", key): {"value": float(n), "step": 0} for key, n in counts.items()}
 
 
 def _manifest(root: Path) -> dict[str, Any]:
@@ -63,11 +115,14 @@ def _class_and_place_names(rows: pd.DataFrame, config: dict[str, Any], dataset: 
         class_list = names.names_from_mapping(rows["y"], config["mapping"], f"data set {dataset!r}")
     elif source == "image_folder":
         class_list = names.names_from_image_folder(config["image_folder"])
+    elif source == "folders":  # a data set read with format: image_folder
+        folders = rows.sort_values("y").drop_duplicates("y")["class_folder"].map(names.folder_name).tolist()
+        class_list = names.names_from_folders(folders, config.get("class_map"))
     elif source == "csv":
         class_list = names.names_from_csv(config["csv"], config["name_column"], config.get("label_column"))
     else:
         raise names.ClassNameError(
-            f"class_names.datasets.{dataset}.source is {source!r}; use manifest, mapping, image_folder or csv"
+            f"class_names.datasets.{dataset}.source is {source!r}; use manifest, mapping, image_folder, folders or csv"
         )
     n_places = int(rows["place"].max()) + 1
     places = config.get("places") or {i: f"place {i}" for i in range(n_places)}
@@ -80,17 +135,20 @@ def build_dataset_index(
     """Class, place and group names, templates and train group counts of every data set."""
     entries = {}
     for dataset, rows in dataset_metadata.groupby("dataset", sort=False):
+        rows = rows.dropna(axis="columns", how="all")  # columns only another data set's format has
         config = class_names["datasets"].get(dataset)
         if config is None:
             raise names.ClassNameError(f"data set {dataset!r} has no entry under class_names.datasets; add one")
         class_list, place_list = _class_and_place_names(rows, config, dataset)
         templates = config.get("templates", "simple")
         template_list = prompt_template_sets[templates] if isinstance(templates, str) else list(templates)
-        entries[dataset] = dataset_entry(rows, class_list, place_list, template_list, dataset)
+        convention = config.get("convention", "generic")
+        entries[dataset] = dataset_entry(rows, class_list, place_list, template_list, dataset, convention)
         logger.info("data set %r: classes %s", dataset, class_list)
     finetune_dataset = class_names["finetune_dataset"]
     if finetune_dataset not in entries:
         raise names.ClassNameError(
             f"class_names.finetune_dataset is {finetune_dataset!r}, which is not a configured data set ({sorted(entries)})"
         )
+    require_split_rows(dataset_metadata, finetune_dataset, "train", "fine-tuning (class_names.finetune_dataset)")
     return {"finetune_dataset": finetune_dataset, "datasets": entries}

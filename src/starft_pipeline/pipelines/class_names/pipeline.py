@@ -2,13 +2,24 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_dataset_index, prepare_datasets
+from .nodes import build_dataset_index, data_quality_metrics, prepare_checked_datasets
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(prepare_datasets, "params:datasets", "dataset_metadata", name="prepare_datasets"),
+            Node(
+                prepare_checked_datasets,
+                "params:datasets",
+                ["dataset_metadata", "skipped_items"],
+                name="prepare_datasets",
+            ),
+            Node(
+                data_quality_metrics,
+                ["dataset_metadata", "skipped_items"],
+                "data_quality_metrics",
+                name="log_data_quality",
+            ),
             Node(
                 build_dataset_index,
                 ["dataset_metadata", "prompt_template_sets", "params:class_names"],

@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
-from starft_pipeline.data import load_split_images
-from starft_pipeline.dataset_index import dataset_split, eval_task
-from starft_pipeline.evaluate import split_metrics, zero_shot_predictions
+from starft_pipeline.data import check_groups_present, load_split_images
+from starft_pipeline.dataset_index import dataset_info, dataset_split, eval_task
+from starft_pipeline.evaluate import zero_shot_predictions
+from starft_pipeline.heads import head_for_classes, split_heads
 from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.reporting import group_rows, markdown_table, results_rows
+from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
+from starft_pipeline.reporting import (
+    CLASS_COLUMNS,
+    GROUP_COLUMNS,
+    METRIC_COLUMNS,
+    REPORT_COLUMNS,
+    BootstrapSettings,
+    comparison_markdown,
+    message_figure,
+    plot_group_accuracy_comparison,
+    plot_method_group_accuracy,
+    plot_training_curves,
+    plot_wise_ft_curves,
+    split_report,
+)
+from starft_pipeline.teacher import check_trained_from
 from starft_pipeline.tensor_bundle import TensorBundle
+
+from ..finetune.pipeline import METHODS
 
 logger = logging.getLogger(__name__)
 ZERO_SHOT = "zero_shot"
+#: Every model in a fixed order, so a method has the same colour in every figure.
+MODEL_ORDER = (ZERO_SHOT, *METHODS)
 
 
 def evaluate_weights(
@@ -26,25 +48,43 @@ def evaluate_weights(
     teacher_model: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Metrics rows of one model on every configured data set and evaluation split."""
+    """Metrics rows of one model on every configured data set and evaluation split.
+
+    A learned head in ``weights`` (LP, FT, LP-FT) classifies every data set whose classes it knows;
+    the others are classified zero-shot from the model's text tower.
+    """
     device = resolve_device(evaluation.get("device", "auto"))
     loaded = create_model(ModelSpec(**teacher_model["spec"]), device=device)
+    heads = {}
     if weights is not None:
-        load_state_dict(loaded.model, weights.tensors)
-    results, groups = [], []
+        state_dict, heads = split_heads(weights.tensors, weights.metadata)
+        load_state_dict(loaded.model, state_dict)
+    rows: dict[str, list[dict[str, Any]]] = {"results": [], "groups": [], "classes": []}
+    bootstrap = BootstrapSettings(**evaluation.get("bootstrap", {}))
     for dataset in dataset_index["datasets"]:
         task = eval_task(dataset_index, dataset)
+        convention = dataset_info(dataset_index, dataset).get("convention", "generic")
+        head = head_for_classes(heads, task.class_names)
         for split_name in evaluation["splits"]:
             split = dataset_split(dataset_metadata, dataset_index, dataset, split_name)
             if not len(split):
                 continue
-            predictions = zero_shot_predictions(loaded, load_split_images(split, loaded.image_size), task, device)
-            metrics = split_metrics(predictions, split, task)
             label = f"{dataset}/{split_name}"
-            results.append({**results_rows(method, label, metrics), "dataset": dataset})
-            groups.extend({**row, "dataset": dataset} for row in group_rows(method, label, metrics, task.group_names))
-            logger.info("%s on %s: avg %.3f, worst-group %.3f", method, label, metrics.avg_acc, metrics.worst_group_acc)
-    return {"results": results, "groups": groups}
+            allow_empty = bool(evaluation.get("allow_empty_groups", False))
+            check_groups_present(split, task.group_names, label, allow_empty)
+            images = load_split_images(split, loaded.image_size)
+            predictions = zero_shot_predictions(loaded, images, task, device, head=head)
+            report = split_report(
+                method, label, split.labels, predictions, split.groups, task, convention, bootstrap, allow_empty
+            )
+            for table, part in report.items():
+                rows[table].extend({**row, "dataset": dataset} for row in part)
+            result = report["results"][0]
+            logger.info(
+                "%s on %s: avg %.3f, worst-group %.3f, adjusted avg %.3f",
+                method, label, result["avg_acc"], result["worst_group_acc"], result["adjusted_avg_acc"],
+            )
+    return rows
 
 
 def evaluate_zero_shot(
@@ -60,23 +100,87 @@ def evaluate_finetuned(
     teacher_model: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
-    return evaluate_weights(str(weights.metadata["method"]), weights, dataset_metadata, dataset_index, teacher_model, evaluation)
+    method = str(weights.metadata["method"])
+    check_trained_from(method, weights.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
+    return evaluate_weights(method, weights, dataset_metadata, dataset_index, teacher_model, evaluation)
 
 
-def collect_results(*evaluations: dict[str, list[dict[str, Any]]]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """results.csv, group_results.csv and a Markdown table of the results."""
-    results = pd.DataFrame([row for evaluation in evaluations for row in evaluation["results"]])
-    groups = pd.DataFrame([row for evaluation in evaluations for row in evaluation["groups"]])
-    columns = ["method", "split", "n", "avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]
-    group_columns = ["method", "split", "group", "group_name", "n", "acc"]
-    return results[columns], groups[group_columns], markdown_table(results[columns]) + "\n"
+def collect_results(
+    *evaluations: dict[str, list[dict[str, Any]]],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """results.csv, group_results.csv and class_results.csv of every evaluated model."""
+    tables = {
+        key: pd.DataFrame([row for evaluation in evaluations for row in evaluation.get(key, [])])
+        for key in ("results", "groups", "classes")
+    }
+    return (
+        tables["results"][list(REPORT_COLUMNS)],
+        tables["groups"][list(GROUP_COLUMNS)],
+        tables["classes"][list(CLASS_COLUMNS)],
+    )
+
+
+def check_dataset_conventions(dataset_index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per data set: its convention, headline metric, training group counts and any warning (logged)."""
+    checks = {}
+    for name, entry in dataset_index["datasets"].items():
+        convention = entry.get("convention", "generic")
+        warning = convention_warning(convention, entry["train_group_counts"])
+        if warning:
+            logger.warning("data set %r: %s", name, warning)
+        checks[name] = {
+            "convention": convention,
+            "headline_metric": HEADLINE_METRIC[convention],
+            "train_group_counts": entry["train_group_counts"],
+            "warning": warning,
+        }
+    return checks
+
+
+def results_report(results: pd.DataFrame, dataset_checks: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """results.md: the comparison table with bootstrap intervals, the metric legend and data-set warnings."""
+    notes = [f"{name}: {check['warning']}" for name, check in dataset_checks.items() if check.get("warning")]
+    confidence = BootstrapSettings(**evaluation.get("bootstrap", {})).confidence
+    return comparison_markdown(results, confidence, notes)
+
+
+def _metric_key(method: str, split: str, metric: str) -> str:
+    """``<method>.<dataset>.<split>.<metric>`` with characters MLflow refuses (e.g. ``+``) as ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", f"{method}.{split.replace('/', '.')}.{metric}")
 
 
 def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """``<method>.<dataset>.<split>.<metric>`` in kedro-mlflow's metric format."""
-    metrics = ("avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc")
+    """``<method>.<dataset>.<split>.<metric>`` in kedro-mlflow's metric format (intervals included)."""
+    metrics = [column for column in METRIC_COLUMNS if column in results.columns]
     return {
-        f"{row.method}.{row.split.replace('/', '.')}.{metric}": {"value": float(getattr(row, metric)), "step": 0}
+        _metric_key(row.method, row.split, metric): {"value": float(getattr(row, metric)), "step": 0}
         for row in results.itertuples()
         for metric in metrics
     }
+
+
+def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> Figure:
+    """One method's per-group accuracy on every data set and split."""
+    return plot_method_group_accuracy(pd.DataFrame(evaluation["groups"]))
+
+
+def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
+    """Every method's per-group accuracy on the comparison split."""
+    split = reporting.get("comparison_split", "test")
+    return plot_group_accuracy_comparison(group_results, split, method_order=MODEL_ORDER)
+
+
+def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
+    """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split."""
+    if wise_ft_curve.empty:
+        return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
+    alphas = reporting.get("wise_ft_annotate_alphas")
+    return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=MODEL_ORDER)
+
+
+def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Figure:
+    """Loss terms against step for every fine-tuned method."""
+    history = pd.concat(histories, ignore_index=True)
+    terms = reporting.get("training_terms", ["loss"])
+    smooth = reporting.get("training_smooth")
+    return plot_training_curves(history, terms=terms, smooth=smooth, method_order=MODEL_ORDER)

@@ -8,16 +8,92 @@ from typing import Any
 import pandas as pd
 import torch
 
-from starft_pipeline.data import load_split_images
+from starft_pipeline.checkpointing import CheckpointConfig, checkpointer_from_config
 from starft_pipeline.dataset_index import dataset_info, dataset_split
 from starft_pipeline.descriptions import flatten_descriptions
+from starft_pipeline.distributed import init_from_env
+from starft_pipeline.heads import (
+    ClassifierHead,
+    head_metadata,
+    head_tensors,
+    prepare_head_training,
+    split_heads,
+    weights_bundle,
+    zero_shot_linear_head,
+)
+from starft_pipeline.linear_probe import LinearProbeConfig, select_linear_probe
 from starft_pipeline.models import ModelSpec, create_model, resolve_device, state_dict_copy
+from starft_pipeline.streaming import train_images
 from starft_pipeline.teacher import TeacherCache, check_fresh, expected_fingerprint
 from starft_pipeline.tensor_bundle import TensorBundle
 from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
 
 logger = logging.getLogger(__name__)
-RUNTIME_KEYS = ("device",)
+RUNTIME_KEYS = ("device", "linear_probe", "checkpoint")
+# Logged per step, and per epoch (at step = epoch: the summaries on each epoch's last history row).
+STEP_TERMS = ("loss", "contrastive", "regulariser", "cross_entropy", "images_per_s")
+EPOCH_TERMS = ("epoch_loss", "epoch_time_s", "epoch_images_per_s", "peak_memory_mb")
+
+
+def _fresh_cache(
+    dataset_index: dict[str, Any], descriptions: dict[str, Any], teacher_model: dict[str, Any], teacher_cache: TensorBundle
+) -> TeacherCache:
+    """The teacher cache, checked against the current model, prompts, descriptions and data."""
+    class_names = dataset_info(dataset_index, dataset_index["finetune_dataset"])["class_names"]
+    cache = TeacherCache.from_bundle(teacher_cache)
+    identity = ModelSpec(**teacher_model["spec"]).identity()
+    check_fresh(cache, expected_fingerprint(identity, dataset_index, flatten_descriptions(descriptions, class_names)))
+    return cache
+
+
+def _initial_head(
+    config: FinetuneConfig, cache: TeacherCache, dataset: str, class_names: list[str], linear_probe: TensorBundle | None
+) -> ClassifierHead | None:
+    """FT starts from the zero-shot head (τ₀ · cached class features), LP-FT from the LP head."""
+    if config.head_init == "zero_shot":
+        return zero_shot_linear_head(cache.class_features[dataset], cache.logit_scale, class_names)
+    if config.head_init == "linear_probe":
+        if linear_probe is None:
+            raise ValueError(f"method {config.method!r} starts from the linear probe's head; give the node its linear_probe")
+        return split_heads(linear_probe.tensors, linear_probe.metadata)[1][dataset]
+    return None
+
+
+def fit_linear_probe(
+    dataset_metadata: pd.DataFrame,
+    dataset_index: dict[str, Any],
+    descriptions: dict[str, Any],
+    teacher_model: dict[str, Any],
+    teacher_cache: TensorBundle,
+    finetune_params: dict[str, Any],
+) -> TensorBundle:
+    """LP: logistic regression on the cached teacher image features of the train split, C chosen on val."""
+    config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
+    dataset = dataset_index["finetune_dataset"]
+    class_names = dataset_info(dataset_index, dataset)["class_names"]
+    cache = _fresh_cache(dataset_index, descriptions, teacher_model, teacher_cache)
+    train, val = (dataset_split(dataset_metadata, dataset_index, dataset, split) for split in ("train", "val"))
+    head, sweep = select_linear_probe(
+        cache.image_features[f"{dataset}/train"], torch.tensor(train.labels),
+        cache.image_features.get(f"{dataset}/val"), torch.tensor(val.labels), class_names, config,
+    )
+    metadata = {"config": config.as_dict(), "sweep": sweep.to_dict("records"), "teacher_fingerprint": cache.fingerprint}
+    return TensorBundle(head_tensors({dataset: head}), metadata | head_metadata({dataset: head}))
+
+
+def linear_probe_weights(
+    linear_probe: TensorBundle, teacher_model: dict[str, Any], finetune_params: dict[str, Any]
+) -> tuple[TensorBundle, pd.DataFrame]:
+    """LP's model: the teacher's towers unchanged plus the probe's head; history = the C sweep."""
+    config = FinetuneConfig.from_params(finetune_params, exclude=RUNTIME_KEYS)
+    loaded = create_model(ModelSpec(**teacher_model["spec"]))
+    metadata = {key: value for key, value in linear_probe.metadata.items() if key != "sweep"}
+    weights = TensorBundle(
+        state_dict_copy(loaded.model) | linear_probe.tensors,
+        metadata | {"method": config.method, "config": config.as_dict(), "linear_probe": metadata["config"]},
+    )
+    history = pd.DataFrame(linear_probe.metadata["sweep"]).assign(method=config.method)
+    return weights, history
 
 
 def finetune_method(
@@ -27,21 +103,28 @@ def finetune_method(
     teacher_model: dict[str, Any],
     teacher_cache: TensorBundle,
     finetune_params: dict[str, Any],
+    linear_probe: TensorBundle | None = None,
 ) -> tuple[TensorBundle, pd.DataFrame]:
-    """Fine-tune the teacher's model with one method; returns its weights and loss history."""
+    """Fine-tune the teacher's model with one method; returns its weights and loss history.
+
+    FT and LP-FT train the image tower and a head (from the zero-shot or the LP head), text tower frozen.
+    """
     config = FinetuneConfig.from_params(finetune_params, exclude=RUNTIME_KEYS)
     dataset = dataset_index["finetune_dataset"]
     class_names = dataset_info(dataset_index, dataset)["class_names"]
     pool = flatten_descriptions(descriptions, class_names)
     spec = ModelSpec(**teacher_model["spec"])
-    cache = TeacherCache.from_bundle(teacher_cache)
-    check_fresh(cache, expected_fingerprint(spec.identity(), dataset_index, pool))
+    cache = _fresh_cache(dataset_index, descriptions, teacher_model, teacher_cache)
 
-    device = resolve_device(finetune_params.get("device", "auto"))
+    context, device = init_from_env(resolve_device(finetune_params.get("device", "auto")))
     loaded = create_model(spec, device=device)
+    head = _initial_head(config, cache, dataset, class_names, linear_probe)
+    if head is not None:
+        prepare_head_training(loaded.model, head)
     split = dataset_split(dataset_metadata, dataset_index, dataset, "train")
     data = train_data_from_cache(
-        images=load_split_images(split, loaded.image_size),
+        images=train_images(split, loaded.image_size, config.data_loading, config.memory_limit_gb,
+                            config.num_workers, config.pin_memory),
         labels=torch.from_numpy(split.labels),
         class_names=class_names,
         pool=pool,
@@ -50,9 +133,13 @@ def finetune_method(
         teacher_scale=cache.logit_scale,
         config=config,
     )
-    state = finetune(loaded, data, config, device)
-    weights = TensorBundle(
-        state_dict_copy(state.model),
+    checkpoints = checkpointer_from_config(
+        CheckpointConfig.from_params(finetune_params.get("checkpoint")), config.method,
+        identity={"teacher_cache": cache.fingerprint, "dataset": dataset},
+    )
+    state = finetune(loaded, data, config, device, checkpoints=checkpoints, context=context)
+    weights = weights_bundle(
+        state_dict_copy(state.model), dataset, class_names,
         {"method": config.method, "config": config.as_dict(), "teacher_fingerprint": cache.fingerprint},
     )
     history = pd.DataFrame(state.history).assign(method=config.method)
@@ -60,14 +147,16 @@ def finetune_method(
 
 
 def loss_curve_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
-    """The loss terms per step, in kedro-mlflow's metric-history format."""
+    """Loss terms and images/s per step, and the per-epoch summaries (step = epoch), in kedro-mlflow's
+    metric-history format."""
     method = str(history["method"].iloc[0])
-    terms = [column for column in ("loss", "contrastive", "regulariser") if column in history]
+    series = [(term, "step") for term in STEP_TERMS if term in history]
+    series += [(term, "epoch") for term in EPOCH_TERMS if term in history]
     return {
         f"{method}.train.{term}": [
-            {"step": int(step), "value": float(value)}
-            for step, value in zip(history["step"], history[term])
+            {"step": int(index), "value": float(value)}
+            for index, value in zip(history[index_column], history[term])
             if pd.notna(value)
         ]
-        for term in terms
+        for term, index_column in series
     }

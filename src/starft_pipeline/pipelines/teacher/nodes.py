@@ -7,14 +7,26 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.dataset_index import all_splits
+from starft_pipeline.dataset_index import all_splits, data_identity
 from starft_pipeline.descriptions import flatten_descriptions
 from starft_pipeline.models import ModelSpec, create_model, resolve_device
 from starft_pipeline.dataset_index import dataset_info
-from starft_pipeline.teacher import compute_teacher_cache, expected_fingerprint
+from starft_pipeline.teacher import (
+    DEFAULT_WORK_DIR,
+    FeatureParts,
+    compute_teacher_cache,
+    expected_fingerprint,
+    image_features_key,
+)
 from starft_pipeline.tensor_bundle import TensorBundle
 
 logger = logging.getLogger(__name__)
+
+
+def _feature_parts(teacher: dict[str, Any], identity: dict[str, str], dataset_index: dict[str, Any]) -> FeatureParts | None:
+    """Where finished splits are kept until the cache is saved (``teacher.work_dir``; null: not kept)."""
+    work_dir = teacher.get("work_dir", DEFAULT_WORK_DIR)
+    return FeatureParts(work_dir, image_features_key(identity, dataset_index)) if work_dir else None
 
 
 def build_teacher_cache(
@@ -40,7 +52,21 @@ def build_teacher_cache(
         fingerprint_value=fingerprint_value,
         batch_size=int(teacher.get("batch_size", 256)),
         device=device,
+        parts=_feature_parts(teacher, identity, dataset_index),
     )
     logger.info("teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts))
-    record = {"spec": teacher["model"], "identity": identity, "fingerprint": fingerprint_value}
+    record = {"spec": teacher["model"], "identity": identity, "fingerprint": fingerprint_value,
+              "data": dict(data_identity(dataset_index))}
     return record, cache.to_bundle()
+
+
+def release_teacher_parts(teacher_model: dict[str, Any], dataset_index: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """Remove the per-split parts once the teacher cache holding them is saved (runs after that node)."""
+    parts = _feature_parts(teacher, teacher_model["identity"], dataset_index)
+    if parts is not None:
+        parts.release()
+
+
+def teacher_fingerprint(teacher_model: dict[str, Any]) -> dict[str, Any]:
+    """The teacher cache's fingerprint and the model identity it was computed from (an MLflow artifact)."""
+    return {"fingerprint": teacher_model["fingerprint"], "identity": teacher_model["identity"]}

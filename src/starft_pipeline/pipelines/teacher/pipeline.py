@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_teacher_cache
+from .nodes import build_teacher_cache, release_teacher_parts, teacher_fingerprint
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -13,7 +13,15 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["dataset_metadata", "dataset_index", "descriptions", "params:teacher"],
                 ["teacher_model", "teacher_cache"],
                 name="build_teacher_cache",
-            )
+            ),
+            Node(teacher_fingerprint, "teacher_model", "teacher_fingerprint", name="log_teacher_fingerprint"),
+            # teacher_cache is saved with teacher_model, before this node runs
+            Node(
+                release_teacher_parts,
+                ["teacher_model", "dataset_index", "params:teacher"],
+                None,
+                name="release_teacher_parts",
+            ),
         ],
         tags="teacher",
     )

@@ -1,0 +1,169 @@
+"""Multi-process data parallelism (DDP), torchrun-compatible, and the global-batch bookkeeping.
+
+Every process runs the same loop on the same global batch of ``batch_size`` samples; a process
+forwards only its rows, gathers the features of all rows, and computes the loss over the whole
+(global) batch, so the loss is the single-process loss on that batch. No Kedro here.
+
+Gradients. Every rank computes the *identical* loss L over the gathered features, but autograd
+reaches the encoders only through the rank's own rows (the other rows arrive without a graph). The
+true gradient of L with respect to the local features is therefore the sum of the W ranks'
+(identical) contributions, i.e. W times the local one; :func:`all_gather_with_local_grad` returns
+exactly that in its backward, DDP's averaging divides by W, and every parameter's gradient equals
+the single-process gradient on the same global batch. (open_clip's default gather keeps the local
+gradient unscaled, which leaves the encoders' gradients at 1/W of it; Adam barely notices, a test
+of equality does.) Parameters used *after* the gather (logit scale, a classification head) get the
+full gradient on every rank and are averaged to it as well.
+
+Under torchrun (``WORLD_SIZE > 1`` in the environment) :func:`init_from_env` joins the process
+group through ``env://``: NCCL on CUDA (one GPU per process, ``LOCAL_RANK``), gloo on the CPU.
+Only rank 0 writes files (checkpoints) and shows progress bars.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job: rank, world size and the local rank (GPU index on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE_PROCESS = DistContext()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as error:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from error
+
+
+def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``; returns the context and this rank's device.
+
+    On CUDA each process takes the GPU ``LOCAL_RANK``. Without ``WORLD_SIZE`` (or with 1) this is a
+    single-process run and nothing is initialised.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1:
+        return SINGLE_PROCESS, device
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
+        logger.info("joined the %s process group: rank %d of %d on %s", backend, rank, world_size, device)
+    return DistContext(rank, world_size, local_rank), device
+
+
+def current_context() -> DistContext:
+    """The context of an already initialised process group, else the single-process one."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()))
+    return SINGLE_PROCESS
+
+
+def barrier(context: DistContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+class _GatherKeepingLocalGrad(torch.autograd.Function):
+    """All-gather along dim 0; the backward returns the local slice's gradient times the world size."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        ctx.rank, ctx.world_size, ctx.rows = rank, world_size, local.shape[0]
+        parts = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        start = ctx.rank * ctx.rows
+        return grad[start : start + ctx.rows] * ctx.world_size, None, None
+
+
+def all_gather_with_local_grad(local: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Rows of every rank in rank order (equal row counts); the graph runs through this rank's rows only.
+
+    Valid when every rank computes the same loss from the gathered tensor (see the module docstring).
+    """
+    if not context.enabled:
+        return local
+    return _GatherKeepingLocalGrad.apply(local, context.rank, context.world_size)
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """One forward pass's share of a step's (global) batch, as positions into that batch.
+
+    ``local``: the rows this process forwards; ``gathered``: the rows the gathered features stand
+    for, in gather order (the micro-batch across all ranks). Single process, no accumulation:
+    both are every row.
+    """
+
+    local: torch.Tensor
+    gathered: torch.Tensor
+    context: DistContext = SINGLE_PROCESS
+
+    @classmethod
+    def whole(cls, batch_size: int) -> "BatchRows":
+        rows = torch.arange(batch_size)
+        return cls(rows, rows)
+
+    def gather(self, local_features: torch.Tensor) -> torch.Tensor:
+        """Features of ``gathered`` from this process's features of ``local``."""
+        return all_gather_with_local_grad(local_features, self.context)
+
+
+def micro_batch_rows(batch_size: int, accum_steps: int, context: DistContext = SINGLE_PROCESS) -> list[BatchRows]:
+    """Split a step's batch into ``accum_steps`` contiguous micro-batches, each split evenly over the ranks.
+
+    Micro-batch k is rows ``[k·m, (k+1)·m)`` with ``m = batch_size / accum_steps`` whatever the world
+    size, so the result does not depend on how many processes share the work.
+    """
+    if accum_steps < 1:
+        raise ValueError(f"finetune grad_accum_steps must be >= 1, got {accum_steps}")
+    shards = accum_steps * context.world_size
+    if batch_size % shards:
+        raise ValueError(
+            f"the step batch of {batch_size} samples does not split into grad_accum_steps={accum_steps} "
+            f"micro-batches over {context.world_size} process(es) (WORLD_SIZE); choose finetune batch_size "
+            f"divisible by {shards}"
+        )
+    micro, per_rank = batch_size // accum_steps, batch_size // shards
+    plan = []
+    for k in range(accum_steps):
+        start = k * micro + context.rank * per_rank
+        plan.append(BatchRows(torch.arange(start, start + per_rank), torch.arange(k * micro, (k + 1) * micro), context))
+    return plan

@@ -1,0 +1,71 @@
+"""Kedro hooks: typed parameters are checked before any node runs (and before MLflow logs them).
+
+The models live in :mod:`starft_pipeline.params`; this module only finds which parameter blocks the
+run reads and raises Kedro's ``ParameterValidationError`` with every problem, each as
+``<full.key.path>: <message>``. Nodes keep receiving plain dicts, so node signatures are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Pipeline
+from kedro.validation import ParameterValidationError
+
+logger = logging.getLogger(__name__)
+_PARAMS = "params:"
+_RUNTIME_PARAM = re.compile(r"runtime_params:\s*([A-Za-z_][\w.]*)")
+
+
+def parameter_paths(pipelines: Iterable[Pipeline]) -> set[str]:
+    """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``)."""
+    return {name[len(_PARAMS):] for pipeline in pipelines for name in pipeline.all_inputs() if name.startswith(_PARAMS)}
+
+
+def runtime_parameter_names(conf_source: str | Path | None) -> set[str]:
+    """Top-level names the configuration reads through ``${runtime_params:<name>}`` (e.g. a catalog path)."""
+    if conf_source is None or not Path(conf_source).is_dir():
+        return set()
+    return {
+        match.split(".")[0]
+        for path in Path(conf_source).rglob("*.yml")
+        for match in _RUNTIME_PARAM.findall(path.read_text(encoding="utf-8", errors="replace"))
+    }
+
+
+def _registered_pipelines() -> list[Pipeline]:
+    from kedro.framework.project import pipelines
+
+    return list(pipelines.values())
+
+
+class ParameterValidationHooks:
+    """Checks the parameter blocks the run reads (other stages' blocks: warnings); unknown keys anywhere are errors."""
+
+    def __init__(self) -> None:
+        self._conf_source: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._conf_source = getattr(context.config_loader, "conf_source", None)
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow starts a run and logs the parameters
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        from .params import parameter_errors, parameter_warnings  # torch and open_clip come with it
+
+        params = catalog.load("parameters")
+        run_paths = parameter_paths([pipeline])
+        read_paths = parameter_paths([*_registered_pipelines(), pipeline])
+        for warning in parameter_warnings(params, run_paths, read_paths):
+            logger.warning("parameters of another stage (this run does not read them): %s", warning)
+        errors = parameter_errors(params, run_paths, read_paths, runtime_parameter_names(self._conf_source))
+        if errors:
+            raise ParameterValidationError(
+                "Parameter validation failed before any node ran:\n" + "\n".join(f"- {error}" for error in errors)
+            )
+        logger.info("parameters: %d block(s) read by this run checked against their models", len(run_paths))

@@ -1,0 +1,221 @@
+"""The methods table: every fine-tuning method over several seeds, as mean ± std.
+
+    python -m starft_pipeline.methods_table --seeds 0 1 2
+
+runs the upstream stages once (class_names, descriptions, teacher), then for each seed the
+`finetune` and `evaluation` pipelines in their own KedroSession with every method's
+``<method>.finetune.seed`` overridden (the method list is
+``starft_pipeline.pipelines.finetune.pipeline.METHODS``), keeps each seed's results, and writes
+``data/08_reporting/methods_table.{csv,md}`` plus the per-seed rows ``methods_table_runs.csv``,
+logged to MLflow as one more run. Only the fine-tuning seed varies: data sets and the pretrained
+teacher are fixed, so the std measures fine-tuning noise (batch order, crops, caption and
+description draws), not data noise; the zero-shot rows therefore have std 0.
+
+The aggregation helpers are plain pandas; only :func:`run_seeds` and :func:`main` drive Kedro
+(this module is an entry point, like ``__main__``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .reporting import markdown_table, mean_std_table
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_PIPELINES = ("class_names", "descriptions", "teacher")
+SEED_PIPELINES = ("finetune", "evaluation")
+TABLE_METRICS = ("avg_acc", "worst_group_acc", "minority_group_acc", "adjusted_avg_acc")
+REPORT_DIR = Path("data/08_reporting")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers (tested without Kedro runs)
+# --------------------------------------------------------------------------------------------
+
+
+def seed_overrides(params: Mapping[str, Any], methods: Sequence[str], seed: int) -> dict[str, Any]:
+    """Runtime parameters setting ``<method>.finetune.seed`` for every method that has a finetune block."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    overrides = {
+        method: {"finetune": {"seed": seed}}
+        for method in methods
+        if isinstance(params.get(method), Mapping) and isinstance(params[method].get("finetune"), Mapping)
+    }
+    if not overrides:
+        raise ValueError(
+            f"none of the methods {list(methods)} has a `<method>.finetune` parameters block; "
+            "nothing would change with the seed"
+        )
+    return overrides
+
+
+def minority_groups(index: Mapping[str, Any], dataset: str) -> list[int]:
+    """Groups that are not their class's largest training group: where the correlation breaks."""
+    entry = index["datasets"][dataset]
+    n_places = int(entry["n_places"])
+    counts = list(entry["train_group_counts"])
+    minority = []
+    for y in range(len(entry["class_names"])):
+        row = counts[y * n_places : (y + 1) * n_places]
+        majority = max(range(n_places), key=row.__getitem__)
+        minority += [y * n_places + p for p in range(n_places) if p != majority]
+    return minority
+
+
+def minority_accuracy(group_results: pd.DataFrame, index: Mapping[str, Any]) -> pd.DataFrame:
+    """Mean accuracy over each split's minority groups (unweighted), one row per (method, split)."""
+    rows = []
+    for (method, split), part in group_results.groupby(["method", "split"], sort=False):
+        dataset = str(split).split("/")[0]
+        if dataset not in index["datasets"]:
+            raise KeyError(f"split {split!r}: data set {dataset!r} is not in the dataset index")
+        minority = part[part["group"].isin(minority_groups(index, dataset))]
+        rows.append({"method": method, "split": split, "minority_group_acc": float(minority["acc"].mean())})
+    return pd.DataFrame(rows, columns=["method", "split", "minority_group_acc"])
+
+
+def seed_rows(results: pd.DataFrame, group_results: pd.DataFrame, index: Mapping[str, Any], seed: int) -> pd.DataFrame:
+    """One seed's ``results.csv`` rows with the minority-group accuracy and the seed added."""
+    merged = results.merge(minority_accuracy(group_results, index), on=["method", "split"], how="left")
+    return merged.assign(seed=seed)
+
+
+def aggregate(runs: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+    """Mean ± sample std over seeds per (method, split), in percent, methods and splits in run order."""
+    seeds_per_method = runs.groupby("method", sort=False)["seed"].nunique()
+    if seeds_per_method.nunique() > 1:
+        raise ValueError(f"methods were run over different numbers of seeds: {seeds_per_method.to_dict()}")
+    return mean_std_table(runs, by=("method", "split"), metrics=metrics, percent=True, decimals=1)
+
+
+def table_markdown(table: pd.DataFrame, splits: Iterable[str] | None = None, metrics: Sequence[str] = TABLE_METRICS) -> str:
+    """The Markdown table: one row per (method, split), the ``mean ± std`` strings in percent."""
+    frame = table if splits is None else table[table["split"].isin(list(splits))]
+    columns = ["method", "split", "n_seeds", *metrics]
+    return markdown_table(frame[columns].rename(columns={m: f"{m} (%)" for m in metrics}))
+
+
+def markdown_document(table: pd.DataFrame, command: str, seeds: Sequence[int], wall_s: float) -> str:
+    lines = [
+        "# Methods table",
+        "",
+        f"`{command}` — seeds {list(seeds)}, wall time {wall_s / 60:.1f} min. Mean ± sample std over seeds, in percent.",
+        "`minority_group_acc`: mean accuracy over the groups that are not their class's majority training group.",
+        "",
+        table_markdown(table),
+    ]
+    return "\n".join(lines)
+
+
+def table_metrics(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> dict[str, float]:
+    """``<method>.<dataset>.<split>.<metric>_{mean,std}`` for MLflow (NaN stds, of one seed, left out)."""
+    out = {}
+    for row in table.to_dict("records"):
+        prefix = f"{row['method']}.{str(row['split']).replace('/', '.')}"
+        for metric in metrics:
+            for stat in ("mean", "std"):
+                value = row[f"{metric}_{stat}"]
+                if pd.notna(value):
+                    out[f"{prefix}.{metric}_{stat}"] = float(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Driving Kedro
+# --------------------------------------------------------------------------------------------
+
+
+def _session(project_path: Path, env: str | None, runtime_params: dict[str, Any] | None = None):
+    from kedro.framework.session import KedroSession
+
+    return KedroSession.create(project_path=project_path, env=env, runtime_params=runtime_params)
+
+
+def run_seeds(
+    seeds: Sequence[int], project_path: Path, env: str | None = None, run_upstream: bool = True
+) -> tuple[pd.DataFrame, dict[int, float]]:
+    """Run finetune + evaluation once per seed; returns every seed's rows and each seed's wall time."""
+    from kedro.framework.startup import bootstrap_project
+
+    from .pipelines.finetune.pipeline import METHODS
+
+    bootstrap_project(project_path)
+    if run_upstream:
+        with _session(project_path, env) as session:
+            session.run(pipeline_names=list(UPSTREAM_PIPELINES))
+    with _session(project_path, env) as session:
+        params = session.load_context().params
+    runs, times = [], {}
+    for seed in seeds:
+        started = time.perf_counter()
+        overrides = seed_overrides(params, METHODS, seed)
+        logger.info("methods table: seed %d, methods %s", seed, sorted(overrides))
+        with _session(project_path, env, overrides) as session:
+            session.run(pipeline_names=list(SEED_PIPELINES))
+            catalog = session.load_context().catalog
+            runs.append(seed_rows(catalog.load("results"), catalog.load("group_results"), catalog.load("dataset_index"), seed))
+        times[seed] = time.perf_counter() - started
+        logger.info("methods table: seed %d done in %.0f s", seed, times[seed])
+    return pd.concat(runs, ignore_index=True), times
+
+
+def write_outputs(table: pd.DataFrame, runs: pd.DataFrame, document: str, summary: dict[str, Any], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "methods_table.csv", folder / "methods_table_runs.csv", folder / "methods_table.md",
+             folder / "methods_table.json"]
+    table.to_csv(paths[0], index=False)
+    runs.to_csv(paths[1], index=False)
+    paths[2].write_text(document, encoding="utf-8")
+    paths[3].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+def log_to_mlflow(table: pd.DataFrame, paths: Sequence[Path], summary: Mapping[str, Any], project_path: Path, env: str | None) -> str:
+    """One MLflow run holding the table's means and stds and the files; tracking set up by kedro-mlflow."""
+    import mlflow
+
+    with _session(project_path, env) as session:
+        session.load_context()  # kedro-mlflow's hook points mlflow at conf's tracking URI and experiment
+    with mlflow.start_run(run_name="methods_table") as run:
+        mlflow.log_params({"seeds": " ".join(map(str, summary["seeds"])), "command": summary["command"][:250]})
+        mlflow.log_metrics(table_metrics(table) | {"wall_s": float(summary["wall_s"])})
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="methods_table")
+        return run.info.run_id
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
+    parser.add_argument("--env", default=None, help="Kedro configuration environment")
+    parser.add_argument("--project-path", type=Path, default=Path.cwd(), help="Kedro project root (default: cwd)")
+    parser.add_argument("--skip-upstream", action="store_true", help="reuse the cached class_names/descriptions/teacher outputs")
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds has duplicates: {args.seeds}")
+    command = "python -m starft_pipeline.methods_table --seeds " + " ".join(map(str, args.seeds))
+    started = time.perf_counter()
+    runs, times = run_seeds(args.seeds, args.project_path.resolve(), args.env, run_upstream=not args.skip_upstream)
+    wall_s = time.perf_counter() - started
+    table = aggregate(runs)
+    summary = {"command": command, "seeds": args.seeds, "wall_s": round(wall_s, 1),
+               "seed_wall_s": {str(k): round(v, 1) for k, v in times.items()}, "methods": list(dict.fromkeys(runs["method"]))}
+    paths = write_outputs(table, runs, markdown_document(table, command, args.seeds, wall_s), summary,
+                          args.project_path / REPORT_DIR)
+    run_id = log_to_mlflow(table, paths, summary, args.project_path.resolve(), args.env)
+    logger.info("methods table: %s (MLflow run %s), %.1f min", paths[2], run_id, wall_s / 60)
+    print(table_markdown(table))
+
+
+if __name__ == "__main__":
+    main()

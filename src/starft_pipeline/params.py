@@ -1,0 +1,481 @@
+"""Typed parameters: one Pydantic model per parameters block, checked before any node runs.
+
+Blocks that a core dataclass reads (``<method>.finetune`` → :class:`~starft_pipeline.training.FinetuneConfig`,
+``teacher.model`` → :class:`~starft_pipeline.models.ModelSpec`, ``pretrain``, ``evaluation.bootstrap``,
+the data checks of ``datasets.<name>``) get a model *generated from that dataclass*: its fields, types
+and defaults, so a field added there is accepted here at once, plus the dataclass's own checks (its
+``from_params`` / ``__post_init__``), plus the ranges listed here. Scalars are strict (``lr: "1e-4"``
+is a string, not a number: YAML 1.1 reads ``1e-4`` without a dot that way) and unknown keys are errors.
+
+:func:`parameter_errors` returns every problem as ``<full.key.path>: <message>``; the Kedro hook
+(:mod:`starft_pipeline.hooks`) raises them before the run starts. Nodes keep receiving plain dicts.
+No Kedro here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    Strict,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+from .checkpointing import CheckpointConfig
+from .data import DataChecks
+from .linear_probe import LinearProbeConfig
+from .llm import LLMSettings
+from .metrics import CONVENTIONS
+from .models import ModelSpec
+from .pretraining import PretrainConfig
+from .reporting import BootstrapSettings
+from .teacher import DEFAULT_WORK_DIR
+from .training import METHODS, FinetuneConfig
+
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+_SCALARS = (int, float, bool, str)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Parameter names that would carry a credential into MLflow's parameter log.
+_SECRET_NAME = re.compile(r"^(.*_)?(api_?key|secret|password|passwd|token|access_token|auth_token)$", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^sk-ant-")
+
+
+class ParameterError(ValueError):
+    """Parameters that cannot be used; the message lists every problem with its full key path."""
+
+
+def strict(annotation: Any) -> Any:
+    """``annotation`` with every int, float, bool and str inside it made strict (no coercion from text)."""
+    if annotation in _SCALARS:
+        return Annotated[annotation, Strict()]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal or not args:
+        return annotation
+    if origin is Annotated:
+        return Annotated[(strict(args[0]), *annotation.__metadata__)]
+    inner = tuple(arg if arg is Ellipsis else strict(arg) for arg in args)
+    if origin in (Union, types.UnionType):
+        return Union[inner]
+    return origin[inner if len(inner) > 1 else inner[0]]
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.match(value):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:<index> or mps, got {value!r}")
+    return value
+
+
+def _check_crop_scale(value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {list(value)}")
+    return value
+
+
+def _one_of(allowed: Iterable[str]) -> AfterValidator:
+    allowed = tuple(allowed)
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {list(allowed)}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+Device = Annotated[str, Strict(), AfterValidator(_check_device)]
+SplitName = Literal["train", "val", "test"]
+Alpha = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+MethodName = Annotated[str, Strict(), _one_of(METHODS)]
+
+
+def model_from_dataclass(
+    cls: type,
+    constraints: Mapping[str, Any] = {},
+    extra_fields: Mapping[str, tuple[Any, Any]] = {},
+    exclude: Iterable[str] = (),
+    check: Callable[[dict[str, Any]], Any] | None = None,
+    base: type[BaseModel] | None = None,
+) -> type[BaseModel]:
+    """A strict Pydantic model with ``cls``'s fields, types and defaults.
+
+    ``constraints`` adds metadata (``Field(gt=0)``, an ``AfterValidator``) to named fields (a name
+    that is no longer a field is ignored: the tests check the list); ``extra_fields`` adds keys the
+    node reads besides the dataclass; ``check`` runs on the validated values (e.g. the dataclass's own
+    ``from_params``), its ValueError reported under the block's path.
+    """
+    hints = get_type_hints(cls)
+    definitions: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        annotation = strict(hints[field.name])
+        if field.name in constraints:
+            annotation = Annotated[annotation, constraints[field.name]]
+        if field.default is not dataclasses.MISSING:
+            definitions[field.name] = (annotation, field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            definitions[field.name] = (annotation, Field(default_factory=field.default_factory))
+        else:
+            definitions[field.name] = (annotation, ...)
+    definitions.update(extra_fields)
+    validators = {"_dataclass_check": _after_check(check)} if check else {}
+    options: dict[str, Any] = {"__base__": base} if base else {"__config__": STRICT}
+    return create_model(f"{cls.__name__}Params", **options, __validators__=validators, **definitions)
+
+
+def _after_check(check: Callable[[dict[str, Any]], Any]) -> Any:
+    def run(model: BaseModel) -> BaseModel:
+        check(model.model_dump())
+        return model
+
+    return model_validator(mode="after")(run)
+
+
+# --- class_names ------------------------------------------------------------------------------------
+
+class _DataChecksBase(BaseModel):
+    model_config = STRICT
+
+
+_DataChecksParams = model_from_dataclass(DataChecks, exclude=("source",), base=_DataChecksBase)
+
+
+class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
+    """``datasets.<name>``: where a data set is and how its rows and images are checked."""
+
+    root: Annotated[str, Strict()] | None = None
+    generate: Annotated[str, Strict()] | dict[str, Any] | None = None
+    format: Literal["release", "image_folder"] = "release"
+    roots: dict[SplitName, Annotated[str, Strict()]] | None = None
+    optional: Annotated[bool, Strict()] = False
+
+    @model_validator(mode="after")
+    def _location(self) -> "DatasetParams":
+        if self.format == "release" and not self.root:
+            raise ValueError("format release needs `root` (the folder holding metadata.csv)")
+        if self.format == "image_folder" and not self.roots:
+            raise ValueError("format image_folder needs `roots: {split: folder}`")
+        self._check_generate()
+        return self
+
+    def _check_generate(self) -> None:
+        from .synthetic import DEFAULT_SPECS, GroupShiftSpec
+
+        if isinstance(self.generate, str) and self.generate not in DEFAULT_SPECS:
+            raise ValueError(f"generate is {self.generate!r}; use one of {sorted(DEFAULT_SPECS)}, a spec mapping or null")
+        if isinstance(self.generate, dict):
+            GroupShiftSpec.from_dict(self.generate)
+
+
+DatasetsParams = RootModel[dict[str, DatasetParams]]
+
+
+class ClassNamesDatasetParams(BaseModel):
+    """``class_names.datasets.<name>``: where the class names come from and how the data set is reported."""
+
+    model_config = STRICT
+    source: Literal["manifest", "mapping", "image_folder", "folders", "csv"] = "mapping"
+    templates: Annotated[str, Strict()] | list[Annotated[str, Strict()]] = "simple"
+    convention: Annotated[str, Strict(), _one_of(CONVENTIONS)] = "generic"
+    mapping: dict[int | str, Annotated[str, Strict()]] | None = None
+    places: dict[int | str, Annotated[str, Strict()]] | None = None
+    image_folder: Annotated[str, Strict()] | None = None
+    class_map: Annotated[str, Strict()] | None = None
+    csv: Annotated[str, Strict()] | None = None
+    name_column: Annotated[str, Strict()] | None = None
+    label_column: Annotated[str, Strict()] | None = None
+
+    @model_validator(mode="after")
+    def _source_inputs(self) -> "ClassNamesDatasetParams":
+        needed = {"mapping": ("mapping",), "image_folder": ("image_folder",), "csv": ("csv", "name_column")}
+        missing = [key for key in needed.get(self.source, ()) if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"source {self.source} needs {missing}")
+        return self
+
+
+class ClassNamesParams(BaseModel):
+    model_config = STRICT
+    finetune_dataset: Annotated[str, Strict()]
+    datasets: dict[str, ClassNamesDatasetParams]
+
+    @model_validator(mode="after")
+    def _finetune_dataset_listed(self) -> "ClassNamesParams":
+        if self.finetune_dataset not in self.datasets:
+            raise ValueError(
+                f"finetune_dataset is {self.finetune_dataset!r}, which has no entry under datasets ({sorted(self.datasets)})"
+            )
+        return self
+
+
+# --- descriptions, teacher ----------------------------------------------------------------------------
+
+class DescriptionsParams(BaseModel):
+    """``descriptions``; the keys the node indexes directly are required (no silent default)."""
+
+    model_config = STRICT
+    provider: Literal["offline", "anthropic"]
+    confounder_types: list[Annotated[str, Strict(), Field(min_length=1)]] = Field(min_length=1)
+    pinned_file: Annotated[str, Strict()] | None = None
+    cache_dir: Annotated[str, Strict()]
+    credentials_file: Annotated[str, Strict()] | None = None
+    anthropic: LLMSettings | None = None
+
+    @model_validator(mode="after")
+    def _anthropic_settings(self) -> "DescriptionsParams":
+        if self.provider == "anthropic" and self.anthropic is None:
+            raise ValueError("provider anthropic needs the `anthropic` block (model, max_tokens, …)")
+        return self
+
+
+MODEL_SPEC_RANGES = {"init_seed": Field(ge=0)}
+TeacherModelParams = model_from_dataclass(ModelSpec, constraints=MODEL_SPEC_RANGES)
+
+
+class TeacherParams(BaseModel):
+    model_config = STRICT
+    model: TeacherModelParams  # type: ignore[valid-type]
+    batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
+    device: Device = "auto"
+    work_dir: Annotated[str, Strict()] | None = DEFAULT_WORK_DIR
+
+
+# --- finetune -----------------------------------------------------------------------------------------
+
+LinearProbeParams = model_from_dataclass(LinearProbeConfig, check=LinearProbeConfig.from_params)
+CheckpointParams = model_from_dataclass(CheckpointConfig)
+#: The finetune keys read besides FinetuneConfig's (the finetune nodes' RUNTIME_KEYS).
+FINETUNE_RUNTIME_FIELDS = {
+    "device": (Device, "auto"),
+    "linear_probe": (LinearProbeParams | None, None),
+    "checkpoint": (CheckpointParams | None, None),
+}
+#: Ranges of FinetuneConfig fields (beyond what its __post_init__ checks).
+FINETUNE_RANGES = {
+    "epochs": Field(ge=1),
+    "batch_size": Field(ge=1),
+    "lr": Field(gt=0),
+    "weight_decay": Field(ge=0),
+    "warmup_steps": Field(ge=0),
+    "reg_weight": Field(ge=0),
+    "seed": Field(ge=0),
+    "crop_scale": AfterValidator(_check_crop_scale),
+    "grad_accum_steps": Field(ge=1),
+    "num_workers": Field(ge=0),
+    "memory_limit_gb": Field(gt=0),
+}
+FinetuneParams = model_from_dataclass(
+    FinetuneConfig,
+    constraints=FINETUNE_RANGES,
+    extra_fields=FINETUNE_RUNTIME_FIELDS,
+    check=lambda values: FinetuneConfig.from_params(values, exclude=tuple(FINETUNE_RUNTIME_FIELDS)),
+)
+
+
+# --- evaluation, reporting, pretrain ---------------------------------------------------------------
+
+BOOTSTRAP_RANGES = {"n_resamples": Field(ge=1), "confidence": Field(gt=0, lt=1), "seed": Field(ge=0)}
+BootstrapParams = model_from_dataclass(BootstrapSettings, constraints=BOOTSTRAP_RANGES)
+
+
+class WiseFtParams(BaseModel):
+    model_config = STRICT
+    methods: list[MethodName] = []
+    alphas: list[Alpha] = Field(default=[round(0.1 * step, 1) for step in range(11)], min_length=1)
+    alpha: Alpha = 0.5
+    splits: list[SplitName] | None = None
+
+
+class EvaluationParams(BaseModel):
+    model_config = STRICT
+    splits: list[SplitName] = Field(min_length=1)
+    device: Device = "auto"
+    bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)  # type: ignore[valid-type]
+    wise_ft: WiseFtParams = Field(default_factory=WiseFtParams)
+    allow_empty_groups: Annotated[bool, Strict()] = False
+
+
+class ReportingParams(BaseModel):
+    model_config = STRICT
+    comparison_split: SplitName = "test"
+    wise_ft_annotate_alphas: list[Alpha] | None = None
+    training_terms: list[Annotated[str, Strict()]] = ["loss"]
+    training_smooth: Annotated[int, Strict(), Field(ge=1)] | None = None
+
+
+PRETRAIN_RANGES = {"crop_scale": AfterValidator(_check_crop_scale), "device": AfterValidator(_check_device)}
+PretrainParams = model_from_dataclass(PretrainConfig, constraints=PRETRAIN_RANGES, check=PretrainConfig.from_params)
+
+#: The model of each top-level block a node reads (``params:<block>``).
+BLOCK_MODELS: dict[str, type[BaseModel]] = {
+    "datasets": DatasetsParams,
+    "class_names": ClassNamesParams,
+    "descriptions": DescriptionsParams,
+    "teacher": TeacherParams,
+    "evaluation": EvaluationParams,
+    "reporting": ReportingParams,
+    "pretrain": PretrainParams,
+}
+#: The model of a namespaced block by its last key (``params:<method>.finetune``).
+NAMESPACED_MODELS: dict[str, type[BaseModel]] = {"finetune": FinetuneParams}
+
+
+def model_for(path: str) -> type[BaseModel] | None:
+    """The model of the parameters block at ``path`` (e.g. ``star.finetune``), or None when none is declared."""
+    head, _, last = path.rpartition(".")
+    return NAMESPACED_MODELS.get(last) if head else BLOCK_MODELS.get(path)
+
+
+_MISSING = object()
+
+
+def _lookup(params: Mapping[str, Any], path: str) -> Any:
+    node: Any = params
+    for key in path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the (sub)model at ``loc`` accepts, or [] when ``loc`` leaves the model tree."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, RootModel):
+            current = current.model_fields["root"].annotation
+        if get_origin(current) is dict:
+            current = get_args(current)[1]
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = current.model_fields[part].annotation
+        options = [arg for arg in get_args(current) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        current = options[0] if options else current
+    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _format_error(path: str, model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    """``<path>.<loc>: <message> (got <input>)``, with the accepted keys for an unknown one."""
+    loc = tuple(error["loc"])
+    where = ".".join([path, *(str(part) for part in loc)])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        return f"{where}: unknown parameter" + (f"; known keys: {known}" if known else "")
+    value = error.get("input")
+    echoed = error["type"] in ("missing", "value_error")  # our own messages name the value already
+    shown = f" (got {value!r})" if isinstance(value, (int, float, str, bool)) and not echoed else ""
+    return f"{where}: {message}{shown}"
+
+
+def block_errors(params: Mapping[str, Any], path: str) -> list[str]:
+    """Problems of the block at ``path`` against its model ([] when it has none or is absent)."""
+    model = model_for(path)
+    value = _lookup(params, path)
+    if model is None or value is _MISSING:
+        return []
+    try:
+        model.model_validate(value)
+    except ValidationError as error:
+        return [_format_error(path, model, item) for item in error.errors()]
+    return []
+
+
+def _ancestors(paths: Iterable[str]) -> set[str]:
+    return {".".join(parts[:end]) for parts in (path.split(".") for path in paths) for end in range(1, len(parts))}
+
+
+def _children(prefix: str, paths: set[str]) -> list[str]:
+    """The keys directly under ``prefix`` ("" = top level) on the given paths."""
+    depth = prefix.count(".") + 1 if prefix else 0
+    return sorted({path.split(".")[depth] for path in paths if path.startswith(f"{prefix}.") or not prefix})
+
+
+def unknown_key_errors(params: Mapping[str, Any], read_paths: Iterable[str], allowed: Iterable[str] = ()) -> list[str]:
+    """Keys outside every block a pipeline reads (a mistyped block name, ``--params`` typos).
+
+    Top-level keys starting with ``_`` (YAML anchors) and ``allowed`` names (runtime parameters the
+    catalog reads) are accepted.
+    """
+    read = set(read_paths)
+    ancestors, allowed = _ancestors(read), set(allowed)
+    errors = []
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if path in read or (not prefix and (str(key).startswith("_") or key in allowed)):
+                continue
+            if path in ancestors and isinstance(value, Mapping):
+                walk(value, path)
+                continue
+            known = _children(prefix, read | ancestors)
+            errors.append(f"{path}: unknown parameter; no pipeline reads it (known keys here: {known})")
+
+    walk(params, "")
+    return errors
+
+
+def _secret_paths(params: Any, prefix: str = "") -> list[str]:
+    items = params.items() if isinstance(params, Mapping) else enumerate(params) if isinstance(params, list) else ()
+    found = []
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(key, str) and _SECRET_NAME.match(key) and value not in (None, ""):
+            found.append(f"{path}: looks like a credential")
+        elif isinstance(value, str) and _SECRET_VALUE.match(value.strip()):
+            found.append(f"{path}: holds what looks like an Anthropic API key")
+        else:
+            found.extend(_secret_paths(value, path))
+    return found
+
+
+def secret_errors(params: Mapping[str, Any]) -> list[str]:
+    """Credentials in the parameters (they would be logged to MLflow): a key named like one, or an Anthropic key."""
+    return [
+        f"{found}. Parameters are logged to MLflow: put credentials in the environment (ANTHROPIC_API_KEY) "
+        "or conf/local/credentials.yml, never in parameters"
+        for found in _secret_paths(params)
+    ]
+
+
+def parameter_errors(
+    params: Mapping[str, Any], run_paths: Iterable[str], read_paths: Iterable[str], allowed: Iterable[str] = ()
+) -> list[str]:
+    """Every problem that stops a run, as ``<full.key.path>: <message>``.
+
+    ``run_paths``: the blocks the pipeline about to run reads (checked against their models);
+    ``read_paths``: the blocks any registered pipeline reads (keys outside them are unknown).
+    Credentials anywhere in the parameters are errors too.
+    """
+    errors = secret_errors(params)
+    for path in sorted(set(run_paths)):
+        errors.extend(block_errors(params, path))
+    return errors + unknown_key_errors(params, read_paths, allowed)
+
+
+def parameter_warnings(params: Mapping[str, Any], run_paths: Iterable[str], read_paths: Iterable[str]) -> list[str]:
+    """Problems of the blocks that other stages read: not this run's, but they will stop those stages."""
+    return [error for path in sorted(set(read_paths) - set(run_paths)) for error in block_errors(params, path)]
+
+
+def check_parameters(
+    params: Mapping[str, Any], run_paths: Iterable[str], read_paths: Iterable[str], allowed: Iterable[str] = ()
+) -> None:
+    """Raise :class:`ParameterError` listing every problem (see :func:`parameter_errors`)."""
+    errors = parameter_errors(params, run_paths, read_paths, allowed)
+    if errors:
+        raise ParameterError("invalid parameters:\n" + "\n".join(f"  - {error}" for error in errors))

@@ -1,0 +1,104 @@
+"""The methods table's aggregation: seed overrides, minority groups, mean ± std and its outputs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from starft_pipeline.methods_table import (
+    aggregate,
+    markdown_document,
+    minority_accuracy,
+    minority_groups,
+    seed_overrides,
+    seed_rows,
+    table_markdown,
+    table_metrics,
+)
+
+INDEX = {
+    "finetune_dataset": "toy",
+    "datasets": {
+        # class 0 mostly on place 0, class 1 mostly on place 1
+        "toy": {"class_names": ["a", "b"], "n_places": 2, "train_group_counts": [90, 10, 5, 95]},
+    },
+}
+
+
+def _results(seed_offset: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    results = pd.DataFrame(
+        [
+            {"method": m, "split": "toy/test", "n": 40, "avg_acc": a + seed_offset, "worst_group_acc": w + seed_offset,
+             "adjusted_avg_acc": a, "mean_group_acc": a}
+            for m, a, w in (("zero_shot", 0.9, 0.8), ("flyp", 0.8, 0.5))
+        ]
+    )
+    accs = {"zero_shot": [0.9, 0.8, 0.85, 0.95], "flyp": [1.0, 0.5, 0.6, 1.0]}
+    groups = pd.DataFrame(
+        [
+            {"method": m, "split": "toy/test", "group": g, "group_name": str(g), "n": 10, "acc": acc}
+            for m, values in accs.items()
+            for g, acc in enumerate(values)
+        ]
+    )
+    return results, groups
+
+
+def test_seed_overrides_touch_every_finetune_block_only():
+    params = {"flyp": {"finetune": {"seed": 0, "lr": 1}}, "star": {"finetune": {"seed": 0}}, "wise_ft": {"alpha": 0.5}}
+    overrides = seed_overrides(params, ["flyp", "star", "wise_ft"], 3)
+    assert overrides == {"flyp": {"finetune": {"seed": 3}}, "star": {"finetune": {"seed": 3}}}
+    with pytest.raises(ValueError, match="finetune"):
+        seed_overrides(params, ["wise_ft"], 1)
+    with pytest.raises(ValueError, match="seed"):
+        seed_overrides(params, ["flyp"], -1)
+
+
+def test_minority_groups_are_the_non_majority_groups_of_each_class():
+    assert minority_groups(INDEX, "toy") == [1, 2]
+
+
+def test_minority_accuracy_is_the_unweighted_mean_over_minority_groups():
+    _, groups = _results(0.0)
+    frame = minority_accuracy(groups, INDEX).set_index("method")
+    assert frame.loc["flyp", "minority_group_acc"] == pytest.approx(0.55)
+    assert frame.loc["zero_shot", "minority_group_acc"] == pytest.approx(0.825)
+
+
+def test_aggregate_gives_mean_and_sample_std_in_percent():
+    runs = pd.concat(
+        [seed_rows(*_results(offset), INDEX, seed) for seed, offset in enumerate((0.0, 0.02, 0.04))], ignore_index=True
+    )
+    table = aggregate(runs).set_index("method")
+    assert list(table.index) == ["zero_shot", "flyp"]  # run order kept
+    assert table.loc["flyp", "n_seeds"] == 3
+    assert table.loc["flyp", "worst_group_acc_mean"] == pytest.approx(52.0)
+    assert table.loc["flyp", "worst_group_acc_std"] == pytest.approx(2.0)
+    assert table.loc["flyp", "worst_group_acc"] == "52.0 ± 2.0"
+    assert table.loc["flyp", "minority_group_acc"] == "55.0 ± 0.0"
+
+
+def test_aggregate_refuses_unequal_seed_counts():
+    runs = pd.concat([seed_rows(*_results(0.0), INDEX, 0), seed_rows(*_results(0.0), INDEX, 1)], ignore_index=True)
+    runs = runs[~((runs["method"] == "flyp") & (runs["seed"] == 1))]
+    with pytest.raises(ValueError, match="different numbers of seeds"):
+        aggregate(runs)
+
+
+def test_markdown_and_mlflow_metrics():
+    runs = pd.concat([seed_rows(*_results(o), INDEX, s) for s, o in enumerate((0.0, 0.02))], ignore_index=True)
+    table = aggregate(runs)
+    text = table_markdown(table)
+    assert text.splitlines()[0].startswith("| method") and "worst_group_acc (%)" in text
+    assert "51.0 ± 1.4" in text
+    document = markdown_document(table, "python -m starft_pipeline.methods_table --seeds 0 1", [0, 1], 125.0)
+    assert "--seeds 0 1" in document and "2.1 min" in document
+    metrics = table_metrics(table)
+    assert metrics["flyp.toy.test.worst_group_acc_mean"] == pytest.approx(51.0)
+    assert "flyp.toy.test.worst_group_acc_std" in metrics
+
+
+def test_single_seed_leaves_std_out_of_mlflow():
+    table = aggregate(seed_rows(*_results(0.0), INDEX, 0))
+    metrics = table_metrics(table)
+    assert "flyp.toy.test.avg_acc_mean" in metrics and "flyp.toy.test.avg_acc_std" not in metrics

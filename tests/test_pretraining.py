@@ -1,0 +1,125 @@
+"""Pretraining on the synthetic world: a tiny run learns, reports both concepts and repeats exactly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from starft_pipeline import synthetic
+from starft_pipeline.models import ModelSpec, create_model, save_weights
+from starft_pipeline.pipeline_registry import register_pipelines
+from starft_pipeline.pipelines.pretrain.nodes import pretrain_metrics, pretrain_world_model
+from starft_pipeline.pretraining import (
+    BACKGROUND_PROMPTS,
+    OBJECT_PROMPTS,
+    PretrainConfig,
+    batch_captions,
+    batch_indices,
+    pretrain,
+    render_corpus,
+    stored_weights,
+    zero_shot_accuracies,
+)
+
+TINY = {
+    "corpus_size": 144,
+    "batch_size": 48,
+    "steps": 8,
+    "lr": 1e-3,
+    "warmup_steps": 2,
+    "eval_per_pair": 1,
+    "eval_every": 4,
+    "num_threads": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    config = PretrainConfig(**TINY)
+    return config, pretrain(config)
+
+
+def test_loss_decreases(tiny_run):
+    _, result = tiny_run
+    losses = [record["loss"] for record in result.history]
+    assert len(losses) == TINY["steps"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_report_has_both_accuracies_of_the_stored_weights(tiny_run, tmp_path):
+    config, result = tiny_run
+    state, report = stored_weights(result, config)
+    assert all(value.dtype == torch.float16 for value in state.values() if value.is_floating_point())
+    for concept, names in (("objects", synthetic.OBJECTS), ("backgrounds", synthetic.BACKGROUNDS)):
+        assert 0.0 <= report[concept]["accuracy"] <= 1.0
+        assert set(report[concept]["per_class"]) == set(names)
+        assert report[concept]["worst_class_accuracy"] <= report[concept]["accuracy"]
+    assert report["n_test"] == 36 and report["chance"]["objects"] == pytest.approx(1 / 6)
+    # the report describes the file: a model loaded from it scores the same
+    path = tmp_path / "world.safetensors"
+    save_weights(result.loaded.model, path, dtype=torch.float16)
+    reloaded = create_model(ModelSpec(config.architecture, pretrained=str(path)))
+    accuracies = zero_shot_accuracies(reloaded, result.test, config)
+    assert accuracies == {concept: report[concept]["accuracy"] for concept in ("objects", "backgrounds")}
+
+
+def test_a_run_repeats_exactly(tiny_run):
+    config, first = tiny_run
+    second = pretrain(config)
+    assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
+    for (key, a), b in zip(first.loaded.model.state_dict().items(), second.loaded.model.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_batches_cover_the_corpus_and_captions_vary():
+    config = PretrainConfig(**TINY)
+    per_pass = config.corpus_size // config.batch_size
+    seen = torch.cat([batch_indices(config.corpus_size, config, step) for step in range(per_pass)])
+    assert len(set(seen.tolist())) == len(seen) == per_pass * config.batch_size
+    corpus = render_corpus(72, seed=3, image_size=32)
+    indices = torch.arange(8)
+    assert batch_captions(corpus, indices, config, 0) == batch_captions(corpus, indices, config, 0)
+    assert batch_captions(corpus, indices, config, 0) != batch_captions(corpus, indices, config, 1)
+
+
+def test_prompts_come_from_the_world_captions():
+    assert "a photo of a {c}." in OBJECT_PROMPTS
+    assert "a photo of {c}." in BACKGROUND_PROMPTS
+    assert all("{c}" in prompt for prompt in OBJECT_PROMPTS + BACKGROUND_PROMPTS)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"steps": 0}, "pretrain.steps"),
+        ({"batch_size": 512, "corpus_size": 100}, "pretrain.batch_size"),
+        ({"single_concept_prob": 1.5}, "pretrain.single_concept_prob"),
+        ({"crop_scale": [0.0, 1.0]}, "pretrain.crop_scale"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
+def test_bad_parameters_are_named(params, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainConfig.from_params(params)
+
+
+def test_eval_seed_must_differ_from_seed():
+    with pytest.raises(ValueError, match="eval_seed"):
+        pretrain(PretrainConfig(**{**TINY, "seed": 5, "eval_seed": 5}))
+
+
+def test_node_and_metrics_format():
+    bundle, history, report = pretrain_world_model({**TINY, "steps": 2, "eval_every": 0})
+    assert bundle.metadata["made_by"] == "kedro run --pipeline=pretrain"
+    assert set(bundle.metadata["zero_shot_accuracy"]) == {"objects", "backgrounds"}
+    metrics = pretrain_metrics(history, report)
+    assert [point["step"] for point in metrics["pretrain.loss"]] == [1, 2]
+    assert metrics["pretrain.final.objects_accuracy"]["value"] == report["objects"]["accuracy"]
+
+
+def test_pretrain_is_registered_apart_from_full():
+    pipelines = register_pipelines()
+    assert "pretrain" in pipelines
+    assert not set(pipelines["pretrain"].all_outputs()) & set(pipelines["full"].all_outputs())
+    assert pipelines["pretrain"].all_outputs() >= {"pretrained_weights", "pretrain_report"}
