@@ -145,7 +145,7 @@ def staged(tmp_path_factory):
     artifacts = stage_tiny(tmp_path_factory.mktemp("data"))
     for block in artifacts["params"].values():  # a few steps each
         if isinstance(block, dict) and isinstance(block.get("finetune"), dict):
-            block["finetune"].update(epochs=1, batch_size=16, warmup_steps=0, lr=1e-3, device="cpu")
+            block["finetune"].update(epochs=1, batch_size=32, warmup_steps=0, lr=1e-3, device="cpu", progress=False)
     return artifacts
 
 

@@ -200,14 +200,15 @@ def test_a_bad_parameter_stops_kedro_before_any_node_runs(tmp_path: Path) -> Non
     project = copy_project(tmp_path / "project")
     run = subprocess.run(
         [sys.executable, "-m", "kedro", "run", "--pipeline=class_names",
-         "--params=datasets.synthetic.bad_data=maybe,star.finetune.lr=-1,evaluation.splitz=[test]"],
+         "--params=datasets.synthetic.bad_data=maybe,star.finetune.lr=-1,evaluation.splitz=[test],evalution.x=1"],
         cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=600,
     )
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "Parameter validation failed before any node ran:" in output
     assert "- datasets.synthetic.bad_data: Input should be 'error' or 'skip' (got 'maybe')" in output
+    assert "- evalution: unknown parameter; no pipeline reads it" in output
     assert "parameters of another stage (this run does not read them): star.finetune.lr: Input should be greater than 0" in output
-    assert "- evaluation.splitz: unknown parameter; known keys: [" in output
+    assert "(this run does not read them): evaluation.splitz: unknown parameter; known keys: [" in output
     assert "Running node" not in output and not (project / "data" / "02_intermediate").exists()
     assert "Mlflow run" not in output  # stopped before kedro-mlflow started a run and logged the parameters

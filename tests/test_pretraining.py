@@ -24,13 +24,14 @@ from starft_pipeline.pretraining import (
 
 TINY = {
     "corpus_size": 144,
-    "batch_size": 48,
+    "batch_size": 36,
     "steps": 8,
     "lr": 1e-3,
     "warmup_steps": 2,
     "eval_per_pair": 1,
     "eval_every": 4,
     "num_threads": 2,
+    "object_first_steps": 2,
 }
 
 
@@ -72,15 +73,31 @@ def test_a_run_repeats_exactly(tiny_run):
         assert torch.equal(a, b), key
 
 
-def test_batches_cover_the_corpus_and_captions_vary():
-    config = PretrainConfig(**TINY)
+def test_batches_are_balanced_and_a_pass_covers_the_corpus():
+    config = PretrainConfig(**{**TINY, "batch_size": 72})
+    corpus = render_corpus(config.corpus_size, seed=3, image_size=32)
     per_pass = config.corpus_size // config.batch_size
-    seen = torch.cat([batch_indices(config.corpus_size, config, step) for step in range(per_pass)])
-    assert len(set(seen.tolist())) == len(seen) == per_pass * config.batch_size
+    batches = [batch_indices(corpus, config, step) for step in range(per_pass)]
+    for batch in batches:
+        pairs = corpus.object_ids[batch.numpy()] * 6 + corpus.background_ids[batch.numpy()]
+        assert sorted(pairs.tolist()) == sorted(list(range(36)) * 2)  # every pair twice
+    seen = torch.cat(batches).tolist()
+    assert sorted(seen) == list(range(config.corpus_size))
+    assert not torch.equal(batch_indices(corpus, config, 0), batch_indices(corpus, config, per_pass))  # new pass, new order
+
+
+def test_captions_vary_and_name_only_the_object_first():
+    config = PretrainConfig(**{**TINY, "object_first_steps": 3})
     corpus = render_corpus(72, seed=3, image_size=32)
-    indices = torch.arange(8)
-    assert batch_captions(corpus, indices, config, 0) == batch_captions(corpus, indices, config, 0)
-    assert batch_captions(corpus, indices, config, 0) != batch_captions(corpus, indices, config, 1)
+    indices = torch.arange(36)
+    assert batch_captions(corpus, indices, config, 4) == batch_captions(corpus, indices, config, 4)
+    assert batch_captions(corpus, indices, config, 4) != batch_captions(corpus, indices, config, 5)
+    early = batch_captions(corpus, indices, config, 2)
+    for caption, object_id in zip(early, corpus.object_ids[:36]):
+        assert synthetic.OBJECTS[object_id] in caption
+        assert not any(background in caption for background in synthetic.BACKGROUNDS)
+    later = " ".join(batch_captions(corpus, indices, config, 3))
+    assert any(background in later for background in synthetic.BACKGROUNDS)
 
 
 def test_prompts_come_from_the_world_captions():
@@ -93,7 +110,11 @@ def test_prompts_come_from_the_world_captions():
     ("params", "message"),
     [
         ({"steps": 0}, "pretrain.steps"),
-        ({"batch_size": 512, "corpus_size": 100}, "pretrain.batch_size"),
+        ({"batch_size": 48}, "pretrain.batch_size"),
+        ({"batch_size": 72, "corpus_size": 36}, "pretrain.batch_size"),
+        ({"corpus_size": 100}, "pretrain.corpus_size"),
+        ({"init_logit_scale": 0.5}, "pretrain.init_logit_scale"),
+        ({"object_first_steps": -1}, "pretrain.object_first_steps"),
         ({"single_concept_prob": 1.5}, "pretrain.single_concept_prob"),
         ({"crop_scale": [0.0, 1.0]}, "pretrain.crop_scale"),
         ({"learning_rate": 0.1}, "learning_rate"),

@@ -115,7 +115,7 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits(monk
 def swept(tmp_path_factory):
     staged = stage_tiny(tmp_path_factory.mktemp("data"))
     shared = [staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")]
-    params = dict(staged["params"]["ft"]["finetune"], epochs=1, batch_size=16, lr=1e-3, warmup_steps=0, device="cpu")
+    params = dict(staged["params"]["ft"]["finetune"], epochs=1, batch_size=32, lr=1e-3, warmup_steps=0, device="cpu", progress=False)
     ft_weights, _ = finetune_method(*shared, params)
     evaluation = {"splits": ["test"], "device": "cpu", "bootstrap": {"n_resamples": 10},
                   "wise_ft": {"methods": ["ft"], "alphas": [0.0, 1.0], "alpha": 0.5}}

@@ -477,7 +477,7 @@ def finetune(
     if checkpoints is not None:
         checkpoints.resume(state, run_key)
     show = config.progress and context.is_main
-    with progress_bar(config.epochs, f"{config.method}", show, initial=state.epoch) as bar:
+    with progress_bar(config.epochs, config.method, show, initial=state.epoch) as bar:
         while state.epoch < config.epochs:
             run_epoch(loaded, state, data, config)
             state.epoch += 1
