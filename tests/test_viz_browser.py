@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -138,9 +139,15 @@ def test_screenshot_is_not_blank(site_url: str, tmp_path: Path) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below 49152: `kedro viz run` refuses the dynamic range the OS hands out for port 0."""
+    for port in random.Random().sample(range(20_000, 49_000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 20000 and 49000 on 127.0.0.1")
 
 
 def _get(url: str) -> bytes | None:
