@@ -10,7 +10,7 @@ import torch
 
 from starft_pipeline.checkpointing import CheckpointConfig, checkpointer_from_config
 from starft_pipeline.dataset_index import dataset_info, dataset_split
-from starft_pipeline.descriptions import flatten_descriptions
+from starft_pipeline.descriptions import DescriptionPool, flatten_descriptions
 from starft_pipeline.distributed import init_from_env
 from starft_pipeline.heads import (
     ClassifierHead,
@@ -35,15 +35,17 @@ STEP_TERMS = ("loss", "contrastive", "regulariser", "cross_entropy", "images_per
 EPOCH_TERMS = ("epoch_loss", "epoch_time_s", "epoch_images_per_s", "peak_memory_mb")
 
 
-def _fresh_cache(
+def _finetune_task(
     dataset_index: dict[str, Any], descriptions: dict[str, Any], teacher_model: dict[str, Any], teacher_cache: TensorBundle
-) -> TeacherCache:
-    """The teacher cache, checked against the current model, prompts, descriptions and data."""
-    class_names = dataset_info(dataset_index, dataset_index["finetune_dataset"])["class_names"]
+) -> tuple[str, list[str], DescriptionPool, TeacherCache]:
+    """The fine-tuning data set, its class names, its description pool and the teacher cache,
+    checked against the current model, prompts, descriptions and data."""
+    dataset = dataset_index["finetune_dataset"]
+    class_names = dataset_info(dataset_index, dataset)["class_names"]
+    pool = flatten_descriptions(descriptions, class_names)
     cache = TeacherCache.from_bundle(teacher_cache)
-    identity = ModelSpec(**teacher_model["spec"]).identity()
-    check_fresh(cache, expected_fingerprint(identity, dataset_index, flatten_descriptions(descriptions, class_names)))
-    return cache
+    check_fresh(cache, expected_fingerprint(ModelSpec(**teacher_model["spec"]).identity(), dataset_index, pool))
+    return dataset, class_names, pool, cache
 
 
 def _initial_head(
@@ -69,9 +71,7 @@ def fit_linear_probe(
 ) -> TensorBundle:
     """LP: logistic regression on the cached teacher image features of the train split, C chosen on val."""
     config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
-    dataset = dataset_index["finetune_dataset"]
-    class_names = dataset_info(dataset_index, dataset)["class_names"]
-    cache = _fresh_cache(dataset_index, descriptions, teacher_model, teacher_cache)
+    dataset, class_names, _, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
     train, val = (dataset_split(dataset_metadata, dataset_index, dataset, split) for split in ("train", "val"))
     head, sweep = select_linear_probe(
         cache.image_features[f"{dataset}/train"], torch.tensor(train.labels),
@@ -110,11 +110,8 @@ def finetune_method(
     FT and LP-FT train the image tower and a head (from the zero-shot or the LP head), text tower frozen.
     """
     config = FinetuneConfig.from_params(finetune_params, exclude=RUNTIME_KEYS)
-    dataset = dataset_index["finetune_dataset"]
-    class_names = dataset_info(dataset_index, dataset)["class_names"]
-    pool = flatten_descriptions(descriptions, class_names)
+    dataset, class_names, pool, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
     spec = ModelSpec(**teacher_model["spec"])
-    cache = _fresh_cache(dataset_index, descriptions, teacher_model, teacher_cache)
 
     context, device = init_from_env(resolve_device(finetune_params.get("device", "auto")))
     loaded = create_model(spec, device=device)
