@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
 
 from starft_pipeline import synthetic
-from starft_pipeline.models import ModelSpec, create_model, save_weights
+from starft_pipeline.models import ModelSpec, create_model, save_weights, state_dict_copy
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.pretrain.nodes import pretrain_metrics, pretrain_world_model
 from starft_pipeline.pretraining import (
@@ -16,6 +18,7 @@ from starft_pipeline.pretraining import (
     PretrainConfig,
     batch_captions,
     batch_indices,
+    curriculum_schedule,
     pretrain,
     render_corpus,
     stored_weights,
@@ -31,25 +34,26 @@ TINY = {
     "eval_per_pair": 1,
     "eval_every": 4,
     "num_threads": 2,
-    "object_first_steps": 2,
+    "object_only_steps": 2,
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_run():
     config = PretrainConfig(**TINY)
-    return config, pretrain(config)
+    result = pretrain(config)
+    return config, result, state_dict_copy(result.loaded.model)  # the fp32 weights: stored_weights rounds in place
 
 
 def test_loss_decreases(tiny_run):
-    _, result = tiny_run
+    _, result, _ = tiny_run
     losses = [record["loss"] for record in result.history]
     assert len(losses) == TINY["steps"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
 
 
 def test_report_has_both_accuracies_of_the_stored_weights(tiny_run, tmp_path):
-    config, result = tiny_run
+    config, result, _ = tiny_run
     state, report = stored_weights(result, config)
     assert all(value.dtype == torch.float16 for value in state.values() if value.is_floating_point())
     for concept, names in (("objects", synthetic.OBJECTS), ("backgrounds", synthetic.BACKGROUNDS)):
@@ -66,11 +70,11 @@ def test_report_has_both_accuracies_of_the_stored_weights(tiny_run, tmp_path):
 
 
 def test_a_run_repeats_exactly(tiny_run):
-    config, first = tiny_run
+    config, first, weights = tiny_run
     second = pretrain(config)
     assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
-    for (key, a), b in zip(first.loaded.model.state_dict().items(), second.loaded.model.state_dict().values()):
-        assert torch.equal(a, b), key
+    for key, value in second.loaded.model.state_dict().items():
+        assert torch.equal(weights[key], value), key
 
 
 def test_batches_are_balanced_and_a_pass_covers_the_corpus():
@@ -86,18 +90,38 @@ def test_batches_are_balanced_and_a_pass_covers_the_corpus():
     assert not torch.equal(batch_indices(corpus, config, 0), batch_indices(corpus, config, per_pass))  # new pass, new order
 
 
+def _named(caption: str, names) -> list[str]:
+    return [name for name in names if name in caption]
+
+
 def test_captions_vary_and_name_only_the_object_first():
-    config = PretrainConfig(**{**TINY, "object_first_steps": 3})
+    config = PretrainConfig(**{**TINY, "object_only_steps": 3})
     corpus = render_corpus(72, seed=3, image_size=32)
-    indices = torch.arange(36)
+    indices = torch.arange(72)
     assert batch_captions(corpus, indices, config, 4) == batch_captions(corpus, indices, config, 4)
     assert batch_captions(corpus, indices, config, 4) != batch_captions(corpus, indices, config, 5)
-    early = batch_captions(corpus, indices, config, 2)
-    for caption, object_id in zip(early, corpus.object_ids[:36]):
-        assert synthetic.OBJECTS[object_id] in caption
-        assert not any(background in caption for background in synthetic.BACKGROUNDS)
-    later = " ".join(batch_captions(corpus, indices, config, 3))
-    assert any(background in later for background in synthetic.BACKGROUNDS)
+    for caption, obj in zip(batch_captions(corpus, indices, config, 2), corpus.object_ids):
+        assert _named(caption, synthetic.OBJECTS) == [synthetic.OBJECTS[obj]], caption
+        assert not _named(caption, synthetic.BACKGROUNDS), caption
+    later = batch_captions(corpus, indices, config, 3)
+    assert any(_named(c, synthetic.OBJECTS) and _named(c, synthetic.BACKGROUNDS) for c in later)
+    assert any(_named(c, synthetic.BACKGROUNDS) and not _named(c, synthetic.OBJECTS) for c in later)
+
+
+def test_learning_rate_warms_up_again_after_the_object_only_phase():
+    config = PretrainConfig(**{**TINY, "steps": 10, "object_only_steps": 4, "warmup_steps": 2, "lr": 1.0})
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    scheduler = curriculum_schedule(optimizer, config)
+    rates = []
+    for _ in range(config.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # phase 1 (4 steps): warm-up 0.5, 1, then cosine over the remaining 2 steps: 1, 0.5
+    # phase 2 (6 steps): warm-up 0.5, 1, then cosine over 4 steps: 1, cos²(π/8), 0.5, cos²(3π/8)
+    expected = [0.5, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0, math.cos(math.pi / 8) ** 2, 0.5, math.cos(3 * math.pi / 8) ** 2]
+    assert rates == pytest.approx(expected)
 
 
 def test_prompts_come_from_the_world_captions():
@@ -114,7 +138,8 @@ def test_prompts_come_from_the_world_captions():
         ({"batch_size": 72, "corpus_size": 36}, "pretrain.batch_size"),
         ({"corpus_size": 100}, "pretrain.corpus_size"),
         ({"init_logit_scale": 0.5}, "pretrain.init_logit_scale"),
-        ({"object_first_steps": -1}, "pretrain.object_first_steps"),
+        ({"object_only_steps": -1}, "pretrain.object_only_steps"),
+        ({"steps": 100, "object_only_steps": 100}, "pretrain.object_only_steps"),
         ({"single_concept_prob": 1.5}, "pretrain.single_concept_prob"),
         ({"crop_scale": [0.0, 1.0]}, "pretrain.crop_scale"),
         ({"learning_rate": 0.1}, "learning_rate"),
@@ -131,7 +156,7 @@ def test_eval_seed_must_differ_from_seed():
 
 
 def test_node_and_metrics_format():
-    bundle, history, report = pretrain_world_model({**TINY, "steps": 2, "eval_every": 0})
+    bundle, history, report = pretrain_world_model({**TINY, "steps": 2, "object_only_steps": 1, "eval_every": 0})
     assert bundle.metadata["made_by"] == "kedro run --pipeline=pretrain"
     assert set(bundle.metadata["zero_shot_accuracy"]) == {"objects", "backgrounds"}
     metrics = pretrain_metrics(history, report)
