@@ -8,8 +8,10 @@ import pytest
 from starft_pipeline.methods_table import (
     aggregate,
     markdown_document,
+    merged,
     minority_accuracy,
     minority_groups,
+    parse_overrides,
     seed_overrides,
     seed_rows,
     table_markdown,
@@ -98,7 +100,72 @@ def test_markdown_and_mlflow_metrics():
     assert "flyp.toy.test.worst_group_acc_std" in metrics
 
 
+def test_mlflow_metric_names_replace_characters_mlflow_refuses():
+    runs = seed_rows(*_results(0.0), INDEX, 0).replace({"method": {"flyp": "ft+wise"}})
+    metrics = table_metrics(aggregate(runs))
+    assert "ft_wise.toy.test.avg_acc_mean" in metrics
+    assert not any("+" in name for name in metrics)
+
+
 def test_single_seed_leaves_std_out_of_mlflow():
     table = aggregate(seed_rows(*_results(0.0), INDEX, 0))
     metrics = table_metrics(table)
     assert "flyp.toy.test.avg_acc_mean" in metrics and "flyp.toy.test.avg_acc_std" not in metrics
+
+
+def test_params_become_nested_runtime_parameters_read_as_yaml():
+    assert parse_overrides(["star.finetune.reg_weight=2", "star.finetune.diminishing=false", "note=a=b"]) == {
+        "star": {"finetune": {"reg_weight": 2, "diminishing": False}},
+        "note": "a=b",
+    }
+
+
+@pytest.mark.parametrize("bad", ["star.finetune.reg_weight", "=2", "star..reg_weight=2"])
+def test_malformed_params_are_named(bad):
+    with pytest.raises(ValueError, match="dotted.key=value"):
+        parse_overrides([bad])
+
+
+def test_a_value_and_a_key_below_it_conflict():
+    with pytest.raises(ValueError, match="star"):
+        parse_overrides(["star=1", "star.finetune.seed=2"])
+
+
+def test_params_merge_into_the_seed_overrides_key_by_key():
+    seeds = {"star": {"finetune": {"seed": 1}}, "flyp": {"finetune": {"seed": 1}}}
+    extra = parse_overrides(["star.finetune.reg_weight=2"])
+    assert merged(seeds, extra) == {"star": {"finetune": {"seed": 1, "reg_weight": 2}}, "flyp": {"finetune": {"seed": 1}}}
+    assert seeds["star"]["finetune"] == {"seed": 1}  # inputs untouched
+
+
+def test_each_session_run_leaves_no_mlflow_run_open(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from starft_pipeline.methods_table import _run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)  # restored after the test
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    class NestingSession:  # what kedro-mlflow does: one run, re-entered at every node
+        def run(self, pipeline_names, namespaces=None):
+            run_id = mlflow.start_run().info.run_id
+            for _ in pipeline_names:
+                mlflow.start_run(run_id=run_id, nested=True)
+            mlflow.end_run()
+            self.run_id = run_id
+
+    session = NestingSession()
+    _run(session, ["finetune", "evaluation"])
+    assert mlflow.active_run() is None
+    assert mlflow.get_run(session.run_id).info.status == "FINISHED"
+
+    class FailingSession:
+        def run(self, pipeline_names, namespaces=None):
+            self.run_id = mlflow.start_run().info.run_id
+            raise RuntimeError("node failed")
+
+    failing = FailingSession()
+    with pytest.raises(RuntimeError, match="node failed"):
+        _run(failing, ["finetune"])
+    assert mlflow.active_run() is None
+    assert mlflow.get_run(failing.run_id).info.status == "FAILED"

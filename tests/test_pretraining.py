@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
@@ -19,6 +20,7 @@ from starft_pipeline.pretraining import (
     batch_captions,
     batch_indices,
     curriculum_schedule,
+    eval_corpus,
     pretrain,
     render_corpus,
     stored_weights,
@@ -169,3 +171,17 @@ def test_pretrain_is_registered_apart_from_full():
     assert "pretrain" in pipelines
     assert not set(pipelines["pretrain"].all_outputs()) & set(pipelines["full"].all_outputs())
     assert pipelines["pretrain"].all_outputs() >= {"pretrained_weights", "pretrain_report"}
+
+
+def test_the_committed_default_teacher_knows_both_concepts(caplog):
+    """conf/base points the teacher at the committed weights, and they are a real zero-shot model."""
+    from helpers import PROJECT_ROOT, project_parameters
+
+    spec = project_parameters()["teacher"]["model"]
+    assert spec["pretrained"] == "src/starft_pipeline/assets/weights/starft-tiny-vit-world.safetensors"
+    with caplog.at_level(logging.INFO):
+        loaded = create_model(ModelSpec(spec["architecture"], pretrained=str(PROJECT_ROOT / spec["pretrained"])))
+    assert "initialized randomly" not in caplog.text and "weights loaded from" in caplog.text
+    config = PretrainConfig(**{**TINY, "eval_per_pair": 5})
+    accuracies = zero_shot_accuracies(loaded, eval_corpus(config), config)
+    assert accuracies["objects"] > 0.85 and accuracies["backgrounds"] > 0.85, accuracies  # committed: 94.7%, 100%

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from .reporting import markdown_table, mean_std_table
+from .reporting import markdown_table, mean_std_table, mlflow_metric_key
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,34 @@ def seed_overrides(params: Mapping[str, Any], methods: Sequence[str], seed: int)
     return overrides
 
 
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["star.finetune.reg_weight=2", ...]`` → nested runtime parameters (values read as YAML)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"--params entry {pair!r} is not of the form dotted.key=value (e.g. star.finetune.reg_weight=2)")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--params entry {pair!r} sets a key below {part!r}, which another entry sets to a value")
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key (``extra`` wins)."""
+    out = dict(base)
+    for key, value in extra.items():
+        both_mappings = isinstance(out.get(key), Mapping) and isinstance(value, Mapping)
+        out[key] = merged(out[key], value) if both_mappings else value
+    return out
+
+
 def minority_groups(index: Mapping[str, Any], dataset: str) -> list[int]:
     """Groups that are not their class's largest training group: where the correlation breaks."""
     entry = index["datasets"][dataset]
@@ -86,8 +115,8 @@ def minority_accuracy(group_results: pd.DataFrame, index: Mapping[str, Any]) -> 
 
 def seed_rows(results: pd.DataFrame, group_results: pd.DataFrame, index: Mapping[str, Any], seed: int) -> pd.DataFrame:
     """One seed's ``results.csv`` rows with the minority-group accuracy and the seed added."""
-    merged = results.merge(minority_accuracy(group_results, index), on=["method", "split"], how="left")
-    return merged.assign(seed=seed)
+    rows = results.merge(minority_accuracy(group_results, index), on=["method", "split"], how="left")
+    return rows.assign(seed=seed)
 
 
 def aggregate(runs: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
@@ -121,12 +150,11 @@ def table_metrics(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -
     """``<method>.<dataset>.<split>.<metric>_{mean,std}`` for MLflow (NaN stds, of one seed, left out)."""
     out = {}
     for row in table.to_dict("records"):
-        prefix = f"{row['method']}.{str(row['split']).replace('/', '.')}"
         for metric in metrics:
             for stat in ("mean", "std"):
                 value = row[f"{metric}_{stat}"]
                 if pd.notna(value):
-                    out[f"{prefix}.{metric}_{stat}"] = float(value)
+                    out[mlflow_metric_key(row["method"], str(row["split"]), f"{metric}_{stat}")] = float(value)
     return out
 
 
@@ -141,38 +169,76 @@ def _session(project_path: Path, env: str | None, runtime_params: dict[str, Any]
     return KedroSession.create(project_path=project_path, env=env, runtime_params=runtime_params)
 
 
+def _run(session: Any, pipeline_names: Sequence[str], namespaces: Sequence[str] | None = None) -> None:
+    """``session.run``, then close every MLflow run left on the stack.
+
+    kedro-mlflow re-enters its run at each node (``start_run(run_id=…, nested=True)``) and ends it
+    once after the pipeline, so in a long-lived process the run stays active and the next
+    session's parameters would be logged into it (and refused: MLflow params are immutable).
+    """
+    import mlflow
+
+    status = "FAILED"
+    try:
+        session.run(pipeline_names=list(pipeline_names), namespaces=list(namespaces) if namespaces else None)
+        status = "FINISHED"
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run(status)
+
+
 def run_seeds(
-    seeds: Sequence[int], project_path: Path, env: str | None = None, run_upstream: bool = True
+    seeds: Sequence[int],
+    project_path: Path,
+    env: str | None = None,
+    run_upstream: bool = True,
+    extra_params: Mapping[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[int, float]]:
-    """Run finetune + evaluation once per seed; returns every seed's rows and each seed's wall time."""
+    """Run finetune + evaluation once per seed; returns every seed's rows and each seed's wall time.
+
+    ``extra_params`` (runtime parameters, e.g. another λ) apply to every run, upstream included.
+    ``methods`` restricts the runs to those methods' namespaces (an ablation of one method costs
+    one method's fine-tuning); their rows then come from each method's own evaluation output.
+    """
     from kedro.framework.startup import bootstrap_project
 
+    from .pipelines.evaluation.nodes import collect_results
     from .pipelines.finetune.pipeline import METHODS
+
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"--methods {unknown} are not fine-tuning methods; known: {list(METHODS)}")
 
     bootstrap_project(project_path)
     if run_upstream:
-        with _session(project_path, env) as session:
-            session.run(pipeline_names=list(UPSTREAM_PIPELINES))
-    with _session(project_path, env) as session:
+        with _session(project_path, env, dict(extra_params or {})) as session:
+            _run(session, UPSTREAM_PIPELINES)
+    with _session(project_path, env, dict(extra_params or {})) as session:
         params = session.load_context().params
     runs, times = [], {}
     for seed in seeds:
         started = time.perf_counter()
-        overrides = seed_overrides(params, METHODS, seed)
-        logger.info("methods table: seed %d, methods %s", seed, sorted(overrides))
+        overrides = merged(seed_overrides(params, METHODS, seed), extra_params or {})
+        logger.info("methods table: seed %d, runtime parameters %s", seed, overrides)
         with _session(project_path, env, overrides) as session:
-            session.run(pipeline_names=list(SEED_PIPELINES))
+            _run(session, SEED_PIPELINES, methods)
             catalog = session.load_context().catalog
-            runs.append(seed_rows(catalog.load("results"), catalog.load("group_results"), catalog.load("dataset_index"), seed))
+            if methods:
+                results, groups, _ = collect_results(*(catalog.load(f"{method}.evaluation") for method in methods))
+            else:
+                results, groups = catalog.load("results"), catalog.load("group_results")
+            runs.append(seed_rows(results, groups, catalog.load("dataset_index"), seed))
         times[seed] = time.perf_counter() - started
         logger.info("methods table: seed %d done in %.0f s", seed, times[seed])
     return pd.concat(runs, ignore_index=True), times
 
 
-def write_outputs(table: pd.DataFrame, runs: pd.DataFrame, document: str, summary: dict[str, Any], folder: Path) -> list[Path]:
+def write_outputs(
+    table: pd.DataFrame, runs: pd.DataFrame, document: str, summary: dict[str, Any], folder: Path, name: str = "methods_table"
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "methods_table.csv", folder / "methods_table_runs.csv", folder / "methods_table.md",
-             folder / "methods_table.json"]
+    paths = [folder / f"{name}.csv", folder / f"{name}_runs.csv", folder / f"{name}.md", folder / f"{name}.json"]
     table.to_csv(paths[0], index=False)
     runs.to_csv(paths[1], index=False)
     paths[2].write_text(document, encoding="utf-8")
@@ -186,11 +252,11 @@ def log_to_mlflow(table: pd.DataFrame, paths: Sequence[Path], summary: Mapping[s
 
     with _session(project_path, env) as session:
         session.load_context()  # kedro-mlflow's hook points mlflow at conf's tracking URI and experiment
-    with mlflow.start_run(run_name="methods_table") as run:
+    with mlflow.start_run(run_name=summary["name"]) as run:
         mlflow.log_params({"seeds": " ".join(map(str, summary["seeds"])), "command": summary["command"][:250]})
         mlflow.log_metrics(table_metrics(table) | {"wall_s": float(summary["wall_s"])})
         for path in paths:
-            mlflow.log_artifact(str(path), artifact_path="methods_table")
+            mlflow.log_artifact(str(path), artifact_path=summary["name"])
         return run.info.run_id
 
 
@@ -200,18 +266,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--env", default=None, help="Kedro configuration environment")
     parser.add_argument("--project-path", type=Path, default=Path.cwd(), help="Kedro project root (default: cwd)")
     parser.add_argument("--skip-upstream", action="store_true", help="reuse the cached class_names/descriptions/teacher outputs")
+    parser.add_argument("--params", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="runtime parameters for every run, e.g. star.finetune.reg_weight=2")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="only these methods (their finetune and evaluation namespaces); default: all")
+    parser.add_argument("--name", default="methods_table",
+                        help="stem of the files in data/08_reporting/ and of the MLflow run (default methods_table)")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has duplicates: {args.seeds}")
-    command = "python -m starft_pipeline.methods_table --seeds " + " ".join(map(str, args.seeds))
+    try:
+        extra_params = parse_overrides(args.params)
+    except ValueError as error:
+        parser.error(str(error))
+    command = " ".join(["python -m starft_pipeline.methods_table", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    runs, times = run_seeds(args.seeds, args.project_path.resolve(), args.env, run_upstream=not args.skip_upstream)
+    runs, times = run_seeds(args.seeds, args.project_path.resolve(), args.env, not args.skip_upstream, extra_params,
+                            args.methods)
     wall_s = time.perf_counter() - started
     table = aggregate(runs)
-    summary = {"command": command, "seeds": args.seeds, "wall_s": round(wall_s, 1),
+    summary = {"name": args.name, "command": command, "seeds": args.seeds, "params": extra_params, "wall_s": round(wall_s, 1),
                "seed_wall_s": {str(k): round(v, 1) for k, v in times.items()}, "methods": list(dict.fromkeys(runs["method"]))}
     paths = write_outputs(table, runs, markdown_document(table, command, args.seeds, wall_s), summary,
-                          args.project_path / REPORT_DIR)
+                          args.project_path / REPORT_DIR, args.name)
     run_id = log_to_mlflow(table, paths, summary, args.project_path.resolve(), args.env)
     logger.info("methods table: %s (MLflow run %s), %.1f min", paths[2], run_id, wall_s / 60)
     print(table_markdown(table))

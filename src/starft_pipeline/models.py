@@ -146,6 +146,25 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = previous
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init_warning(active: bool) -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning when the weights come from our own file next."""
+    if not active:
+        yield
+        return
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
     _check_pretrained_available(spec)
@@ -153,7 +172,7 @@ def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedM
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
     torch.manual_seed(spec.init_seed)
     try:
-        with _hub_offline(not spec.allow_download):
+        with _hub_offline(not spec.allow_download), _quiet_random_init_warning(bool(state_dict_file)):
             model = open_clip.create_model(
                 spec.architecture,
                 pretrained=None if state_dict_file else pretrained,
@@ -170,6 +189,7 @@ def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedM
         raise
     if state_dict_file:
         load_weights(model, state_dict_file)
+        logger.info("model %s: weights loaded from %s", spec.architecture, state_dict_file)
     visual_size = model.visual.image_size
     image_size = visual_size[0] if isinstance(visual_size, tuple) else int(visual_size)
     return LoadedModel(

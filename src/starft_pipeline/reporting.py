@@ -20,6 +20,7 @@ leaks between calls or needs ``plt.close``); save them with ``fig.savefig`` or a
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,11 @@ _NAN_TEXT = "n/a"
 
 
 # --------------------------------------------------------------------------- rows
+
+
+def mlflow_metric_key(method: str, split: str, metric: str) -> str:
+    """``<method>.<dataset>.<split>.<metric>`` with characters MLflow refuses (e.g. ``+``) as ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", f"{method}.{split.replace('/', '.')}.{metric}")
 
 
 def results_rows(method: str, split: str, metrics: GroupMetrics) -> dict[str, Any]:

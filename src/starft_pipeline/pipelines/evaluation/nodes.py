@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import pandas as pd
@@ -23,6 +22,7 @@ from starft_pipeline.reporting import (
     BootstrapSettings,
     comparison_markdown,
     message_figure,
+    mlflow_metric_key,
     plot_group_accuracy_comparison,
     plot_method_group_accuracy,
     plot_training_curves,
@@ -144,16 +144,11 @@ def results_report(results: pd.DataFrame, dataset_checks: dict[str, Any], evalua
     return comparison_markdown(results, confidence, notes)
 
 
-def _metric_key(method: str, split: str, metric: str) -> str:
-    """``<method>.<dataset>.<split>.<metric>`` with characters MLflow refuses (e.g. ``+``) as ``_``."""
-    return re.sub(r"[^\w\-. :/]", "_", f"{method}.{split.replace('/', '.')}.{metric}")
-
-
 def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
     """``<method>.<dataset>.<split>.<metric>`` in kedro-mlflow's metric format (intervals included)."""
     metrics = [column for column in METRIC_COLUMNS if column in results.columns]
     return {
-        _metric_key(row.method, row.split, metric): {"value": float(getattr(row, metric)), "step": 0}
+        mlflow_metric_key(row.method, row.split, metric): {"value": float(getattr(row, metric)), "step": 0}
         for row in results.itertuples()
         for metric in metrics
     }
