@@ -167,3 +167,10 @@ def test_a_crash_inside_an_atomic_write_leaves_the_previous_file(tmp_path: Path)
         raise RuntimeError("killed half-way")
     assert json.loads(target.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_write_gets(tmp_path: Path) -> None:
+    plain, atomic = tmp_path / "plain.json", tmp_path / "atomic.json"
+    plain.write_text("{}")
+    atomic_write_json(atomic, {})
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
