@@ -293,36 +293,47 @@ def captions_for(labels: torch.Tensor, data: TrainData, config: FinetuneConfig, 
 Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # the total, and its named parts
 
 
-def contrastive_losses(
-    loaded: LoadedModel,
-    model: torch.nn.Module,
-    data: TrainData,
-    indices: torch.Tensor,
-    config: FinetuneConfig,
-    reg_weight: float,
-    generator: torch.Generator,
-    device: torch.device,
-    rows: BatchRows | None = None,
-) -> Losses:
+@dataclass(frozen=True)
+class StepBatch:
+    """What a loss function sees of one (micro-)batch: the rows this process encodes (``rows.local``)
+    and the gathered rows the loss runs over (``rows.gathered``); ``model`` may wrap
+    ``loaded.model`` (autocast, DDP)."""
+
+    loaded: LoadedModel
+    model: torch.nn.Module
+    data: TrainData
+    indices: torch.Tensor
+    config: FinetuneConfig
+    reg_weight: float
+    generator: torch.Generator
+    device: torch.device
+    rows: BatchRows
+
+    def local_pixels(self) -> torch.Tensor:
+        """This process's rows of the batch, augmented (crops drawn for the whole batch) and normalised."""
+        return batch_pixels(self.loaded, self.data, self.indices, self.config, self.generator, self.rows.local, self.device)
+
+
+def contrastive_losses(batch: StepBatch) -> Losses:
     """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, with R from cached teacher embeddings.
 
     Draws cover the whole batch; this process encodes ``rows.local``, the losses run over the
-    gathered ``rows.gathered`` (all rows by default).
+    gathered ``rows.gathered``.
     """
-    rows = rows or BatchRows.whole(len(indices))
-    labels = data.labels[indices]
-    pixels = batch_pixels(loaded, data, indices, config, generator, rows.local, device)
-    captions = captions_for(labels, data, config, generator)
+    data, model, rows, device = batch.data, batch.model, batch.rows, batch.device
+    labels = data.labels[batch.indices]
+    pixels = batch.local_pixels()
+    captions = captions_for(labels, data, batch.config, batch.generator)
     local_captions = [captions[int(row)] for row in rows.local]
-    regularise = config.regularised and reg_weight > 0
+    regularise = batch.config.regularised and batch.reg_weight > 0
     if regularise:
-        picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(data.class_names)), generator)
+        picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(data.class_names)), batch.generator)
         unique, inverse = torch.unique(picks[rows.local], return_inverse=True)
         texts = local_captions + [data.descriptions.texts[int(i)] for i in unique]
     else:
         texts = local_captions
     # One text forward for captions and each unique description of the batch.
-    text_features = F.normalize(model.encode_text(loaded.tokenizer(texts).to(device)), dim=-1)
+    text_features = F.normalize(model.encode_text(batch.loaded.tokenizer(texts).to(device)), dim=-1)
     image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
     caption_features = rows.gather(text_features[: len(local_captions)])
     losses = {"contrastive": clip_contrastive_loss(image_features, caption_features, logit_scale(model))}
@@ -333,40 +344,30 @@ def contrastive_losses(
         losses["regulariser"] = star_regulariser(
             student_image=image_features,
             student_text=student_descriptions,
-            teacher_image=data.teacher_image[indices[gathered]].to(device),
+            teacher_image=data.teacher_image[batch.indices[gathered]].to(device),
             teacher_text=data.teacher_descriptions[picks[gathered]].to(device),
             teacher_scale=data.teacher_scale,
             labels=labels[gathered].to(device),
-            kind=config.method,
+            kind=batch.config.method,
             student_scale=logit_scale(model),
         )
-        total = total + reg_weight * losses["regulariser"]
+        total = total + batch.reg_weight * losses["regulariser"]
     return total, losses
 
 
-def classification_losses(
-    loaded: LoadedModel,
-    model: torch.nn.Module,
-    data: TrainData,
-    indices: torch.Tensor,
-    config: FinetuneConfig,
-    reg_weight: float,
-    generator: torch.Generator,
-    device: torch.device,
-    rows: BatchRows | None = None,
-) -> Losses:
+def classification_losses(batch: StepBatch) -> Losses:
     """FT and LP-FT: cross-entropy of the learned head on normalised image features (text tower frozen)."""
-    head = getattr(model, HEAD_MODULE, None)
+    head = getattr(batch.model, HEAD_MODULE, None)
     if head is None:
-        raise ValueError(f"method {config.method!r} trains a head: call heads.attach_head on the model first")
-    rows = rows or BatchRows.whole(len(indices))
-    pixels = batch_pixels(loaded, data, indices, config, generator, rows.local, device)
-    image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
-    loss = head_cross_entropy(image_features, head.weight, head.bias, data.labels[indices[rows.gathered]].to(device))
+        raise ValueError(f"method {batch.config.method!r} trains a head: call heads.attach_head on the model first")
+    rows = batch.rows
+    image_features = rows.gather(F.normalize(batch.model.encode_image(batch.local_pixels()), dim=-1))
+    labels = batch.data.labels[batch.indices[rows.gathered]].to(batch.device)
+    loss = head_cross_entropy(image_features, head.weight, head.bias, labels)
     return loss, {"cross_entropy": loss}
 
 
-STEP_LOSSES: dict[str, Callable[..., Losses]] = {
+STEP_LOSSES: dict[str, Callable[[StepBatch], Losses]] = {
     "ft": classification_losses,
     "lp_ft": classification_losses,
     "flyp": contrastive_losses,
@@ -375,7 +376,7 @@ STEP_LOSSES: dict[str, Callable[..., Losses]] = {
 }
 
 
-def step_losses(method: str) -> Callable[..., Losses]:
+def step_losses(method: str) -> Callable[[StepBatch], Losses]:
     if method not in STEP_LOSSES:
         raise ValueError(
             f"method {method!r} has no fine-tuning loop (LP only fits a head: linear_probe.select_linear_probe); "
@@ -401,7 +402,7 @@ def training_step(
 
     def micro_batch(rows: BatchRows) -> Losses:
         generator = _generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
-        return losses_of(loaded, state.encoders, data, indices, config, reg_weight, generator, device, rows=rows)
+        return losses_of(StepBatch(loaded, state.encoders, data, indices, config, reg_weight, generator, device, rows))
 
     state.optimizer.zero_grad(set_to_none=True)
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
