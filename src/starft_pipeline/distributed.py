@@ -61,6 +61,11 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from error
 
 
+def launch_rank() -> int:
+    """This process's torchrun rank, from the environment (0 without torchrun or with ``WORLD_SIZE`` 1)."""
+    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
+
+
 def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
     """Join the torchrun process group when ``WORLD_SIZE > 1``; returns the context and this rank's device.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.validation import ParameterValidationError
 
@@ -69,3 +70,35 @@ class ParameterValidationHooks:
                 "Parameter validation failed before any node ran:\n" + "\n".join(f"- {error}" for error in errors)
             )
         logger.info("parameters: %d block(s) read by this run checked against their models", len(run_paths))
+
+
+# --- torchrun: rank 0 writes ------------------------------------------------------------------
+
+
+def untracked_pipelines() -> list[str]:
+    """``mlflow.yml``'s ``disable_tracking.pipelines``: every pipeline on a torchrun rank other than 0
+    (rank 0 holds the one MLflow run), none otherwise."""
+    from .distributed import launch_rank
+
+    if launch_rank() == 0:
+        return []
+    from .pipeline_registry import register_pipelines
+
+    return sorted(register_pipelines())
+
+
+class RankZeroOutputsHooks:
+    """Under torchrun every rank runs the Kedro pipeline (the fine-tuning nodes need all of them for
+    DDP's collectives), but only rank 0 persists: on the other ranks every output of the run becomes
+    a MemoryDataset, so later nodes still get their inputs and no file is written twice."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        from .distributed import launch_rank
+
+        rank = launch_rank()
+        if rank == 0:
+            return
+        for name in sorted(pipeline.all_outputs()):
+            catalog[name] = MemoryDataset()
+        logger.info("torchrun rank %d: the run's %d outputs stay in memory; rank 0 writes them", rank, len(pipeline.all_outputs()))
