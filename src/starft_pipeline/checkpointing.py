@@ -26,16 +26,25 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .io_utils import atomic_path, fingerprint
 
-if TYPE_CHECKING:
-    from .training import TrainState
-
 logger = logging.getLogger(__name__)
+
+
+class Resumable(Protocol):
+    """What a checkpoint saves and restores of a training run (``training.TrainState`` is one)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch: int
+    step: int
+    history: list[dict[str, float]]
+
 
 CHECKPOINT_FILE = "last.pt"
 FORMAT_VERSION = 1
@@ -93,7 +102,7 @@ def _set_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def checkpoint_payload(state: "TrainState", run_key: str) -> dict[str, Any]:
+def checkpoint_payload(state: Resumable, run_key: str) -> dict[str, Any]:
     """The checkpoint as tensors and plain types (``weights_only``-loadable)."""
     progress = {"epoch": state.epoch, "step": state.step, "history": state.history}
     return {
@@ -107,7 +116,7 @@ def checkpoint_payload(state: "TrainState", run_key: str) -> dict[str, Any]:
     }
 
 
-def apply_payload(state: "TrainState", payload: Mapping[str, Any]) -> None:
+def apply_payload(state: Resumable, payload: Mapping[str, Any]) -> None:
     """Restore ``state`` in place from a loaded checkpoint."""
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
@@ -133,7 +142,7 @@ class Checkpointer:
     def fingerprint(self, result_config: Mapping[str, Any], model: torch.nn.Module, n_samples: int) -> str:
         return run_fingerprint(result_config, model, n_samples, self.identity)
 
-    def save(self, state: "TrainState", run_key: str) -> None:
+    def save(self, state: Resumable, run_key: str) -> None:
         with atomic_path(self.path) as tmp:
             torch.save(checkpoint_payload(state, run_key), tmp)
         logger.info("checkpoint: epoch %d (step %d) saved to %s", state.epoch, state.step, self.path)
@@ -148,7 +157,7 @@ class Checkpointer:
             logger.warning("checkpoint %s cannot be read (%s); starting fresh", self.path, error)
             return None
 
-    def resume(self, state: "TrainState", run_key: str) -> bool:
+    def resume(self, state: Resumable, run_key: str) -> bool:
         """Restore ``state`` from the checkpoint if it belongs to this run; True when it did."""
         payload = self.load()
         if payload is None:
