@@ -18,8 +18,15 @@ from PIL import Image
 from starft_pipeline.data import load_image, normalise_images
 from starft_pipeline.export import LEARNED, ZERO_SHOT, classifier_path, save_pyfunc_classifier
 from starft_pipeline.heads import ClassifierHead, attach_head, split_heads, weights_bundle
-from starft_pipeline.models import ModelSpec, create_model, encode_images, load_state_dict, logit_scale, zero_shot_head
-from starft_pipeline.models import state_dict_copy
+from starft_pipeline.models import (
+    ModelSpec,
+    create_model,
+    encode_images,
+    load_state_dict,
+    logit_scale,
+    state_dict_copy,
+    zero_shot_head,
+)
 from starft_pipeline.pipelines.export.nodes import export_open_clip, mlflow_input_example
 from starft_pipeline.predict import main as predict_main
 from starft_pipeline.predict import project_classifier
@@ -92,7 +99,7 @@ def test_an_exported_checkpoint_loads_with_open_clip_and_gives_the_pipelines_log
     state_dict, heads = split_heads(weights.tensors, weights.metadata)
     load_state_dict(pipeline_model.model, state_dict)
     # What a user elsewhere does: open_clip alone, the checkpoint as `pretrained` (loaded strictly).
-    model, _, preprocess = open_clip.create_model_and_transforms(ARCHITECTURE, pretrained=str(checkpoint))
+    model, _, _ = open_clip.create_model_and_transforms(ARCHITECTURE, pretrained=str(checkpoint))
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
 
     pixels = normalise_images(_pixels(images, ["a.png", "b.jpg", "c.png"]), pipeline_model.image_mean, pipeline_model.image_std)

@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from helpers import kedro_env
 from mlflow import MlflowClient
 
-from helpers import kedro_env
 from starft_pipeline.export import classifier_path
 from starft_pipeline.training import METHODS
 
@@ -52,7 +52,7 @@ def test_full_exports_every_model_and_predict_writes_the_csv(full_run_project: P
     project = _predict_project(full_run_project, tmp_path / "project")
     command = [str(Path(sys.executable).with_name("kedro")), "run", "--pipelines=predict",
                f"--params=predict.model=star,predict.images={images}"]
-    completed = subprocess.run(command, cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
 
     table = pd.read_csv(project / "data/07_model_output/predictions.csv")
