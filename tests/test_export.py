@@ -189,3 +189,23 @@ def test_the_mlflow_input_example_is_a_few_images_of_the_classifiers_data_set(
     classifier = TensorBundle.load(classifier_path(exported["ft"][1]))
     example = mlflow_input_example(classifier, metadata, DATASET_INDEX, {"example_images": 1})
     assert example == [(images / "b.jpg").read_bytes()]  # val first
+
+
+def test_the_mlflow_model_classifies_other_class_names_zero_shot(
+    exported: dict[str, tuple[TensorBundle, Path]], images: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    _, checkpoint = exported["flyp"]  # a zero-shot classifier: its stored head is its text tower's
+    files = [images / name for name in ("a.png", "sub/d.png")]
+    save_pyfunc_classifier(tmp_path / "model", checkpoint, classifier_path(checkpoint), [files[0].read_bytes()])
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    frame = pd.DataFrame({"image": [path.read_bytes() for path in files]})
+
+    stored = model.predict(frame)
+    rebuilt = model.predict(frame, params={"class_names": CLASSES[::-1]})
+    assert list(rebuilt.columns) == ["predicted_class", *CLASSES[::-1]]
+    np.testing.assert_allclose(rebuilt[CLASSES].to_numpy(), stored[CLASSES].to_numpy(), atol=1e-5)
+    other = model.predict(frame, params={"class_names": ["star", "ring"]})
+    assert list(other.columns) == ["predicted_class", "star", "ring"]
+    np.testing.assert_allclose(other[["star", "ring"]].sum(axis=1), 1.0, atol=1e-6)

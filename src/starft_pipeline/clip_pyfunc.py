@@ -13,9 +13,10 @@ The model's artifacts (written by :func:`starft_pipeline.export.save_pyfunc_clas
 - ``model_config``: the open_clip architecture config (JSON), registered with
   ``open_clip.add_model_config`` so that a custom architecture loads too.
 
-Input: a DataFrame with a column ``image`` holding encoded image files (PNG, JPEG … bytes; MLflow's
-REST server sends them base64-encoded and decodes them). Output: ``predicted_class`` and one
-probability column per class name, rows in input order.
+Input: a DataFrame with a column ``image`` holding encoded image files (PNG, JPEG … bytes). Output:
+``predicted_class`` and one probability column per class name, rows in input order. The parameter
+``class_names`` (a list of strings) classifies zero-shot among other classes instead: CLIP's head
+from the model's own text tower and the stored prompt templates.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _rgb(data: bytes) -> Any:
         return image.convert("RGB")
 
 
+def _fill(template: str, class_name: str) -> str:
+    """A prompt template's class slot, ``{c}`` or the OpenAI style ``{}``, filled."""
+    return template.replace("{c}", class_name) if "{c}" in template else template.replace("{}", class_name)
+
+
 class ClipClassifier(mlflow.pyfunc.PythonModel):
     """Images (encoded bytes) → class probabilities, through open_clip's image tower and a linear head."""
 
@@ -67,23 +73,37 @@ class ClipClassifier(mlflow.pyfunc.PythonModel):
             self.weight = handle.get_tensor("weight").float()
             self.bias = handle.get_tensor("bias").float()
         self.class_names = list(json.loads(header["class_names"]))
+        self.templates = list(json.loads(header["templates"]))
+        self.tokenizer = open_clip.get_tokenizer(architecture)
 
     @torch.no_grad()
-    def probabilities(self, images: list[bytes]) -> torch.Tensor:
+    def zero_shot_head(self, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP's zero-shot classifier of ``class_names``: per class, normalise each template's text
+        embedding, average, renormalise; scaled by the logit scale τ, bias 0."""
+        prompts = [_fill(template, name) for name in class_names for template in self.templates]
+        features = F.normalize(self.model.encode_text(self.tokenizer(prompts)).float(), dim=-1)
+        per_class = F.normalize(features.reshape(len(class_names), len(self.templates), -1).mean(dim=1), dim=-1)
+        return self.model.logit_scale.exp().float() * per_class, torch.zeros(len(class_names))
+
+    @torch.no_grad()
+    def probabilities(self, images: list[bytes], weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes of ``f · Wᵀ + b``, ``f`` the normalised image features; (N, C)."""
         chunks = []
         for start in range(0, len(images), BATCH_SIZE):
             pixels = torch.stack([self.preprocess(_rgb(data)) for data in images[start : start + BATCH_SIZE]])
             features = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
-            chunks.append((features @ self.weight.T + self.bias).softmax(dim=-1))
-        return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
+            chunks.append((features @ weight.T + bias).softmax(dim=-1))
+        return torch.cat(chunks) if chunks else torch.empty(0, len(bias))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if IMAGE_COLUMN not in model_input:
             raise ValueError(f"the input needs a column {IMAGE_COLUMN!r} of encoded images; got {list(model_input)}")
-        probabilities = self.probabilities([bytes(data) for data in model_input[IMAGE_COLUMN]])
-        table = pd.DataFrame(probabilities.numpy().astype("float64"), columns=self.class_names)
-        table.insert(0, PREDICTED_COLUMN, [self.class_names[i] for i in probabilities.argmax(dim=1).tolist()])
+        class_names = list((params or {}).get("class_names") or [])
+        weight, bias = self.zero_shot_head(class_names) if class_names else (self.weight, self.bias)
+        class_names = class_names or self.class_names
+        probabilities = self.probabilities([bytes(data) for data in model_input[IMAGE_COLUMN]], weight, bias)
+        table = pd.DataFrame(probabilities.numpy().astype("float64"), columns=class_names)
+        table.insert(0, PREDICTED_COLUMN, [class_names[i] for i in probabilities.argmax(dim=1).tolist()])
         return table
 
 

@@ -112,10 +112,12 @@ def _model_config_file(architecture: str, folder: Path) -> Path:
 
 def _signature(class_names: Sequence[str]) -> Any:
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("string", "predicted_class"), *(ColSpec("double", name) for name in class_names)]
-    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=Schema(outputs))
+    # `class_names` classifies zero-shot among other classes (the outputs then name those)
+    params = ParamSchema([ParamSpec("class_names", "string", [], shape=(-1,))])
+    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=Schema(outputs), params=params)
 
 
 def pyfunc_arguments(
