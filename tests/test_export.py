@@ -40,8 +40,11 @@ DATASET_INDEX = {
     "finetune_dataset": "shapes",
     "datasets": {
         "shapes": {
-            "class_names": CLASSES, "templates": TEMPLATES, "n_places": 1,
-            "group_names": CLASSES, "train_group_counts": [1, 1, 1],
+            "class_names": CLASSES,
+            "templates": TEMPLATES,
+            "n_places": 1,
+            "group_names": CLASSES,
+            "train_group_counts": [1, 1, 1],
         }
     },
 }
@@ -53,7 +56,11 @@ def _fine_tuned(method: str, seed: int, with_head: bool) -> TensorBundle:
     if with_head:
         generator = torch.Generator().manual_seed(seed)
         dim = loaded.model.text_projection.shape[-1]
-        head = ClassifierHead(torch.randn(len(CLASSES), dim, generator=generator), torch.randn(len(CLASSES), generator=generator), tuple(CLASSES))
+        head = ClassifierHead(
+            torch.randn(len(CLASSES), dim, generator=generator),
+            torch.randn(len(CLASSES), generator=generator),
+            tuple(CLASSES),
+        )
         attach_head(loaded.model, head)
     return weights_bundle(state_dict_copy(loaded.model), "shapes", CLASSES, {"method": method})
 
@@ -63,7 +70,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five images in a folder (one in a subfolder, one not 32 px, one RGBA) and a file that is no image."""
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
-    sizes = {"a.png": (32, 32, 3), "b.jpg": (32, 32, 3), "c.png": (40, 48, 3), "sub/d.png": (32, 32, 3), "e.png": (32, 32, 4)}
+    sizes = {
+        "a.png": (32, 32, 3),
+        "b.jpg": (32, 32, 3),
+        "c.png": (40, 48, 3),
+        "sub/d.png": (32, 32, 3),
+        "e.png": (32, 32, 4),
+    }
     for name, shape in sizes.items():
         (folder / name).parent.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / name)
@@ -102,7 +115,9 @@ def test_an_exported_checkpoint_loads_with_open_clip_and_gives_the_pipelines_log
     model, _, _ = open_clip.create_model_and_transforms(ARCHITECTURE, pretrained=str(checkpoint))
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
 
-    pixels = normalise_images(_pixels(images, ["a.png", "b.jpg", "c.png"]), pipeline_model.image_mean, pipeline_model.image_std)
+    pixels = normalise_images(
+        _pixels(images, ["a.png", "b.jpg", "c.png"]), pipeline_model.image_mean, pipeline_model.image_std
+    )
     logits = []
     for clip, tok in ((pipeline_model.model, pipeline_model.tokenizer), (model, tokenizer)):
         features = encode_images(clip, pixels)
@@ -158,8 +173,23 @@ def test_predict_writes_one_row_per_image_with_probabilities(
     exported: dict[str, tuple[TensorBundle, Path]], images: Path, tmp_path: Path
 ) -> None:
     _, checkpoint = exported["flyp"]
-    assert predict_main(["--model", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "p.csv"),
-                         "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        predict_main(
+            [
+                "--model",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "p.csv")
     assert list(table.columns) == ["file", "predicted_class", *CLASSES]
     assert list(table["file"]) == ["a.png", "b.jpg", "c.png", "e.png", "sub/d.png"]  # notes.txt left out
@@ -174,18 +204,38 @@ def test_predict_writes_one_row_per_image_with_probabilities(
 def test_predict_names_what_is_missing(exported: dict[str, tuple[TensorBundle, Path]], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"--pipelines=finetune --namespaces=star"):
         project_classifier("star", TEACHER_MODEL, DATASET_INDEX, models_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"teacher_model.json does not exist; run `kedro run --pipelines=teacher`"):
-        predict_main(["--model", "zero_shot", "--images", ".", "--out", str(tmp_path / "p.csv"), "--project", str(tmp_path)])
+    with pytest.raises(
+        FileNotFoundError, match=r"teacher_model.json does not exist; run `kedro run --pipelines=teacher`"
+    ):
+        predict_main(
+            ["--model", "zero_shot", "--images", ".", "--out", str(tmp_path / "p.csv"), "--project", str(tmp_path)]
+        )
     with pytest.raises(NotADirectoryError, match="predict.images"):
-        predict_main(["--model", str(exported["flyp"][1]), "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.csv")])
+        predict_main(
+            [
+                "--model",
+                str(exported["flyp"][1]),
+                "--images",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
     assert not (tmp_path / "p.csv").exists()
 
 
 def test_the_mlflow_input_example_is_a_few_images_of_the_classifiers_data_set(
     exported: dict[str, tuple[TensorBundle, Path]], images: Path
 ) -> None:
-    metadata = pd.DataFrame({"dataset": "shapes", "split": [2, 1, 1], "y": 0, "place": 0,
-                             "path": [str(images / name) for name in ("a.png", "b.jpg", "c.png")]})
+    metadata = pd.DataFrame(
+        {
+            "dataset": "shapes",
+            "split": [2, 1, 1],
+            "y": 0,
+            "place": 0,
+            "path": [str(images / name) for name in ("a.png", "b.jpg", "c.png")],
+        }
+    )
     classifier = TensorBundle.load(classifier_path(exported["ft"][1]))
     example = mlflow_input_example(classifier, metadata, DATASET_INDEX, {"example_images": 1})
     assert example == [(images / "b.jpg").read_bytes()]  # val first

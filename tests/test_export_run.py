@@ -11,15 +11,19 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from helpers import kedro_env
 from mlflow import MlflowClient
 
+from helpers import kedro_env
 from starft_pipeline.export import classifier_path
 from starft_pipeline.training import METHODS
 
 pytestmark = pytest.mark.slow
 #: What the predict pipeline reads (besides conf/ and the package).
-PREDICT_INPUTS = ("data/02_intermediate/dataset_index.json", "data/04_feature/teacher_model.json", "data/06_models/star.safetensors")
+PREDICT_INPUTS = (
+    "data/02_intermediate/dataset_index.json",
+    "data/04_feature/teacher_model.json",
+    "data/06_models/star.safetensors",
+)
 
 
 def _predict_project(full_run_project: Path, destination: Path) -> Path:
@@ -36,7 +40,9 @@ def _predict_project(full_run_project: Path, destination: Path) -> Path:
 def test_full_exports_every_model_and_predict_writes_the_csv(full_run_project: Path, tmp_path: Path) -> None:
     exported = full_run_project / "data/06_models/open_clip"
     for method in METHODS:
-        assert (exported / f"{method}.safetensors").is_file() and classifier_path(exported / f"{method}.safetensors").is_file()
+        assert (exported / f"{method}.safetensors").is_file() and classifier_path(
+            exported / f"{method}.safetensors"
+        ).is_file()
 
     client = MlflowClient(tracking_uri=f"sqlite:///{full_run_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("starft_pipeline").experiment_id
@@ -50,9 +56,15 @@ def test_full_exports_every_model_and_predict_writes_the_csv(full_run_project: P
     for source in sorted((full_run_project / "data/01_raw/synthetic/images/test").rglob("*.png"))[:4]:
         shutil.copy2(source, images / source.name)
     project = _predict_project(full_run_project, tmp_path / "project")
-    command = [str(Path(sys.executable).with_name("kedro")), "run", "--pipelines=predict",
-               f"--params=predict.model=star,predict.images={images}"]
-    completed = subprocess.run(command, cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=600, check=False)
+    command = [
+        str(Path(sys.executable).with_name("kedro")),
+        "run",
+        "--pipelines=predict",
+        f"--params=predict.model=star,predict.images={images}",
+    ]
+    completed = subprocess.run(
+        command, cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=600, check=False
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
 
     table = pd.read_csv(project / "data/07_model_output/predictions.csv")

@@ -30,6 +30,7 @@ import mlflow
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from mlflow.pyfunc import PythonModel
 
 IMAGE_COLUMN = "image"
 PREDICTED_COLUMN = "predicted_class"
@@ -52,7 +53,7 @@ def _fill(template: str, class_name: str) -> str:
     return template.replace("{c}", class_name) if "{c}" in template else template.replace("{}", class_name)
 
 
-class ClipClassifier(mlflow.pyfunc.PythonModel):
+class ClipClassifier(PythonModel):
     """Images (encoded bytes) → class probabilities, through open_clip's image tower and a linear head."""
 
     def load_context(self, context: Any) -> None:

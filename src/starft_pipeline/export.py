@@ -104,7 +104,9 @@ def _model_config_file(architecture: str, folder: Path) -> Path:
 
     config = open_clip.get_model_config(architecture)
     if config is None:
-        raise ValueError(f"open_clip knows no architecture {architecture!r}; register its config with open_clip.add_model_config")
+        raise ValueError(
+            f"open_clip knows no architecture {architecture!r}; register its config with open_clip.add_model_config"
+        )
     path = folder / f"{architecture}.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
@@ -114,7 +116,7 @@ def _signature(class_names: Sequence[str]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    outputs = [ColSpec("string", "predicted_class"), *(ColSpec("double", name) for name in class_names)]
+    outputs: list[Any] = [ColSpec("string", "predicted_class"), *(ColSpec("double", name) for name in class_names)]
     # `class_names` classifies zero-shot among other classes (the outputs then name those)
     params = ParamSchema([ParamSpec("class_names", "string", [], shape=(-1,))])
     return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=Schema(outputs), params=params)
@@ -161,7 +163,9 @@ def save_pyfunc_classifier(
     import mlflow
 
     with tempfile.TemporaryDirectory() as folder:
-        mlflow.pyfunc.save_model(path=str(path), **pyfunc_arguments(checkpoint, classifier, example_images, Path(folder)))
+        mlflow.pyfunc.save_model(
+            path=str(path), **pyfunc_arguments(checkpoint, classifier, example_images, Path(folder))
+        )
 
 
 def example_images(paths: Sequence[str | os.PathLike[str]], count: int) -> list[bytes]:

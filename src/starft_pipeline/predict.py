@@ -126,16 +126,16 @@ def image_files(folder: str | Path) -> list[Path]:
     """The image files under ``folder`` (recursively, by suffix), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise NotADirectoryError(f"images folder {str(folder)!r} does not exist or is not a folder (predict.images / --images)")
+        raise NotADirectoryError(
+            f"images folder {str(folder)!r} does not exist or is not a folder (predict.images / --images)"
+        )
     files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {str(folder)!r}")
     return files
 
 
-def predictions(
-    classifier: ImageClassifier, folder: str | Path, batch_size: int = 256
-) -> Iterator[pd.DataFrame]:
+def predictions(classifier: ImageClassifier, folder: str | Path, batch_size: int = 256) -> Iterator[pd.DataFrame]:
     """One table per batch of images: ``file`` (relative to ``folder``), ``predicted_class``, a probability per class."""
     folder, names = Path(folder), list(classifier.head.class_names)
     files = image_files(folder)
@@ -161,16 +161,22 @@ def write_predictions(tables: Iterator[pd.DataFrame], out: str | Path) -> int:
 
 def _read_json(path: Path, stage: str) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `kedro run --pipelines={stage}` first (or give an exported checkpoint)")
+        raise FileNotFoundError(
+            f"{path} does not exist; run `kedro run --pipelines={stage}` first (or give an exported checkpoint)"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m starft_pipeline.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a method (star, flyp, ft …), zero_shot, or an exported checkpoint file")
+    parser.add_argument(
+        "--model", required=True, help="a method (star, flyp, ft …), zero_shot, or an exported checkpoint file"
+    )
     parser.add_argument("--images", required=True, help="a folder of images (read recursively)")
     parser.add_argument("--out", required=True, help="the CSV to write")
-    parser.add_argument("--dataset", default=None, help="whose class names and templates (default: the fine-tuning data set)")
+    parser.add_argument(
+        "--dataset", default=None, help="whose class names and templates (default: the fine-tuning data set)"
+    )
     parser.add_argument("--project", default=".", help="the project root, for method names (default: .)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kedro.io import DatasetError
 from kedro_mlflow.io.models import MlflowModelTrackingDataset
@@ -21,10 +22,12 @@ class PyfuncClassifierDataset(MlflowModelTrackingDataset):
     """
 
     def _save(self, example_images: list[bytes]) -> None:
-        base = dict(self._save_args)
+        base: dict[str, Any] = dict(self._save_args)  # type: ignore[has-type]  # kedro-mlflow's attribute
         artifacts = base.pop("artifacts", None) or {}
         if not {"checkpoint", "classifier"} <= set(artifacts):
-            raise DatasetError("PyfuncClassifierDataset needs save_args.artifacts.checkpoint and .classifier (file paths)")
+            raise DatasetError(
+                "PyfuncClassifierDataset needs save_args.artifacts.checkpoint and .classifier (file paths)"
+            )
         with tempfile.TemporaryDirectory() as folder:
             arguments = pyfunc_arguments(artifacts["checkpoint"], artifacts["classifier"], example_images, Path(folder))
             python_model = arguments.pop("python_model")

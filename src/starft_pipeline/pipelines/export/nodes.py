@@ -24,7 +24,9 @@ def export_open_clip(
     load_state_dict(loaded.model, state_dict, source=f"the weights of {weights.metadata.get('method')!r}")
     task = eval_task(dataset_index, dataset_index["finetune_dataset"])
     head, kind = dataset_classifier(loaded, heads, task.class_names, task.templates, device)
-    return towers_checkpoint(weights, architecture), classifier_bundle(head, kind, task.templates, architecture, task.name)
+    return towers_checkpoint(weights, architecture), classifier_bundle(
+        head, kind, task.templates, architecture, task.name
+    )
 
 
 def mlflow_input_example(

@@ -10,10 +10,14 @@ from starft_pipeline.models import resolve_device
 from starft_pipeline.predict import MODELS_DIR, load_classifier, predictions
 
 
-def predict_images(predict: dict[str, Any], dataset_index: dict[str, Any], teacher_model: dict[str, Any]) -> pd.DataFrame:
+def predict_images(
+    predict: dict[str, Any], dataset_index: dict[str, Any], teacher_model: dict[str, Any]
+) -> pd.DataFrame:
     """``file``, ``predicted_class`` and a probability per class for every image under ``predict.images``."""
     if not predict.get("images"):
-        raise ValueError("predict.images is not set: run `kedro run --pipelines=predict --params predict.images=<folder>`")
+        raise ValueError(
+            "predict.images is not set: run `kedro run --pipelines=predict --params predict.images=<folder>`"
+        )
     classifier = load_classifier(
         str(predict["model"]),
         teacher_model,

@@ -11,6 +11,13 @@ from .nodes import predict_images
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
-        [Node(predict_images, ["params:predict", "dataset_index", "teacher_model"], "predictions", name="predict_images")],
+        [
+            Node(
+                predict_images,
+                ["params:predict", "dataset_index", "teacher_model"],
+                "predictions",
+                name="predict_images",
+            )
+        ],
         tags="predict",
     )
