@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from starft_pipeline.dataset_index import dataset_split, eval_task
 from starft_pipeline.export import classifier_bundle, dataset_classifier, example_images, towers_checkpoint
 from starft_pipeline.heads import split_heads
@@ -31,7 +33,7 @@ def export_open_clip(
 
 def mlflow_input_example(
     open_clip_classifier: TensorBundle,
-    dataset_metadata: Any,
+    dataset_metadata: pd.DataFrame,
     dataset_index: dict[str, Any],
     export: dict[str, Any],
 ) -> list[bytes]:
