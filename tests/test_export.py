@@ -98,6 +98,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Tensor
     return result
 
 
+@pytest.fixture(scope="module")
+def models_dir(exported: dict[str, tuple[TensorBundle, Path]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/06_models as the finetune stage leaves it: <method>.safetensors weights bundles."""
+    folder = tmp_path_factory.mktemp("06_models")
+    for method, (weights, _) in exported.items():
+        weights.save(folder / f"{method}.safetensors")
+    return folder
+
+
 def _pixels(folder: Path, names: list[str]) -> torch.Tensor:
     return torch.stack([load_image(folder / name, 32) for name in names])
 
@@ -141,7 +150,7 @@ def test_an_exported_checkpoint_loads_with_open_clip_and_gives_the_pipelines_log
 
 
 def test_the_mlflow_model_loads_and_predicts_class_probabilities(
-    exported: dict[str, tuple[TensorBundle, Path]], images: Path, tmp_path: Path
+    exported: dict[str, tuple[TensorBundle, Path]], images: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     import mlflow
 
@@ -155,22 +164,14 @@ def test_the_mlflow_model_loads_and_predicts_class_probabilities(
     assert [column.name for column in model.metadata.get_output_schema().inputs] == ["predicted_class", *CLASSES]
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-6)
     # The same probabilities as the project's own predict (same model, head and 32 px images).
-    classifier = project_classifier("ft", TEACHER_MODEL, DATASET_INDEX, models_dir=_models_dir(exported, tmp_path))
+    classifier = project_classifier("ft", TEACHER_MODEL, DATASET_INDEX, models_dir=models_dir)
     expected = classifier.probabilities(torch.stack([load_image(path, 32) for path in files])).numpy()
     np.testing.assert_allclose(table[CLASSES].to_numpy(), expected, atol=1e-5)
     assert list(table["predicted_class"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
 
 
-def _models_dir(exported: dict[str, tuple[TensorBundle, Path]], tmp_path: Path) -> Path:
-    """data/06_models as the finetune stage leaves it: <method>.safetensors weights bundles."""
-    folder = tmp_path / "06_models"
-    for method, (weights, _) in exported.items():
-        weights.save(folder / f"{method}.safetensors")
-    return folder
-
-
 def test_predict_writes_one_row_per_image_with_probabilities(
-    exported: dict[str, tuple[TensorBundle, Path]], images: Path, tmp_path: Path
+    exported: dict[str, tuple[TensorBundle, Path]], images: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     _, checkpoint = exported["flyp"]
     assert (
@@ -196,7 +197,7 @@ def test_predict_writes_one_row_per_image_with_probabilities(
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-6)
     assert list(table["predicted_class"]) == list(table[CLASSES].idxmax(axis=1))
     # A method name reads the finetune stage's weights: the same model gives the same CSV.
-    classifier = project_classifier("flyp", TEACHER_MODEL, DATASET_INDEX, models_dir=_models_dir(exported, tmp_path))
+    classifier = project_classifier("flyp", TEACHER_MODEL, DATASET_INDEX, models_dir=models_dir)
     by_name = classifier.probabilities(torch.stack([load_image(images / name, 32) for name in table["file"]])).numpy()
     np.testing.assert_allclose(table[CLASSES].to_numpy(), by_name, atol=1e-5)
 
