@@ -318,6 +318,23 @@ class ReportingParams(BaseModel):
 PRETRAIN_RANGES = {"crop_scale": AfterValidator(_check_crop_scale), "device": AfterValidator(_check_device)}
 PretrainParams = model_from_dataclass(PretrainConfig, constraints=PRETRAIN_RANGES, check=PretrainConfig.from_params)
 
+
+class ExportParams(BaseModel):
+    model_config = STRICT
+    device: Device = "auto"
+    example_images: Annotated[int, Strict(), Field(ge=1)] = 2
+
+
+class PredictParams(BaseModel):
+    model_config = STRICT
+    model: Annotated[str, Strict(), Field(min_length=1)] = "star"
+    images: Annotated[str, Strict()] | None = None
+    dataset: Annotated[str, Strict()] | None = None
+    models_dir: Annotated[str, Strict()] = "data/06_models"
+    batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
+    device: Device = "auto"
+
+
 #: The model of each top-level block a node reads (``params:<block>``).
 BLOCK_MODELS: dict[str, type[BaseModel]] = {
     "datasets": DatasetsParams,
@@ -327,6 +344,8 @@ BLOCK_MODELS: dict[str, type[BaseModel]] = {
     "evaluation": EvaluationParams,
     "reporting": ReportingParams,
     "pretrain": PretrainParams,
+    "export": ExportParams,
+    "predict": PredictParams,
 }
 #: The model of a namespaced block by its last key (``params:<method>.finetune``).
 NAMESPACED_MODELS: dict[str, type[BaseModel]] = {"finetune": FinetuneParams}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from .pipelines import class_names, descriptions, evaluation, finetune, pretrain, teacher
+from .pipelines import class_names, descriptions, evaluation, export, finetune, predict, pretrain, teacher
 
 STAGES = {
     "class_names": class_names,
@@ -17,6 +17,7 @@ STAGES = {
     "teacher": teacher,
     "finetune": finetune,
     "evaluation": evaluation,
+    "export": export,  # open_clip checkpoints and MLflow models of the fine-tuned methods
 }
 
 
@@ -25,4 +26,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["full"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["full"]
     pipelines["pretrain"] = pretrain.create_pipeline()
+    pipelines["predict"] = predict.create_pipeline()  # a folder of images → predictions.csv; not in `full`
     return pipelines
