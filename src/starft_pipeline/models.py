@@ -6,6 +6,7 @@ fails in seconds with a message naming the file to provide (DESIGN.md §3).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -13,17 +14,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+if TYPE_CHECKING:
+    import open_clip
+
 logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = resources.files("starft_pipeline") / "assets" / "model_configs"
-open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+
+
+@functools.cache
+def open_clip_with_configs() -> ModuleType:
+    """open_clip with this project's model configs (``starft-tiny-vit``) registered.
+
+    Imported on first use, not with this module: open_clip pulls in torchvision and torch._dynamo,
+    seconds that every `kedro` command (registry, parameter checks) would otherwise pay.
+    """
+    import open_clip
+
+    open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+    return open_clip
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -81,7 +97,7 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
                 "existing .safetensors/.pt file, or to an open_clip tag that is in your local cache."
             )
         return
-    known = open_clip.list_pretrained_tags_by_model(spec.architecture)
+    known = open_clip_with_configs().list_pretrained_tags_by_model(spec.architecture)
     if pretrained not in known:
         raise ValueError(
             f"open_clip has no pretrained tag {pretrained!r} for {spec.architecture!r}; known tags: {known}"
@@ -93,6 +109,7 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
 
 def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
     """The Hugging Face repo and the files open_clip would fetch for ``tag`` (safetensors first); None for a URL."""
+    open_clip = open_clip_with_configs()
     hub = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
     if not hub:
         return None
@@ -112,6 +129,7 @@ def _require_cached(spec: ModelSpec) -> None:
     """
     from huggingface_hub import try_to_load_from_cache
 
+    open_clip = open_clip_with_configs()
     config = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
     hub = _hub_files(spec.architecture, spec.pretrained)
     if hub is not None:
@@ -167,6 +185,7 @@ def _quiet_random_init_warning(active: bool) -> Iterator[None]:
 
 def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
+    open_clip = open_clip_with_configs()
     _check_pretrained_available(spec)
     pretrained = spec.pretrained
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
