@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
@@ -105,6 +106,24 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
     if spec.allow_download:
         return
     _require_cached(spec)
+
+
+def check_weights_available(spec: ModelSpec) -> None:
+    """Raise, naming what to provide, when ``spec``'s weights cannot be loaded here; builds no model.
+
+    A weights file must exist (a safetensors file must have a readable header); a tag must be an
+    open_clip tag of the architecture and, unless ``allow_download``, be in the local cache.
+    """
+    _check_pretrained_available(spec)
+    if spec.pretrained and spec.pretrained.endswith(".safetensors"):
+        try:
+            with safe_open(spec.pretrained, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"model weights file {spec.pretrained!r} is not a readable safetensors file ({error}). "
+                "Point `model.pretrained` to a complete .safetensors file (a download may have been cut short)."
+            ) from error
 
 
 def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
