@@ -1,7 +1,7 @@
 """open_clip models: creation from a local file or a pretrained tag, encoding, and the zero-shot head.
 
 No Kedro here. Weights never come from the network silently: a tag that is not in the local cache
-fails in seconds with a message naming the file to provide (DESIGN.md §3).
+fails in seconds with a message naming the file to provide (docs/stack-notes.md).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
 def _require_cached(spec: ModelSpec) -> None:
     """Raise at once, naming the file to provide, when a pretrained tag is not in the local cache.
 
-    Without network the hub would retry for ~45 s first (DESIGN.md §3). huggingface_hub reads
+    Without network the hub would retry for ~45 s first (docs/stack-notes.md). huggingface_hub reads
     ``HF_HUB_OFFLINE`` only when imported, so the cache is inspected here instead.
     """
     from huggingface_hub import try_to_load_from_cache
