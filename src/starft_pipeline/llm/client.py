@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from .cache import cache_key, load_record, write_record
 from .prompts import (
     SCHEMA_VERSION,
