@@ -3,6 +3,8 @@
 The models live in :mod:`starft_pipeline.params`; this module only finds which parameter blocks the
 run reads and raises Kedro's ``ParameterValidationError`` with every problem, each as
 ``<full.key.path>: <message>``. Nodes keep receiving plain dicts, so node signatures are untouched.
+Then the preconditions the parameters reveal (the teacher's weights, a pinned file) are checked for
+the stages about to run, so a run that cannot succeed stops in seconds, not after the earlier stages.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ and defaults, so a field added there is accepted here at once, plus the dataclas
 ``from_params`` / ``__post_init__``), plus the ranges listed here. Scalars are strict (``lr: "1e-4"``
 is a string, not a number: YAML 1.1 reads ``1e-4`` without a dot that way) and unknown keys are errors.
 
-:func:`parameter_errors` returns every problem as ``<full.key.path>: <message>``; the Kedro hook
-(:mod:`starft_pipeline.hooks`) raises them before the run starts. Nodes keep receiving plain dicts.
+:func:`parameter_errors` returns every problem as ``<full.key.path>: <message>`` (an unknown key
+with the closest known one); :func:`precondition_errors` what valid parameters say is missing (the
+teacher's weights). The Kedro hook (:mod:`starft_pipeline.hooks`) raises them before the run starts. Nodes keep receiving plain dicts.
 No Kedro here.
 """
 
@@ -375,12 +376,6 @@ def _submodel(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             return None
         current = _model_in(current.model_fields[part].annotation)
     return current if _is_model(current) else None
-
-
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys the (sub)model at ``loc`` accepts, or [] when ``loc`` leaves the model tree."""
-    submodel = _submodel(model, loc)
-    return sorted(submodel.model_fields) if submodel else []
 
 
 def _nested_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
