@@ -1,19 +1,22 @@
 """The everyday loop's messages: preconditions found before the first node, a label outside the class
 mapping named by file, line and img_id, the closest key for an unknown one, and confounder types
-shown to the LLM as phrases."""
+shown to the LLM as phrases; and start-up that imports no heavy library before a node needs it."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import project_parameters
 from kedro.pipeline import Node, Pipeline
 from kedro.validation import ParameterValidationError
 
-from helpers import project_parameters
 from starft_pipeline import hooks
 from starft_pipeline.class_names import ClassNameError, check_labels_named
 from starft_pipeline.llm import LLMSettings
@@ -160,3 +163,29 @@ def test_the_prompt_names_a_confounder_by_its_phrase_not_its_key(base_params: di
     assert "one concrete background cue" in prompt
     default = LLMSettings.from_params({"confounder_types": ["camera_angle"]})
     assert "one concrete camera angle cue" in render_prompt(default, "circle", "camera_angle")
+
+
+# --- start-up ---------------------------------------------------------------------------------------
+
+
+def test_registering_pipelines_and_checking_parameters_import_no_heavy_library() -> None:
+    """open_clip (torchvision, torch._dynamo), scikit-learn, matplotlib and the Anthropic SDK cost seconds
+    of start-up to every kedro command; they belong in the functions that use them."""
+    script = (
+        "import sys\n"
+        "from helpers import project_parameters\n"
+        "from starft_pipeline.pipeline_registry import register_pipelines\n"
+        "from starft_pipeline.params import parameter_errors, precondition_errors\n"
+        "from starft_pipeline.hooks import parameter_paths\n"
+        "import starft_pipeline.settings\n"
+        "pipelines = register_pipelines()\n"
+        "paths = parameter_paths(pipelines.values())\n"
+        "params = project_parameters()\n"
+        "assert parameter_errors(params, paths, paths) == [] and precondition_errors(params, paths) == []\n"
+        "print(sorted(m for m in ('open_clip', 'torchvision', 'sklearn', 'matplotlib', 'anthropic') if m in sys.modules))\n"
+    )
+    tests_dir = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
