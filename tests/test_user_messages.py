@@ -97,10 +97,12 @@ def _never_run(*_: Any) -> None:
 def test_the_hook_stops_the_run_before_the_first_node(
     base_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = Pipeline([
-        Node(_never_run, "params:class_names", "a", name="first"),
-        Node(_never_run, ["a", "params:teacher"], "b", name="teacher_node"),
-    ])
+    pipeline = Pipeline(
+        [
+            Node(_never_run, "params:class_names", "a", name="first"),
+            Node(_never_run, ["a", "params:teacher"], "b", name="teacher_node"),
+        ]
+    )
     monkeypatch.setattr(hooks, "_registered_pipelines", lambda: list(register_pipelines().values()))
     params = _with_teacher_weights(base_params, "nowhere/teacher.safetensors")
     with pytest.raises(ParameterValidationError, match=r"- teacher\.model\.pretrained: .*nowhere/teacher\.safetensors"):
@@ -111,14 +113,16 @@ def test_the_hook_stops_the_run_before_the_first_node(
 
 
 def test_a_label_outside_the_mapping_names_file_line_img_id_and_key(tmp_path: Path) -> None:
-    metadata = pd.DataFrame({
-        "img_id": [10, 11, 12, 13],
-        "img_filename": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
-        "y": [0, 1, 2, 1],
-        "split": [0, 0, 0, 1],
-        "place": [0, 1, 0, 1],
-        "place_filename": ["p"] * 4,
-    })
+    metadata = pd.DataFrame(
+        {
+            "img_id": [10, 11, 12, 13],
+            "img_filename": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+            "y": [0, 1, 2, 1],
+            "split": [0, 0, 0, 1],
+            "place": [0, 1, 0, 1],
+            "place_filename": ["p"] * 4,
+        }
+    )
     metadata.to_csv(tmp_path / "metadata.csv", index=False)
     rows = metadata.assign(root=str(tmp_path))
     key = "class_names.datasets.waterbirds.mapping"
@@ -186,6 +190,8 @@ def test_registering_pipelines_and_checking_parameters_import_no_heavy_library()
     )
     tests_dir = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
