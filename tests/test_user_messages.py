@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import project_parameters
+from helpers import copy_project, kedro_env, project_parameters
 from kedro.pipeline import Node, Pipeline
 from kedro.validation import ParameterValidationError
 
@@ -195,3 +195,25 @@ def test_registering_pipelines_and_checking_parameters_import_no_heavy_library()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_the_waterbirds_environment_without_cached_weights_stops_before_class_names(tmp_path: Path) -> None:
+    """The issue's case: `--env waterbirds` (openai weights, no download) used to run class_names and
+    descriptions before failing in teacher; now nothing runs and no MLflow run starts."""
+    project = copy_project(tmp_path / "project")
+    env = {**kedro_env(), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--env", "waterbirds", "--pipelines=full"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "- teacher.model.pretrained: open_clip weights ViT-B-16/openai are not in the local cache" in output
+    assert "Running node" not in output and "Mlflow run" not in output
+    assert not (project / "data" / "02_intermediate").exists()
