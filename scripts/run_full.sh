@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
-kedro run --pipeline=full "$@"
+kedro run --pipelines=full "$@"

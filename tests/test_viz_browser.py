@@ -1,5 +1,5 @@
 """kedro viz, offline: the static site built by `kedro viz build` renders the five stages in headless
-Chromium, and `kedro viz run` serves the project's graph (stopped as a process group, DESIGN.md §3)."""
+Chromium, and `kedro viz run` serves the project's graph (stopped as a process group, docs/stack-notes.md)."""
 
 from __future__ import annotations
 

@@ -47,8 +47,16 @@ def check_class_names(names: list[str], source: str) -> list[str]:
     return names
 
 
-def names_from_mapping(labels: Iterable[int], mapping: Mapping[int | str, str], source: str = "mapping") -> list[str]:
-    """Names for labels 0..max(labels) from ``mapping`` (keys may be ints or strings of ints)."""
+def names_from_mapping(
+    labels: Iterable[int],
+    mapping: Mapping[int | str, str],
+    source: str = "mapping",
+    parameter: str = "class_names.datasets.<name>.mapping",
+) -> list[str]:
+    """Names for labels 0..max(labels) from ``mapping`` (keys may be ints or strings of ints).
+
+    ``parameter`` is the key the mapping comes from, named in the error message.
+    """
     by_label = {int(key): value for key, value in mapping.items()}
     present = sorted({int(label) for label in labels})
     if not present:
@@ -59,12 +67,51 @@ def names_from_mapping(labels: Iterable[int], mapping: Mapping[int | str, str], 
     if missing:
         raise ClassNameError(
             f"{source}: label(s) {missing} have no name; add them to the class-name mapping "
-            f"(parameter class_names.mapping), e.g. {{{missing[0]}: <name>}}"
+            f"(parameter {parameter}), e.g. {{{missing[0]}: <name>}}"
         )
     unused = sorted(set(by_label) - set(range(present[-1] + 1)))
     if unused:
         raise ClassNameError(f"{source}: mapping names label(s) {unused} that are not in the data (labels 0..{present[-1]})")
     return check_class_names([clean_class_name(by_label[label]) for label in range(present[-1] + 1)], source)
+
+
+def _metadata_lines(metadata_file: Path) -> dict[str, int]:
+    """img_id → its line in ``metadata_file`` (header = line 1); {} when the file cannot be read."""
+    try:
+        ids = pd.read_csv(metadata_file, usecols=["img_id"], dtype=str)["img_id"]
+    except (OSError, ValueError):
+        return {}
+    return {str(value).strip(): position + 2 for position, value in enumerate(ids)}
+
+
+def check_labels_named(
+    rows: pd.DataFrame, mapping: Mapping[int | str, str], parameter: str, limit: int = 5
+) -> None:
+    """Raise when a row's label ``y`` has no name in ``mapping``, naming the file, line and img_id of the
+    first ``limit`` such rows and the parameter to extend (``rows`` has ``y``, ``img_id``, ``img_filename``
+    and the data set's ``root``, which holds its ``metadata.csv``)."""
+    named = {int(key) for key in mapping}
+    unnamed = rows[~rows["y"].astype(int).isin(named)]
+    if unnamed.empty:
+        return
+    labels = sorted({int(label) for label in unnamed["y"]})
+    places = []
+    for root, group in unnamed.groupby("root", sort=False):
+        metadata_file = Path(str(root)) / "metadata.csv"
+        lines = _metadata_lines(metadata_file)
+        for row in group.head(limit - len(places)).itertuples():
+            line = lines.get(str(row.img_id).strip())
+            at = f"line {line} " if line else ""
+            places.append(f"{metadata_file} {at}(img_id {row.img_id}, {row.img_filename!r}, y = {row.y})")
+        if len(places) >= limit:
+            break
+    more = f" and {len(unnamed) - len(places)} more row(s)" if len(unnamed) > len(places) else ""
+    raise ClassNameError(
+        f"label(s) {labels} have no name in {parameter} (it names {sorted(named)}): "
+        + "; ".join(places) + more
+        + f". Fix the label in the file (labels are 0..C-1), or add the class to {parameter}, "
+        f"e.g. {{{labels[0]}: <name>}}"
+    )
 
 
 def names_from_image_folder(root: str | Path) -> list[str]:

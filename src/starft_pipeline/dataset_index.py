@@ -33,7 +33,7 @@ def dataset_entry(
     """Index entry of one data set; checks labels and places fit the names given.
 
     ``convention`` (waterbirds, celeba or generic) says which benchmark's metric conventions
-    the data set is reported under (DESIGN.md §2).
+    the data set is reported under (docs/evaluation-conventions.md).
     """
     if convention not in CONVENTIONS:
         raise DataError(

@@ -26,15 +26,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import SINGLE_PROCESS, BatchRows, DistContext
+
+if TYPE_CHECKING:
+    import open_clip
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def compile_towers(model: nn.Module) -> list[str]:
 
 def _end_of_text(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor | None:
     """Where each row's text feature is pooled, for causal CLIP text towers; None when trimming does not apply."""
+    import open_clip  # here, not at module level: open_clip costs seconds of start-up to every kedro command
+
     if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
         return None
     if model.text_pool_type == "argmax":
@@ -90,6 +93,8 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     cast = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    from open_clip.transformer import text_global_pool
+
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is None:
         return x

@@ -1,6 +1,6 @@
 """Zero-shot predictions of a model (fine-tuned or not) on group-shift splits, and their metrics.
 
-The zero-shot head is rebuilt from the model's *current* text encoder (DESIGN.md §1), so a
+The zero-shot head is rebuilt from the model's *current* text encoder (docs/method.md), so a
 fine-tuned model is judged exactly as the paper judges it.
 """
 

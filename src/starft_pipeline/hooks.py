@@ -3,6 +3,8 @@
 The models live in :mod:`starft_pipeline.params`; this module only finds which parameter blocks the
 run reads and raises Kedro's ``ParameterValidationError`` with every problem, each as
 ``<full.key.path>: <message>``. Nodes keep receiving plain dicts, so node signatures are untouched.
+Then the preconditions the parameters reveal (the teacher's weights, a pinned file) are checked for
+the stages about to run, so a run that cannot succeed stops in seconds, not after the earlier stages.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ParameterValidationHooks:
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow starts a run and logs the parameters
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
-        from .params import parameter_errors, parameter_warnings  # torch and open_clip come with it
+        from .params import parameter_errors, parameter_warnings, precondition_errors
 
         params = catalog.load("parameters")
         run_paths = parameter_paths([pipeline])
@@ -68,6 +70,12 @@ class ParameterValidationHooks:
         if errors:
             raise ParameterValidationError(
                 "Parameter validation failed before any node ran:\n" + "\n".join(f"- {error}" for error in errors)
+            )
+        # Only on valid parameters: weights and files the run's stages need, before the first node.
+        missing = precondition_errors(params, run_paths)
+        if missing:
+            raise ParameterValidationError(
+                "The run cannot succeed, found before any node ran:\n" + "\n".join(f"- {error}" for error in missing)
             )
         logger.info("parameters: %d block(s) read by this run checked against their models", len(run_paths))
 

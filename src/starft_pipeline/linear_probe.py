@@ -12,14 +12,16 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from .heads import ClassifierHead
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ def fit_logistic_regression(
     features: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 1000
 ) -> LogisticRegression:
     """Multinomial (binary: logistic) regression with L2 penalty 1/C and an intercept."""
+    # Imported here: scikit-learn costs seconds of start-up to every kedro command.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a C that does not converge is judged on val anyway

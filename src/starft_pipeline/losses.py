@@ -1,4 +1,4 @@
-"""Loss functions: FLYP's contrastive loss and the StarFT regulariser (DESIGN.md §1).
+"""Loss functions: FLYP's contrastive loss and the StarFT regulariser (docs/method.md).
 
 Pure functions over tensors. Each returns a scalar tensor; callers mix them explicitly.
 """

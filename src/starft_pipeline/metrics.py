@@ -1,4 +1,4 @@
-"""Group-robust classification metrics (pure numpy; see DESIGN.md section 2).
+"""Group-robust classification metrics (pure numpy; see docs/evaluation-conventions.md).
 
 Conventions
 -----------

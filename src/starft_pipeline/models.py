@@ -1,11 +1,12 @@
 """open_clip models: creation from a local file or a pretrained tag, encoding, and the zero-shot head.
 
 No Kedro here. Weights never come from the network silently: a tag that is not in the local cache
-fails in seconds with a message naming the file to provide (DESIGN.md §3).
+fails in seconds with a message naming the file to provide (docs/stack-notes.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -13,17 +14,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import open_clip
 
 logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = resources.files("starft_pipeline") / "assets" / "model_configs"
-open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+
+
+@functools.cache
+def open_clip_with_configs() -> ModuleType:
+    """open_clip with this project's model configs (``starft-tiny-vit``) registered.
+
+    Imported on first use, not with this module: open_clip pulls in torchvision and torch._dynamo,
+    seconds that every `kedro` command (registry, parameter checks) would otherwise pay.
+    """
+    import open_clip
+
+    open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+    return open_clip
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -81,7 +98,7 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
                 "existing .safetensors/.pt file, or to an open_clip tag that is in your local cache."
             )
         return
-    known = open_clip.list_pretrained_tags_by_model(spec.architecture)
+    known = open_clip_with_configs().list_pretrained_tags_by_model(spec.architecture)
     if pretrained not in known:
         raise ValueError(
             f"open_clip has no pretrained tag {pretrained!r} for {spec.architecture!r}; known tags: {known}"
@@ -91,8 +108,27 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
     _require_cached(spec)
 
 
+def check_weights_available(spec: ModelSpec) -> None:
+    """Raise, naming what to provide, when ``spec``'s weights cannot be loaded here; builds no model.
+
+    A weights file must exist (a safetensors file must have a readable header); a tag must be an
+    open_clip tag of the architecture and, unless ``allow_download``, be in the local cache.
+    """
+    _check_pretrained_available(spec)
+    if spec.pretrained and spec.pretrained.endswith(".safetensors"):
+        try:
+            with safe_open(spec.pretrained, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"model weights file {spec.pretrained!r} is not a readable safetensors file ({error}). "
+                "Point `model.pretrained` to a complete .safetensors file (a download may have been cut short)."
+            ) from error
+
+
 def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
     """The Hugging Face repo and the files open_clip would fetch for ``tag`` (safetensors first); None for a URL."""
+    open_clip = open_clip_with_configs()
     hub = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
     if not hub:
         return None
@@ -107,11 +143,12 @@ def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
 def _require_cached(spec: ModelSpec) -> None:
     """Raise at once, naming the file to provide, when a pretrained tag is not in the local cache.
 
-    Without network the hub would retry for ~45 s first (DESIGN.md §3). huggingface_hub reads
+    Without network the hub would retry for ~45 s first (docs/stack-notes.md). huggingface_hub reads
     ``HF_HUB_OFFLINE`` only when imported, so the cache is inspected here instead.
     """
     from huggingface_hub import try_to_load_from_cache
 
+    open_clip = open_clip_with_configs()
     config = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
     hub = _hub_files(spec.architecture, spec.pretrained)
     if hub is not None:
@@ -167,6 +204,7 @@ def _quiet_random_init_warning(active: bool) -> Iterator[None]:
 
 def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
+    open_clip = open_clip_with_configs()
     _check_pretrained_available(spec)
     pretrained = spec.pretrained
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None

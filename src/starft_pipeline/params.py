@@ -7,17 +7,20 @@ and defaults, so a field added there is accepted here at once, plus the dataclas
 ``from_params`` / ``__post_init__``), plus the ranges listed here. Scalars are strict (``lr: "1e-4"``
 is a string, not a number: YAML 1.1 reads ``1e-4`` without a dot that way) and unknown keys are errors.
 
-:func:`parameter_errors` returns every problem as ``<full.key.path>: <message>``; the Kedro hook
-(:mod:`starft_pipeline.hooks`) raises them before the run starts. Nodes keep receiving plain dicts.
+:func:`parameter_errors` returns every problem as ``<full.key.path>: <message>`` (an unknown key
+with the closest known one); :func:`precondition_errors` what valid parameters say is missing (the
+teacher's weights). The Kedro hook (:mod:`starft_pipeline.hooks`) raises them before the run starts. Nodes keep receiving plain dicts.
 No Kedro here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import (
@@ -369,31 +372,74 @@ def _lookup(params: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys the (sub)model at ``loc`` accepts, or [] when ``loc`` leaves the model tree."""
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model inside ``X | None`` (or ``annotation`` itself)."""
+    options = [arg for arg in get_args(annotation) if _is_model(arg)]
+    return options[0] if options else annotation
+
+
+def _submodel(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The (sub)model at ``loc``, or None when ``loc`` leaves the model tree."""
     current: Any = model
     for part in loc:
-        if isinstance(current, type) and issubclass(current, RootModel):
+        if _is_model(current) and issubclass(current, RootModel):
             current = current.model_fields["root"].annotation
         if get_origin(current) is dict:
             current = get_args(current)[1]
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return []
-        current = current.model_fields[part].annotation
-        options = [arg for arg in get_args(current) if isinstance(arg, type) and issubclass(arg, BaseModel)]
-        current = options[0] if options else current
-    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+        if not _is_model(current) or part not in current.model_fields:
+            return None
+        current = _model_in(current.model_fields[part].annotation)
+    return current if _is_model(current) else None
+
+
+def _nested_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key the model accepts, nested ones dotted (``anthropic.base_url``); not below a free-form mapping."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(f"{prefix}{name}")
+        inner = _model_in(field.annotation)
+        if _is_model(inner) and not issubclass(inner, RootModel):
+            keys.extend(_nested_keys(inner, f"{prefix}{name}."))
+    return keys
+
+
+def closest_key(key: str, candidates: Iterable[str]) -> str | None:
+    """The candidate (a dotted path) that ``key`` most likely meant: the same name one level down
+    (``base_url`` → ``anthropic.base_url``), else the closest spelling of the last name (difflib)."""
+    candidates = sorted(candidates, key=lambda path: (path.count("."), path))
+    last_names = {}
+    for path in candidates:
+        last_names.setdefault(path.rsplit(".", 1)[-1], path)
+    if key in last_names:
+        return last_names[key]
+    close = difflib.get_close_matches(key, list(last_names), n=1, cutoff=0.75)
+    return last_names[close[0]] if close else None
+
+
+def _did_you_mean(prefix: str, key: str, candidates: Iterable[str]) -> str:
+    suggestion = closest_key(key, candidates)
+    if not suggestion:
+        return ""
+    return f"; did you mean `{prefix}.{suggestion}`?" if prefix else f"; did you mean `{suggestion}`?"
 
 
 def _format_error(path: str, model: type[BaseModel], error: Mapping[str, Any]) -> str:
-    """``<path>.<loc>: <message> (got <input>)``, with the accepted keys for an unknown one."""
+    """``<path>.<loc>: <message> (got <input>)``, with the closest and the accepted keys for an unknown one."""
     loc = tuple(error["loc"])
     where = ".".join([path, *(str(part) for part in loc)])
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        known = _known_keys(model, loc[:-1])
-        return f"{where}: unknown parameter" + (f"; known keys: {known}" if known else "")
+        parent = _submodel(model, loc[:-1])
+        if parent is None:
+            return f"{where}: unknown parameter"
+        parent_path = ".".join([path, *(str(part) for part in loc[:-1])])
+        hint = _did_you_mean(parent_path, str(loc[-1]), _nested_keys(parent))
+        return f"{where}: unknown parameter; known keys: {sorted(parent.model_fields)}{hint}"
     value = error.get("input")
     echoed = error["type"] in ("missing", "value_error")  # our own messages name the value already
     shown = f" (got {value!r})" if isinstance(value, (int, float, str, bool)) and not echoed else ""
@@ -442,7 +488,8 @@ def unknown_key_errors(params: Mapping[str, Any], read_paths: Iterable[str], all
                 walk(value, path)
                 continue
             known = _children(prefix, read | ancestors)
-            errors.append(f"{path}: unknown parameter; no pipeline reads it (known keys here: {known})")
+            hint = _did_you_mean(prefix, str(key), known)
+            errors.append(f"{path}: unknown parameter; no pipeline reads it (known keys here: {known}){hint}")
 
     walk(params, "")
     return errors
@@ -484,6 +531,39 @@ def parameter_errors(
     for path in sorted(set(run_paths)):
         errors.extend(block_errors(params, path))
     return errors + unknown_key_errors(params, read_paths, allowed)
+
+
+def _weights_errors(path: str, block: Any) -> list[str]:
+    """``<path>.pretrained: …`` when the model block's weights cannot be loaded (no model is built)."""
+    from .models import check_weights_available
+
+    if not isinstance(block, Mapping):
+        return []
+    try:
+        check_weights_available(ModelSpec(**block))
+    except (FileNotFoundError, ValueError) as error:
+        return [f"{path}.pretrained: {error}"]
+    return []
+
+
+def precondition_errors(params: Mapping[str, Any], run_paths: Iterable[str]) -> list[str]:
+    """What the run's stages need and the (valid) parameters say is missing, found before the first node runs.
+
+    The teacher's weights (a file that is missing, not a file or unreadable; a tag not in the local
+    cache) and a pinned descriptions file. Seconds, not a model build: a later stage must not fail
+    after the earlier ones have run for minutes.
+    """
+    run_paths = set(run_paths)
+    errors = []
+    if "teacher" in run_paths:
+        errors.extend(_weights_errors("teacher.model", _lookup(params, "teacher.model")))
+    pinned = _lookup(params, "descriptions.pinned_file") if "descriptions" in run_paths else None
+    if isinstance(pinned, str) and not Path(pinned).is_file():
+        errors.append(
+            f"descriptions.pinned_file: {pinned!r} is not a file (relative paths start at the project root); "
+            "fix the path or set it to null"
+        )
+    return errors
 
 
 def parameter_warnings(params: Mapping[str, Any], run_paths: Iterable[str], read_paths: Iterable[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Contrastive pretraining of the default open_clip model on the synthetic world (DESIGN.md §7).
+"""Contrastive pretraining of the default open_clip model on the synthetic world (docs/miniature-world.md).
 
 The model learns both concepts of the miniature world, objects *and* backgrounds, from a corpus
 balanced over every object × background pair: our stand-in for CLIP's web-scale robustness, which

@@ -25,14 +25,13 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs every kedro command start-up time
+    from matplotlib.figure import Figure
 
 from starft_pipeline.metrics import (
     GroupMetrics,
@@ -413,6 +412,8 @@ def comparison_markdown(
 
 def method_colors(methods: Sequence[str]) -> dict[str, Any]:
     """A stable colour per method (tab10 in the given order, then tab20)."""
+    import matplotlib
+
     palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
     return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
@@ -427,6 +428,9 @@ def _unique(values: pd.Series) -> list[Any]:
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -531,6 +535,8 @@ def plot_group_accuracy(
 
 def _split_colors(splits: Sequence[str]) -> dict[str, Any]:
     """Split colours distinct from the method palette (train grey, val light blue, test dark blue)."""
+    import matplotlib
+
     fixed = {"train": "#9e9e9e", "val": "#7fb3d5", "test": "#1f4e79"}
     extra = list(matplotlib.colormaps["Set2"].colors)
     return {s: fixed.get(s, extra[i % len(extra)]) for i, s in enumerate(splits)}
@@ -715,6 +721,8 @@ def plot_wise_ft_curves(
         _wise_ft_lines(ax, part, colors, _wanted_alphas(annotate_alphas))
         ax.set_title(f"{dataset}/{split}" if dataset else split, fontsize=10)
     methods = _unique(curve_df["method"])
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color=colors[m], marker="o", label=str(m)) for m in methods]
     fig.suptitle(title or "WiSE-FT interpolation: worst-group vs average accuracy across α")
     _side_legend(fig, handles, [str(m) for m in methods])

@@ -1,9 +1,9 @@
 """A procedural synthetic world: foreground shapes on confounding textured backgrounds.
 
 It is the project's embedded default data set, a miniature of the Waterbirds / ImageNet setting
-(DESIGN.md §7): every object can appear on every background, captions name both concepts, and
+(docs/miniature-world.md): every object can appear on every background, captions name both concepts, and
 group-shift data sets tie each class to a background with a chosen correlation, written in the
-Waterbirds release layout (DESIGN.md §2) so the same loaders read the real and the synthetic data.
+Waterbirds release layout (docs/evaluation-conventions.md) so the same loaders read the real and the synthetic data.
 
 Plain numpy + Pillow; no Kedro, no torch.
 """
@@ -34,7 +34,7 @@ WATER_BACKGROUNDS: frozenset[str] = frozenset({"water"})
 LAND_BACKGROUNDS: frozenset[str] = frozenset(b for b in BACKGROUNDS if b not in WATER_BACKGROUNDS)
 
 # Saturated colours that no background texture comes near (greens, blues, tans, whites, brick red
-# and browns are all taken), so every object stays visible on every background (DESIGN.md §7).
+# and browns are all taken), so every object stays visible on every background (docs/miniature-world.md).
 # The colour is drawn independently of class and background: it carries no label information.
 FOREGROUND_PALETTE: tuple[tuple[int, int, int], ...] = (
     (235, 40, 200),  # magenta

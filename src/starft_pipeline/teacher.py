@@ -1,7 +1,7 @@
 """The frozen zero-shot teacher, run once: what the StarFT regulariser and the evaluation need.
 
 Teacher *logits* depend on the batch (which descriptions, which labels), so the cache holds
-*embeddings* (DESIGN.md §1): image features per split (of the un-augmented image), description
+*embeddings* (docs/method.md): image features per split (of the un-augmented image), description
 features, class-prompt features, and zero-shot logits. A fingerprint of model + prompts + data
 makes a stale cache an error rather than a silent mistake.
 """

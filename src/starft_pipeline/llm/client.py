@@ -27,9 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from .cache import cache_key, load_record, write_record
 from .prompts import (
@@ -43,6 +41,9 @@ from .prompts import (
 )
 from .settings import LLMSettings
 from .validation import InvalidAnswerError, extract_tool_input, validate_descriptions
+
+if TYPE_CHECKING:  # the SDK is imported where requests are made: parameter checks must not pay for it
+    import anthropic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -175,6 +176,8 @@ def _redact(text: str, secret: str | None) -> str:
 
 def _api_error_message(err: Exception, settings: LLMSettings) -> str:
     """A user-facing description of an SDK error that survived the SDK's own retries."""
+    import anthropic
+
     retries = settings.http_max_retries
     if isinstance(err, anthropic.APITimeoutError):
         return (
@@ -242,6 +245,8 @@ def _generate_one(
     logger: logging.Logger,
 ) -> dict[str, Any]:
     """Ask, validate, re-ask with the error (bounded); write the record atomically and return it."""
+    import anthropic
+
     first_turn: list[dict[str, Any]] = [{"role": "user", "content": job.prompt}]
     messages = list(first_turn)
     extra_body = {"temperature": settings.temperature} if settings.temperature is not None else None
@@ -329,6 +334,8 @@ def _run_jobs(
 
     Requests in flight when a pair fails still finish (and are cached); jobs not started are skipped.
     """
+    import anthropic
+
     done: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     stop = threading.Event()

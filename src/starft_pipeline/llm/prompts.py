@@ -56,10 +56,13 @@ def sanitize_class_name(name: str, max_chars: int = 100) -> str:
 
 
 def render_prompt(settings: LLMSettings, class_name: str, confounder_type: str) -> str:
-    """The user prompt for one (class, confounder) pair; ``class_name`` must already be sanitised."""
+    """The user prompt for one (class, confounder) pair; ``class_name`` must already be sanitised.
+
+    The confounder type is shown as its phrase (``synthetic_background`` → ``background``), not its key.
+    """
     return settings.prompt_template.format(
         class_name=class_name,
-        confounder_type=confounder_type,
+        confounder_type=settings.confounder_phrase(confounder_type),
         n=settings.n_descriptions,
         confounder_hint=settings.confounder_hint(confounder_type),
         max_chars=settings.max_description_chars,

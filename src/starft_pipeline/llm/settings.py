@@ -19,7 +19,12 @@ DEFAULT_CONFOUNDER_HINTS: dict[str, str] = {
     "painted, made of clay",
     "resolution": "the image quality or capture conditions, e.g. blurry, pixelated, low-resolution, grainy, "
     "overexposed, shot from far away",
+    "synthetic_background": "the background scene the shape is drawn on, e.g. grass, water, sand, snow, "
+    "a brick wall, a forest",
 }
+
+#: How the prompt names a confounder type whose internal name is not a phrase (``{confounder_type} cue``).
+DEFAULT_CONFOUNDER_PHRASES: dict[str, str] = {"synthetic_background": "background"}
 
 DEFAULT_PROMPT_TEMPLATE = """\
 We are building text prompts for a vision-language model (CLIP). Each prompt describes a photo of an object \
@@ -74,6 +79,8 @@ class LLMSettings(BaseModel):
     confounder_types: tuple[str, ...] = DEFAULT_CONFOUNDER_TYPES
     #: Extra/overriding hints per confounder type, shown in the prompt's ``{confounder_hint}`` slot.
     confounder_hints: dict[str, str] = Field(default_factory=dict)
+    #: How the prompt names a confounder type (``synthetic_background`` → ``background``); overrides the defaults.
+    confounder_phrases: dict[str, str] = Field(default_factory=dict)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     max_description_chars: int = Field(200, ge=10)
     max_class_name_chars: int = Field(100, ge=1)
@@ -146,10 +153,19 @@ class LLMSettings(BaseModel):
         return hash(self.model_dump_json())
 
     def confounder_hint(self, confounder_type: str) -> str:
-        """The prompt hint for a confounder type; unknown types fall back to the type's name."""
+        """The prompt hint for a confounder type; unknown types fall back to the type's phrase."""
         if confounder_type in self.confounder_hints:
             return self.confounder_hints[confounder_type]
-        return DEFAULT_CONFOUNDER_HINTS.get(confounder_type, f"a {confounder_type} cue")
+        return DEFAULT_CONFOUNDER_HINTS.get(confounder_type, f"a {self.confounder_phrase(confounder_type)} cue")
+
+    def confounder_phrase(self, confounder_type: str) -> str:
+        """How the prompt names a confounder type: a configured or default phrase, else the name with spaces.
+
+        Internal names (``synthetic_background``) are identifiers, not words to show the model.
+        """
+        if confounder_type in self.confounder_phrases:
+            return self.confounder_phrases[confounder_type]
+        return DEFAULT_CONFOUNDER_PHRASES.get(confounder_type, confounder_type.replace("_", " "))
 
     def estimated_cost_usd(self, input_tokens: float, output_tokens: float) -> float:
         return input_tokens / 1e6 * self.input_price_per_mtok + output_tokens / 1e6 * self.output_price_per_mtok

@@ -112,7 +112,9 @@ def _class_and_place_names(rows: pd.DataFrame, config: dict[str, Any], dataset: 
         manifest = _manifest(Path(rows["root"].iloc[0]))
         return names.check_class_names(list(manifest["class_names"]), dataset), list(manifest["place_names"])
     if source == "mapping":
-        class_list = names.names_from_mapping(rows["y"], config["mapping"], f"data set {dataset!r}")
+        parameter = f"class_names.datasets.{dataset}.mapping"
+        names.check_labels_named(rows, config["mapping"], parameter)
+        class_list = names.names_from_mapping(rows["y"], config["mapping"], f"data set {dataset!r}", parameter)
     elif source == "image_folder":
         class_list = names.names_from_image_folder(config["image_folder"])
     elif source == "folders":  # a data set read with format: image_folder

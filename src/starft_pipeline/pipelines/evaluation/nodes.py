@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from starft_pipeline.data import check_groups_present, load_split_images
 from starft_pipeline.dataset_index import dataset_info, dataset_split, eval_task
@@ -33,6 +32,9 @@ from starft_pipeline.teacher import check_trained_from
 from starft_pipeline.tensor_bundle import TensorBundle
 
 from ..finetune.pipeline import METHODS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 ZERO_SHOT = "zero_shot"
