@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .heads import ClassifierHead, head_for_classes, split_heads, zero_shot_linear_head
-from .models import LoadedModel, logit_scale, zero_shot_head
+from .models import LoadedModel, logit_scale, open_clip_with_configs, zero_shot_head
 from .tensor_bundle import TensorBundle
 
 LEARNED, ZERO_SHOT = "learned", "zero_shot"
@@ -100,8 +100,7 @@ def classifier_path(checkpoint: str | os.PathLike[str]) -> Path:
 
 def _model_config_file(architecture: str, folder: Path) -> Path:
     """``<folder>/<architecture>.json``: the open_clip config, named so ``add_model_config`` registers it."""
-    import open_clip
-
+    open_clip = open_clip_with_configs()  # the project's own architectures too
     config = open_clip.get_model_config(architecture)
     if config is None:
         raise ValueError(
