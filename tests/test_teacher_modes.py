@@ -190,3 +190,30 @@ def test_a_class_without_descriptions_is_an_error():
 
     with pytest.raises(ValueError, match=r"no descriptions for class\(es\) \['square', 'triangle'\]"):
         check_train_data(data, tiny_config())
+
+
+# ----------------------------------------------------------------------------- the finetune node
+
+
+@pytest.mark.slow
+def test_finetune_node_runs_each_teacher_mode(tmp_path, monkeypatch):
+    """online builds the frozen teacher from the teacher stage's spec; cached_views writes its file under data/04_feature."""
+    from helpers import stage_tiny
+    from starft_pipeline.pipelines.finetune.nodes import finetune_method
+
+    staged = stage_tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # the views file goes to data/04_feature/teacher_views/ under the project root
+    shared = [staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")]
+    base = staged["params"]["star"]["finetune"] | dict(epochs=1, diminishing=False, batch_size=16, device="cpu",
+                                                        progress=False, checkpoint={"enabled": False})
+    regulariser = {}
+    for mode in ("cached", "online", "cached_views"):
+        weights, history = finetune_method(*shared, base | {"teacher_mode": mode, "teacher_views": 2})
+        assert weights.metadata["config"]["teacher_mode"] == mode
+        regulariser[mode] = history["regulariser"].tolist()
+    assert all(min(values) > -1e-6 and max(values) > 1e-4 for values in regulariser.values()), regulariser
+    # The student starts as the teacher, so an exact teacher gives R = 0 at the first step (up to float
+    # rounding); the cache of un-augmented images does not (the student sees crops).
+    assert abs(regulariser["online"][0]) < 1e-6 and abs(regulariser["cached_views"][0]) < 1e-6, regulariser
+    assert regulariser["cached"][0] > 1e-5, regulariser
+    assert len(list((tmp_path / "data/04_feature/teacher_views").glob("*.safetensors"))) == 1
