@@ -28,6 +28,7 @@ from .heads import HEAD_MODULE
 from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
 from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
+from .teacher_modes import CACHED, TEACHER_MODES, TeacherMode, TeacherSource
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class FinetuneConfig:
     augment: bool = True
     crop_scale: tuple[float, float] = (0.9, 1.0)
     seed: int = 0
+    teacher_mode: TeacherMode = "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
+    teacher_views: int = 4  # cached_views: K recorded crops per training image
     # GPU and scale (engine, distributed, streaming). The last six leave the result unchanged.
     precision: Precision = "fp32"  # bf16: autocast on CUDA or the CPU, losses in fp32
     grad_accum_steps: int = 1  # micro-batches per step; the contrastive loss then sees micro-batches
@@ -73,7 +76,21 @@ class FinetuneConfig:
                 raise ValueError(f"finetune {name} must be >= 1, got {getattr(self, name)}")
         if self.reg_weight < 0:
             raise ValueError(f"finetune reg_weight (λ) must be >= 0, got {self.reg_weight}")
+        self._check_teacher_mode()
         self._check_scale_options()
+
+    def _check_teacher_mode(self) -> None:
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"finetune teacher_mode must be one of {', '.join(TEACHER_MODES)}; got {self.teacher_mode!r}")
+        if self.teacher_mode != "cached" and self.method not in REGULARISED_METHODS:
+            raise ValueError(
+                f"finetune teacher_mode {self.teacher_mode!r} only applies to the StarFT methods "
+                f"({', '.join(REGULARISED_METHODS)}); method {self.method!r} has no teacher: remove the key"
+            )
+        if self.teacher_views < 1:
+            raise ValueError(f"finetune teacher_views (K) must be >= 1, got {self.teacher_views}")
+        if self.teacher_mode == "cached_views" and not self.augment:
+            raise ValueError("finetune teacher_mode cached_views needs augment: true (without crops use teacher_mode: cached)")
 
     def _check_scale_options(self) -> None:
         choices = {"precision": PRECISIONS, "data_loading": DATA_LOADING}
@@ -137,6 +154,7 @@ class TrainData:
     descriptions: DescriptionPool | None = None
     teacher_descriptions: torch.Tensor | None = None  # (P, d)
     teacher_scale: float = 100.0
+    teacher: TeacherSource | None = None  # where the teacher features come from (teacher_modes); None: the cache
 
 
 @dataclass
@@ -315,14 +333,15 @@ class StepBatch:
 
 
 def contrastive_losses(batch: StepBatch) -> Losses:
-    """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, with R from cached teacher embeddings.
+    """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, the teacher's features from ``data.teacher`` (teacher_modes).
 
     Draws cover the whole batch; this process encodes ``rows.local``, the losses run over the
     gathered ``rows.gathered``.
     """
     data, model, rows, device = batch.data, batch.model, batch.rows, batch.device
     labels = data.labels[batch.indices]
-    pixels = batch.local_pixels()
+    teacher = (data.teacher or CACHED).begin(batch)  # the student's pixels, and the teacher's features of them
+    pixels = teacher.pixels
     captions = captions_for(labels, data, batch.config, batch.generator)
     local_captions = [captions[int(row)] for row in rows.local]
     regularise = batch.config.regularised and batch.reg_weight > 0
@@ -341,11 +360,12 @@ def contrastive_losses(batch: StepBatch) -> Losses:
     if regularise:
         student_descriptions = rows.gather(text_features[len(local_captions) :][inverse])
         gathered = rows.gathered
+        teacher_features = teacher.features(picks)
         losses["regulariser"] = star_regulariser(
             student_image=image_features,
             student_text=student_descriptions,
-            teacher_image=data.teacher_image[batch.indices[gathered]].to(device),
-            teacher_text=data.teacher_descriptions[picks[gathered]].to(device),
+            teacher_image=teacher_features.image,
+            teacher_text=teacher_features.text,
             teacher_scale=data.teacher_scale,
             labels=labels[gathered].to(device),
             kind=batch.config.method,
@@ -418,13 +438,71 @@ def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
     step_losses(config.method)
     if len(data.images) < 2:
         raise ValueError("the training split has fewer than 2 images; contrastive fine-tuning needs a batch")
-    if config.regularised and (data.teacher_image is None or data.descriptions is None):
+    if config.regularised and (data.descriptions is None or (data.teacher is None and data.teacher_image is None)):
         raise ValueError(f"method {config.method!r} needs the teacher cache and the descriptions")
-    if config.regularised and len(data.teacher_image) != len(data.images):
+    if config.regularised:
+        check_descriptions_cover(data)
+    if config.regularised and data.teacher is None and len(data.teacher_image) != len(data.images):
         raise ValueError(
             f"teacher cache has {len(data.teacher_image)} train image features but the split has "
             f"{len(data.images)} images; rerun the teacher stage"
         )
+
+
+def check_descriptions_cover(data: TrainData) -> None:
+    """Every class with training images needs a description: s_j is drawn from sample j's class."""
+    by_class = data.descriptions.indices_by_class(len(data.class_names))
+    present = sorted({int(label) for label in data.labels.unique()})
+    missing = [data.class_names[label] for label in present if not by_class[label]]
+    if missing:
+        raise ValueError(
+            f"no descriptions for class(es) {missing} of the selected confounder_types; the regulariser draws one "
+            "for every training sample: add them to the descriptions file or choose other finetune confounder_types"
+        )
+
+
+def regulariser_schedule(config: FinetuneConfig) -> list[float]:
+    """λ_e for each epoch (0 everywhere for methods without the regulariser)."""
+    if config.method not in REGULARISED_METHODS:
+        return [0.0] * config.epochs
+    return [diminishing_weight(config.reg_weight, e, config.epochs, config.diminishing) for e in range(config.epochs)]
+
+
+def one_class_micro_batches(data: TrainData, config: FinetuneConfig, schedule: Sequence[float]) -> tuple[int, int]:
+    """(micro-batches holding one class only, micro-batches) over the epochs with λ_e > 0.
+
+    StarFT masks same-class pairs, so on a one-class (micro-)batch every pair is masked and R = 0.
+    The batches come from (seed, epoch) alone, so the whole run is known before it starts.
+    """
+    plan = micro_batch_rows(min(config.batch_size, len(data.labels)), config.grad_accum_steps)
+    single = total = 0
+    for epoch in (e for e, weight in enumerate(schedule) if weight > 0):
+        for indices in epoch_batches(len(data.labels), config, epoch):
+            for rows in plan:
+                total += 1
+                single += int(data.labels[indices[rows.gathered]].unique().numel() == 1)
+    return single, total
+
+
+def regulariser_warnings(data: TrainData, config: FinetuneConfig) -> list[str]:
+    """Why StarFT's regulariser would vanish in this run, naming the parameters; [] when it does not."""
+    if config.method not in REGULARISED_METHODS:
+        return []
+    if config.reg_weight == 0:
+        return [f"{config.method}: finetune reg_weight (λ) is 0, so the regulariser is off and it trains as FLYP"]
+    schedule = regulariser_schedule(config)
+    if not any(schedule):
+        return [
+            f"{config.method}: λ_e is 0 in every epoch: finetune epochs {config.epochs} with diminishing: true gives "
+            f"λ_e = λ·(1 − (e+1)/epochs) = 0 for e = 0; the regulariser never acts. Set diminishing: false or epochs >= 2"
+        ]
+    single, total = one_class_micro_batches(data, config, schedule) if config.method == "star" else (0, 0)
+    if single:
+        return [
+            f"{config.method}: {single} of {total} (micro-)batches with λ_e > 0 hold one class only; all their pairs "
+            "are masked, so the regulariser is 0 on them. Raise finetune batch_size (or lower grad_accum_steps)"
+        ]
+    return []
 
 
 def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: FinetuneConfig) -> None:
@@ -472,6 +550,12 @@ def finetune(
     """
     check_train_data(data, config)
     context = context or current_context()
+    if context.is_main:
+        for warning in regulariser_warnings(data, config):
+            logger.warning(warning)
+        if config.method in REGULARISED_METHODS:
+            logger.info("%s: λ_e per epoch %s (teacher_mode %s)", config.method,
+                        [round(w, 4) for w in regulariser_schedule(config)], config.teacher_mode)
     torch.manual_seed(config.seed)
     state = state or setup_state(loaded, config, len(data.images), device, context)
     run_key = checkpoints.fingerprint(config.result_dict(), state.model, len(data.images)) if checkpoints else ""

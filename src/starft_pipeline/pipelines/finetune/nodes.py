@@ -25,13 +25,14 @@ from starft_pipeline.linear_probe import LinearProbeConfig, select_linear_probe
 from starft_pipeline.models import ModelSpec, create_model, resolve_device, state_dict_copy
 from starft_pipeline.streaming import train_images
 from starft_pipeline.teacher import TeacherCache, check_fresh, expected_fingerprint
+from starft_pipeline.teacher_modes import teacher_source
 from starft_pipeline.tensor_bundle import TensorBundle
 from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = ("device", "linear_probe", "checkpoint")
 # Logged per step, and per epoch (at step = epoch: the summaries on each epoch's last history row).
-STEP_TERMS = ("loss", "contrastive", "regulariser", "cross_entropy", "images_per_s")
+STEP_TERMS = ("loss", "contrastive", "regulariser", "reg_weight", "cross_entropy", "images_per_s")
 EPOCH_TERMS = ("epoch_loss", "epoch_time_s", "epoch_images_per_s", "peak_memory_mb")
 
 
@@ -130,6 +131,9 @@ def finetune_method(
         teacher_scale=cache.logit_scale,
         config=config,
     )
+    # online / cached_views: the frozen zero-shot model, created from the teacher stage's spec.
+    data.teacher = teacher_source(config, lambda: create_model(spec, device=device), data.images,
+                                  cache.fingerprint, device, write=context.is_main)
     checkpoints = checkpointer_from_config(
         CheckpointConfig.from_params(finetune_params.get("checkpoint")), config.method,
         identity={"teacher_cache": cache.fingerprint, "dataset": dataset},
