@@ -176,3 +176,16 @@ def test_split_batches_yields_rows_in_order_and_only_those_asked(staged) -> None
     assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
     whole = torch.cat([images for images, _ in split_batches(split, 32, 5)])
     assert torch.equal(whole[3:], images)
+
+
+def test_a_method_without_history_is_left_out_of_the_training_curves(tmp_path) -> None:
+    from starft_pipeline.kedro_io import OptionalCSVDataset
+    from starft_pipeline.pipelines.evaluation.nodes import plot_training
+
+    missing = OptionalCSVDataset(str(tmp_path / "lp_history.csv")).load()
+    assert missing.empty
+    stored = OptionalCSVDataset(str(tmp_path / "flyp_history.csv"))
+    stored.save(pd.DataFrame({"epoch": [0, 0], "step": [1, 2], "loss": [3.0, 2.0], "method": "flyp"}))
+    fig = plot_training({"training_terms": ["loss"]}, missing, stored.load())
+    assert [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")] == ["flyp"]
+    assert "No fine-tuned method" in plot_training({}, missing).axes[0].texts[0].get_text()
