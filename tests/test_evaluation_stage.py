@@ -24,7 +24,7 @@ from starft_pipeline.metrics import (
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
-from starft_pipeline.pipelines.finetune.pipeline import METHODS
+from starft_pipeline.training import METHODS
 from starft_pipeline.reporting import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split
@@ -243,7 +243,10 @@ def test_wise_ft_figure_follows_the_sweep_contract() -> None:
 def test_every_model_gets_a_chart_and_the_reports_are_wired() -> None:
     evaluation = register_pipelines()["evaluation"]
     names = {node.name for node in evaluation.nodes}
-    assert {f"{model}.plot_group_accuracy" for model in ("zero_shot", *METHODS)} <= names
+    assert {f"evaluation.plot_group_accuracy_{model}" for model in ("zero_shot", *METHODS)} <= names
+    one_pass = next(node for node in evaluation.nodes if node.name == "evaluation.evaluate_models")
+    assert [name for name in one_pass.inputs if name.endswith(".weights")] == [f"{m}.weights" for m in METHODS]
+    assert {f"{model}.evaluation" for model in ("zero_shot", *METHODS, "wise_ft")} | {WISE_FT_CURVE} == set(one_pass.outputs)
     outputs = evaluation.all_outputs()
     assert {"results", "group_results", "class_results", "results_markdown", "dataset_checks",
             "group_accuracy_comparison_plot", "training_curves_plot"} <= outputs

@@ -124,7 +124,7 @@ def test_every_method_is_a_namespaced_pipeline():
     names = {node.name for node in create_pipeline().nodes}
     for method in METHODS:
         assert any(name.startswith(f"{method}.") for name in names)
-    assert {"lp.fit_linear_probe", "lp.linear_probe_weights", "lp_ft.fit_linear_probe", "lp_ft.finetune"} <= names
+    assert {"lp.fit_linear_probe", "lp.linear_probe_weights", "lp_ft.finetune"} <= names
 
 
 def test_text_tower_freezes_and_head_trains():

@@ -107,7 +107,7 @@ def test_static_site_lists_stages_layers_and_namespaces(viz_site: Path) -> None:
     assert [layer for layer in main["layers"] if layer in LAYERS] == list(LAYERS)
     names = {node["name"] for node in main["nodes"]}
     assert set(STAGE_NODES) <= names
-    assert {"zero_shot", *METHODS} <= names  # the models' namespaces, collapsed
+    assert {"evaluation", *METHODS} <= names  # the methods' and the one-pass evaluation's namespaces, collapsed
     datasets = [node for node in main["nodes"] if node["type"] == "data"]
     assert all(node.get("layer") for node in datasets if node["name"] in {"results", "teacher_cache", "dataset_index"})
 

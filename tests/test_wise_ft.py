@@ -1,4 +1,5 @@
-"""WiSE-FT: the interpolation against hand-computed values, and the sweep node on tiny data."""
+"""WiSE-FT: the interpolation against hand-computed values, and the sweep's models and outputs (the one-pass
+evaluation of every α is tested in test_one_pass_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import stage_tiny
 from starft_pipeline.heads import ClassifierHead, head_metadata, head_tensors, split_heads
-from starft_pipeline.pipelines.evaluation import wise_ft as wise_ft_nodes
-from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
-from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS, wise_ft_sweep
-from starft_pipeline.pipelines.finetune.nodes import finetune_method
+from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS, wise_models, wise_outputs, wise_settings
 from starft_pipeline.tensor_bundle import TensorBundle
 from starft_pipeline.wise_ft import alpha_grid, interpolate_weights, wise_ft_bundle, zero_shot_counterpart
 
@@ -84,72 +81,37 @@ def test_learned_heads_are_interpolated_with_the_zero_shot_head():
     assert mixed.metadata["wise_ft_alpha"] == 0.5 and mixed.metadata["method"] == "ft"
 
 
-# ----------------------------------------------------------------------------- the sweep node
+# ----------------------------------------------------------------------------- the sweep's models
 
 
-def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits(monkeypatch):
-    calls = []
+def _settings(alphas, splits, alpha=0.5):
+    return wise_settings({"splits": ["val", "test"], "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha,
+                                                                 "splits": splits}}, ["flyp"], ["flyp"])
 
-    def fake_evaluate(method, bundle, *context_and_evaluation):
-        splits, alpha = context_and_evaluation[-1]["splits"], bundle.metadata["wise_ft_alpha"]
-        calls.append((alpha, tuple(splits), float(bundle.tensors["w"][0])))
-        metrics = dict.fromkeys(CURVE_COLUMNS[4:], alpha)
-        return {"results": [{"method": method, "dataset": "d", "split": f"d/{split}", **metrics} for split in splits]}
 
-    monkeypatch.setattr(wise_ft_nodes, "evaluate_weights", fake_evaluate)
-    monkeypatch.setattr(wise_ft_nodes, "_zero_shot_parts", lambda *_: ({"w": torch.zeros(1)}, {}))
+def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
     finetuned = TensorBundle({"w": torch.ones(1)}, {"method": "flyp"})
-    evaluation = {"splits": ["val", "test"], "wise_ft": {"methods": ["flyp"], "alphas": [1.0, 0.0, 0.5], "alpha": 0.5}}
-    curve, chosen = wise_ft_sweep(None, {}, {}, None, evaluation, finetuned)
-    assert calls == [(0.0, ("val", "test"), 0.0), (0.5, ("val", "test"), 0.5), (1.0, ("val", "test"), 1.0)]
-    assert list(curve["alpha"]) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0] and list(curve["split"][:2]) == ["val", "test"]
+    settings = _settings([1.0, 0.0, 0.5], ["val", "test"])
+    models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, settings, ["val", "test"])
+    assert [(key, float(bundle.tensors["w"][0]), splits) for key, bundle, splits in models] == [
+        ("flyp+wise@0", 0.0, ("val", "test")), ("flyp+wise@0.5", 0.5, ("val", "test")), ("flyp+wise@1", 1.0, ("val", "test"))
+    ]
+    narrower = _settings([0.0, 1.0], ["test"])  # a narrower sweep: the chosen α is evaluated on its own
+    models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, narrower, ["val", "test"])
+    assert [(key, splits) for key, _, splits in models][-1] == ("flyp+wise", ("val", "test"))
+    rows = {key: {"results": [{"method": "flyp+wise", "dataset": "d", "split": f"d/{split}",
+                               **dict.fromkeys(CURVE_COLUMNS[4:], float(bundle.tensors["w"][0]))} for split in splits]}
+            for key, bundle, splits in models}
+    curve, chosen = wise_outputs(narrower, rows, ["val", "test"])
+    assert list(curve["alpha"]) == [0.0, 1.0] and list(curve["split"]) == ["test", "test"]
     assert [row["avg_acc"] for row in chosen["results"]] == [0.5, 0.5]
 
-    calls.clear()
-    evaluation["wise_ft"]["splits"] = ["test"]  # a narrower sweep: the chosen α is evaluated on its own
-    wise_ft_sweep(None, {}, {}, None, evaluation, finetuned)
-    assert [call[:2] for call in calls] == [(0.0, ("test",)), (0.5, ("test",)), (1.0, ("test",)), (0.5, ("val", "test"))]
 
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    staged = stage_tiny(tmp_path_factory.mktemp("data"))
-    shared = [staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")]
-    params = dict(staged["params"]["ft"]["finetune"], epochs=1, batch_size=32, lr=1e-3, warmup_steps=0, device="cpu", progress=False)
-    ft_weights, _ = finetune_method(*shared, params)
-    evaluation = {"splits": ["test"], "device": "cpu", "bootstrap": {"n_resamples": 10},
-                  "wise_ft": {"methods": ["ft"], "alphas": [0.0, 1.0], "alpha": 0.5}}
-    context = [staged[name] for name in ("dataset_metadata", "dataset_index", "teacher_model")]
-    curve, chosen = wise_ft_sweep(*context, staged["teacher_cache"], evaluation, ft_weights)
-    reference = {
-        "zero_shot": evaluate_weights("zero_shot", None, *context, evaluation)["results"],
-        "ft": evaluate_weights("ft", ft_weights, *context, evaluation)["results"],
-    }
-    return curve, chosen, reference
-
-
-def test_sweep_writes_the_curve_columns_for_every_alpha(swept):
-    curve, _, _ = swept
-    assert tuple(curve.columns) == CURVE_COLUMNS
-    assert sorted(curve["alpha"].unique()) == [0.0, 1.0] and set(curve["method"]) == {"ft"}
-    assert set(curve["split"]) == {"test"} and set(curve["dataset"]) == {"synthetic", "waterbirds_like"}
-
-
-def test_sweep_endpoints_are_the_zero_shot_and_the_finetuned_model(swept):
-    curve, _, reference = swept
-    metrics = ["avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]
-    for alpha, name in ((0.0, "zero_shot"), (1.0, "ft")):
-        got = curve[curve["alpha"] == alpha].set_index("dataset")[metrics]
-        expected = pd.DataFrame(reference[name]).set_index("dataset")[metrics]
-        pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index(), check_names=False)
-
-
-def test_chosen_alpha_joins_the_results_as_method_plus_wise(swept):
-    _, chosen, _ = swept
-    assert {row["method"] for row in chosen["results"]} == {"ft+wise"}
-    assert {row["split"] for row in chosen["results"]} == {"synthetic/test", "waterbirds_like/test"}
-
-
-def test_unknown_method_in_the_sweep_list_names_the_parameter(swept):
+def test_unknown_method_in_the_sweep_list_names_the_parameter():
     with pytest.raises(ValueError, match=r"evaluation.wise_ft.methods lists \['nope'\]"):
-        wise_ft_sweep(pd.DataFrame(), {}, {}, None, {"splits": ["test"], "wise_ft": {"methods": ["nope"]}})
+        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"], ["ft"])
+
+
+def test_methods_not_evaluated_are_not_swept():
+    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["ft", "flyp"], ["flyp"])
+    assert settings["methods"] == ["flyp"]

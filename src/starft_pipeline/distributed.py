@@ -172,3 +172,42 @@ def micro_batch_rows(batch_size: int, accum_steps: int, context: DistContext = S
         start = k * micro + context.rank * per_rank
         plan.append(BatchRows(torch.arange(start, start + per_rank), torch.arange(k * micro, (k + 1) * micro), context))
     return plan
+
+
+# --- sharding work that is not a training step (evaluation, one-off fits) ----------------------------
+
+
+def shard_rows(n: int, context: DistContext) -> range:
+    """This rank's contiguous share of ``n`` rows; the ranks' shares, in rank order, are ``range(n)``.
+
+    Shares differ by at most one row, so no rank waits long for another.
+    """
+    return range(context.rank * n // context.world_size, (context.rank + 1) * n // context.world_size)
+
+
+def all_gather_rows(local: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Every rank's ``local`` rows (their counts may differ by rank), concatenated in rank order, on every rank.
+
+    Every rank receives the whole result (not only rank 0) because every rank runs the later Kedro
+    nodes too; only rank 0 writes their outputs. With NCCL the exchange goes through this rank's GPU.
+    """
+    if not context.enabled:
+        return local
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(context.world_size)]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.int64, device=device))
+    longest = int(max(count.item() for count in counts))
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(count.item())] for part, count in zip(parts, counts)]).to(local.device)
+
+
+def broadcast_from_main(value: object, context: DistContext) -> object:
+    """Rank 0's ``value`` (any picklable object) on every rank: work done once, on rank 0, shared."""
+    if not context.enabled:
+        return value
+    box = [value if context.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

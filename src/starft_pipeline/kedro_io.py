@@ -28,3 +28,68 @@ class TensorBundleDataset(AbstractDataset[TensorBundle, TensorBundle]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class LazyTensorBundle(TensorBundle):
+    """A bundle file that is read on first use of ``tensors`` or ``metadata``, and may be missing.
+
+    What a node that takes several optional weights files gets (the evaluation stage: only the
+    methods in ``evaluation.models`` must exist): ``exists()`` asks without reading.
+    """
+
+    def __init__(self, path: str | Path) -> None:  # noqa: D107 - no dataclass fields of its own
+        self.path = Path(path)
+        self._bundle: TensorBundle | None = None
+
+    def exists(self) -> bool:
+        return self._bundle is not None or self.path.is_file()
+
+    def _read(self) -> TensorBundle:
+        if self._bundle is None:
+            self._bundle = TensorBundle.load(self.path)
+        return self._bundle
+
+    @property  # type: ignore[override]
+    def tensors(self) -> dict:
+        return self._read().tensors
+
+    @property  # type: ignore[override]
+    def metadata(self) -> dict[str, Any]:
+        return self._read().metadata
+
+    def __repr__(self) -> str:
+        return f"LazyTensorBundle({str(self.path)!r})"
+
+
+class LazyTensorBundleDataset(TensorBundleDataset):
+    """A :class:`TensorBundleDataset` whose ``load`` returns a :class:`LazyTensorBundle`: nothing is
+    read until a node uses it, and a missing file is only an error then."""
+
+    def load(self) -> TensorBundle:
+        return LazyTensorBundle(self._filepath)
+
+
+class OptionalCSVDataset(AbstractDataset[Any, Any]):
+    """A CSV file read as a DataFrame, or an empty DataFrame while it does not exist (a method not
+    trained yet); written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        import pandas as pd
+
+        return pd.read_csv(self._filepath) if self._filepath.is_file() else pd.DataFrame()
+
+    def save(self, data: Any) -> None:
+        from .io_utils import atomic_path
+
+        with atomic_path(self._filepath) as tmp:
+            data.to_csv(tmp, index=False)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -5,7 +5,7 @@
 runs the upstream stages once (class_names, descriptions, teacher), then for each seed the
 `finetune` and `evaluation` pipelines in their own KedroSession with every method's
 ``<method>.finetune.seed`` overridden (the method list is
-``starft_pipeline.pipelines.finetune.pipeline.METHODS``), keeps each seed's results, and writes
+``starft_pipeline.training.METHODS``), keeps each seed's results, and writes
 ``data/08_reporting/methods_table.{csv,md}`` plus the per-seed rows ``methods_table_runs.csv``,
 logged to MLflow as one more run. Only the fine-tuning seed varies: data sets and the pretrained
 teacher are fixed, so the std measures fine-tuning noise (batch order, crops, caption and
@@ -204,7 +204,7 @@ def run_seeds(
     from kedro.framework.startup import bootstrap_project
 
     from .pipelines.evaluation.nodes import collect_results
-    from .pipelines.finetune.pipeline import METHODS
+    from .training import METHODS
 
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:
@@ -220,9 +220,11 @@ def run_seeds(
     for seed in seeds:
         started = time.perf_counter()
         overrides = merged(seed_overrides(params, METHODS, seed), extra_params or {})
+        if methods:  # the one-pass evaluation node (namespace `evaluation`) evaluates just these
+            overrides = merged(overrides, {"evaluation": {"models": list(methods)}})
         logger.info("methods table: seed %d, runtime parameters %s", seed, overrides)
         with _session(project_path, env, overrides) as session:
-            _run(session, SEED_PIPELINES, methods)
+            _run(session, SEED_PIPELINES, [*methods, "evaluation"] if methods else None)
             catalog = session.load_context().catalog
             if methods:
                 results, groups, _ = collect_results(*(catalog.load(f"{method}.evaluation") for method in methods))

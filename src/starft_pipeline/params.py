@@ -308,6 +308,9 @@ class EvaluationParams(BaseModel):
     bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)  # type: ignore[valid-type]
     wise_ft: WiseFtParams = Field(default_factory=WiseFtParams)
     allow_empty_groups: Annotated[bool, Strict()] = False
+    models: list[MethodName] | None = None  # fine-tuned methods to evaluate (None: every method)
+    batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
+    num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
 
 
 class ReportingParams(BaseModel):

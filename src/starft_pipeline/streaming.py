@@ -102,3 +102,25 @@ def epoch_steps(images: ImageSource, batches: Sequence[torch.Tensor], needed: to
         return
     for batch, _ in zip(batches, images.steps([batch[needed] for batch in batches])):
         yield batch
+
+
+def split_batches(
+    split: GroupSplit,
+    image_size: int,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rows: Sequence[int] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images (B, 3, S, S) and their int64 row indices into ``split``, in row order, decoded by
+    DataLoader workers; ``rows`` restricts the pass to those rows (e.g. this rank's shard)."""
+    dataset: torch.utils.data.Dataset = ImageFileDataset(split, image_size)
+    if rows is not None:
+        dataset = torch.utils.data.Subset(dataset, list(rows))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )
+    for images, _labels, _groups, index in loader:
+        yield images, index.to(torch.int64)

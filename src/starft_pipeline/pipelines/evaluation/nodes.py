@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from starft_pipeline.data import check_groups_present, load_split_images
 from starft_pipeline.dataset_index import dataset_info, dataset_split, eval_task
-from starft_pipeline.evaluate import zero_shot_predictions
+from starft_pipeline.evaluate import SplitToEvaluate, zero_shot_predictions
 from starft_pipeline.heads import head_for_classes, split_heads
 from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
@@ -31,7 +33,7 @@ from starft_pipeline.reporting import (
 from starft_pipeline.teacher import check_trained_from
 from starft_pipeline.tensor_bundle import TensorBundle
 
-from ..finetune.pipeline import METHODS
+from starft_pipeline.training import METHODS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,6 +44,55 @@ ZERO_SHOT = "zero_shot"
 MODEL_ORDER = (ZERO_SHOT, *METHODS)
 
 
+def evaluation_targets(
+    dataset_metadata: pd.DataFrame, dataset_index: dict[str, Any], evaluation: dict[str, Any], split_names: list[str]
+) -> list[SplitToEvaluate]:
+    """Every configured data set's non-empty ``split_names``, in data-set then split order, checked
+    to hold every group (unless ``evaluation.allow_empty_groups``)."""
+    allow_empty = bool(evaluation.get("allow_empty_groups", False))
+    targets = []
+    for dataset in dataset_index["datasets"]:
+        task = eval_task(dataset_index, dataset)
+        for split_name in split_names:
+            split = dataset_split(dataset_metadata, dataset_index, dataset, split_name)
+            if not len(split):
+                continue
+            check_groups_present(split, task.group_names, f"{dataset}/{split_name}", allow_empty)
+            targets.append(SplitToEvaluate(dataset, split_name, split, task))
+    return targets
+
+
+def report_rows(
+    method: str,
+    targets: list[SplitToEvaluate],
+    predictions: Mapping[tuple[str, str], np.ndarray],
+    dataset_index: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """Metrics rows of one model from its predictions keyed ``(dataset, split name)``; targets without
+    predictions are skipped."""
+    rows: dict[str, list[dict[str, Any]]] = {"results": [], "groups": [], "classes": []}
+    bootstrap = BootstrapSettings(**evaluation.get("bootstrap", {}))
+    allow_empty = bool(evaluation.get("allow_empty_groups", False))
+    for target in targets:
+        if (target.dataset, target.split_name) not in predictions:
+            continue
+        label = f"{target.dataset}/{target.split_name}"
+        convention = dataset_info(dataset_index, target.dataset).get("convention", "generic")
+        report = split_report(
+            method, label, target.split.labels, predictions[(target.dataset, target.split_name)],
+            target.split.groups, target.task, convention, bootstrap, allow_empty,
+        )
+        for table, part in report.items():
+            rows[table].extend({**row, "dataset": target.dataset} for row in part)
+        result = report["results"][0]
+        logger.info(
+            "%s on %s: avg %.3f, worst-group %.3f, adjusted avg %.3f",
+            method, label, result["avg_acc"], result["worst_group_acc"], result["adjusted_avg_acc"],
+        )
+    return rows
+
+
 def evaluate_weights(
     method: str,
     weights: TensorBundle | None,
@@ -50,7 +101,8 @@ def evaluate_weights(
     teacher_model: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Metrics rows of one model on every configured data set and evaluation split.
+    """Metrics rows of one model on every configured data set and evaluation split, one model at a
+    time (the reference the one-pass evaluation, :mod:`.one_pass`, is tested against).
 
     A learned head in ``weights`` (LP, FT, LP-FT) classifies every data set whose classes it knows;
     the others are classified zero-shot from the model's text tower.
@@ -61,32 +113,15 @@ def evaluate_weights(
     if weights is not None:
         state_dict, heads = split_heads(weights.tensors, weights.metadata)
         load_state_dict(loaded.model, state_dict)
-    rows: dict[str, list[dict[str, Any]]] = {"results": [], "groups": [], "classes": []}
-    bootstrap = BootstrapSettings(**evaluation.get("bootstrap", {}))
-    for dataset in dataset_index["datasets"]:
-        task = eval_task(dataset_index, dataset)
-        convention = dataset_info(dataset_index, dataset).get("convention", "generic")
-        head = head_for_classes(heads, task.class_names)
-        for split_name in evaluation["splits"]:
-            split = dataset_split(dataset_metadata, dataset_index, dataset, split_name)
-            if not len(split):
-                continue
-            label = f"{dataset}/{split_name}"
-            allow_empty = bool(evaluation.get("allow_empty_groups", False))
-            check_groups_present(split, task.group_names, label, allow_empty)
-            images = load_split_images(split, loaded.image_size)
-            predictions = zero_shot_predictions(loaded, images, task, device, head=head)
-            report = split_report(
-                method, label, split.labels, predictions, split.groups, task, convention, bootstrap, allow_empty
-            )
-            for table, part in report.items():
-                rows[table].extend({**row, "dataset": dataset} for row in part)
-            result = report["results"][0]
-            logger.info(
-                "%s on %s: avg %.3f, worst-group %.3f, adjusted avg %.3f",
-                method, label, result["avg_acc"], result["worst_group_acc"], result["adjusted_avg_acc"],
-            )
-    return rows
+    targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, list(evaluation["splits"]))
+    predictions = {
+        (target.dataset, target.split_name): zero_shot_predictions(
+            loaded, load_split_images(target.split, loaded.image_size), target.task, device,
+            head=head_for_classes(heads, target.task.class_names),
+        )
+        for target in targets
+    }
+    return report_rows(method, targets, predictions, dataset_index, evaluation)
 
 
 def evaluate_zero_shot(
@@ -158,6 +193,8 @@ def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> Figure:
     """One method's per-group accuracy on every data set and split."""
+    if not evaluation.get("groups"):
+        return message_figure("Not evaluated in this run (see evaluation.models).", "per-group accuracy")
     return plot_method_group_accuracy(pd.DataFrame(evaluation["groups"]))
 
 
@@ -176,8 +213,11 @@ def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figu
 
 
 def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Figure:
-    """Loss terms against step for every fine-tuned method."""
-    history = pd.concat(histories, ignore_index=True)
+    """Loss terms against step for every fine-tuned method with a history (an empty one: not trained yet)."""
+    present = [history for history in histories if not history.empty]
+    if not present:
+        return message_figure("No fine-tuned method has a loss history yet.", "training curves")
+    history = pd.concat(present, ignore_index=True)
     terms = reporting.get("training_terms", ["loss"])
     smooth = reporting.get("training_smooth")
     return plot_training_curves(history, terms=terms, smooth=smooth, method_order=MODEL_ORDER)

@@ -1,15 +1,19 @@
-"""evaluation stage: every model → results and group/class tables, figures, and MLflow metrics."""
+"""evaluation stage: every model → results and group/class tables, figures, and MLflow metrics.
+
+One node (``evaluation.evaluate_models``) evaluates every model in one pass over the images and
+emits each model's ``<model>.evaluation``; each model's chart stays in the model's namespace.
+"""
 
 from kedro.pipeline import Node, Pipeline
 
-from ..finetune.pipeline import METHODS
-from .wise_ft import WISE_FT, create_wise_ft_pipeline
+from starft_pipeline.training import METHODS
+
+from .one_pass import evaluate_models, evaluation_outputs
+from .wise_ft import WISE_FT
 from .nodes import (
     ZERO_SHOT,
     check_dataset_conventions,
     collect_results,
-    evaluate_finetuned,
-    evaluate_zero_shot,
     plot_group_comparison,
     plot_method_groups,
     plot_training,
@@ -18,31 +22,34 @@ from .nodes import (
     results_report,
 )
 
-SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "params:evaluation"]
+SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache", "params:evaluation"]
 #: The WiSE-FT sweep's output (columns method, alpha, dataset, split, avg_acc, worst_group_acc, …).
 WISE_FT_CURVE = "wise_ft_curve"
+#: The one-pass node's namespace: `kedro run --namespaces=star,evaluation` trains and evaluates `star`.
+ONE_PASS_NAMESPACE = "evaluation"
 
 
-def _model_evaluation(method: str, evaluate: Node) -> Pipeline:
-    """One model's metrics and its per-group chart, in the model's namespace."""
-    template = Pipeline(
-        [evaluate, Node(plot_method_groups, "evaluation", "group_accuracy_plot", name="plot_group_accuracy")]
+def one_pass_evaluation() -> Pipeline:
+    """Every model in one pass: every method's weights are inputs (a missing file is only an error
+    for a method in ``evaluation.models``)."""
+    node = Node(
+        evaluate_models,
+        [*SHARED, *(f"{method}.weights" for method in METHODS)],
+        evaluation_outputs(),
+        name="evaluate_models",
+        namespace=ONE_PASS_NAMESPACE,
     )
-    return Pipeline(
-        template,
-        namespace=method,
-        inputs={"dataset_metadata", "dataset_index", "teacher_model"},
-        parameters={"params:evaluation"},
-        tags=["evaluation", method],
+    return Pipeline([node], tags=["evaluation", *METHODS, WISE_FT])
+
+
+def model_chart(model: str) -> Pipeline:
+    """One model's per-group chart. Its node sits in the one-pass node's namespace: in the model's
+    own, it would follow a node outside it (Kedro calls such a namespace interrupted)."""
+    node = Node(
+        plot_method_groups, f"{model}.evaluation", f"{model}.group_accuracy_plot",
+        name=f"plot_group_accuracy_{model}", namespace=ONE_PASS_NAMESPACE,
     )
-
-
-def method_evaluation(method: str) -> Pipeline:
-    return _model_evaluation(method, Node(evaluate_finetuned, ["weights", *SHARED], "evaluation", name="evaluate"))
-
-
-def zero_shot_evaluation() -> Pipeline:
-    return _model_evaluation(ZERO_SHOT, Node(evaluate_zero_shot, SHARED, "evaluation", name="evaluate"))
+    return Pipeline([node], tags=["evaluation", model])
 
 
 def report_pipeline() -> Pipeline:
@@ -91,7 +98,6 @@ def with_wise_ft_plot(pipeline: Pipeline) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    models = zero_shot_evaluation() + sum((method_evaluation(method) for method in METHODS), Pipeline([]))
-    # Stage fragments (e.g. the WiSE-FT sweep) are added to `pipeline` before the figures are wired.
-    pipeline = models + create_wise_ft_pipeline() + report_pipeline()
+    charts = sum((model_chart(model) for model in (ZERO_SHOT, *METHODS)), Pipeline([]))
+    pipeline = one_pass_evaluation() + charts + report_pipeline()
     return with_wise_ft_plot(pipeline)

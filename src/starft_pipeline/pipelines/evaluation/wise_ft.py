@@ -1,10 +1,10 @@
-"""WiSE-FT fragment of the evaluation stage: interpolate fine-tuned and zero-shot weights, sweep α.
+"""WiSE-FT part of the evaluation stage: interpolate fine-tuned and zero-shot weights, sweep α.
 
-For every method in ``evaluation.wise_ft.methods`` and every α in ``evaluation.wise_ft.alphas`` the
-interpolated model is evaluated exactly as the others (``evaluate_weights``) on
-``evaluation.wise_ft.splits``; the rows go to ``wise_ft_curve.csv``. The model at the chosen
-``evaluation.wise_ft.alpha`` is evaluated on the evaluation splits and joins results.csv as
-``"<method>+wise"``. ``kedro run --namespaces=wise_ft`` runs the sweep alone.
+For every method in ``evaluation.wise_ft.methods`` that is evaluated (``evaluation.models``) and
+every α in ``evaluation.wise_ft.alphas``, the interpolated model joins the one-pass evaluation
+(:mod:`.one_pass`) on ``evaluation.wise_ft.splits``; its rows go to ``wise_ft_curve.csv``. The model
+at the chosen ``evaluation.wise_ft.alpha`` is evaluated on the evaluation splits and joins
+results.csv as ``"<method>+wise"`` (the sweep's own model when the sweep covers those splits).
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from kedro.pipeline import Node, Pipeline
 
-from starft_pipeline.heads import zero_shot_linear_head
-from starft_pipeline.models import ModelSpec, create_model, state_dict_copy
+from starft_pipeline.heads import ClassifierHead, zero_shot_linear_head
 from starft_pipeline.teacher import TeacherCache
 from starft_pipeline.tensor_bundle import TensorBundle
 from starft_pipeline.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counterpart
-
-from ..finetune.pipeline import METHODS
-from .nodes import evaluate_weights
 
 logger = logging.getLogger(__name__)
 WISE_FT = "wise_ft"
@@ -31,20 +26,16 @@ CURVE_COLUMNS = ("method", "alpha", "dataset", "split", "avg_acc", "worst_group_
 DEFAULT_ALPHAS = tuple(round(0.1 * step, 1) for step in range(11))
 
 
-def _zero_shot_parts(
-    teacher_model: dict[str, Any], teacher_cache: TensorBundle, dataset_index: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """θ_zs: the teacher's state dict and each data set's zero-shot head (τ₀ · cached class features)."""
-    state = state_dict_copy(create_model(ModelSpec(**teacher_model["spec"])).model)
+def zero_shot_heads(teacher_cache: TensorBundle, dataset_index: dict[str, Any]) -> dict[str, ClassifierHead]:
+    """Each data set's zero-shot head (τ₀ · cached class features): θ_zs's side of a learned head."""
     cache = TeacherCache.from_bundle(teacher_cache)
-    heads = {
+    return {
         dataset: zero_shot_linear_head(cache.class_features[dataset], cache.logit_scale, entry["class_names"])
         for dataset, entry in dataset_index["datasets"].items()
     }
-    return state, heads
 
 
-def _curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [
         {**{key: row[key] for key in CURVE_COLUMNS[4:]}, "method": method, "alpha": alpha,
          "dataset": row["dataset"], "split": row["split"].split("/")[-1]}
@@ -52,81 +43,61 @@ def _curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, 
     ]
 
 
-def _settings(evaluation: dict[str, Any], available: list[str]) -> dict[str, Any]:
+def wise_settings(evaluation: dict[str, Any], known: list[str], evaluated: list[str]) -> dict[str, Any]:
+    """The sweep's methods (those listed that are evaluated in this run), α grid, chosen α and splits."""
     wise = evaluation.get("wise_ft") or {}
-    methods = list(wise.get("methods", []))
-    unknown = [method for method in methods if method not in available]
+    listed = list(wise.get("methods", []))
+    unknown = [method for method in listed if method not in known]
     if unknown:
-        raise ValueError(f"evaluation.wise_ft.methods lists {unknown}, which are not fine-tuned methods ({available})")
-    return {"methods": methods, "alphas": alpha_grid(wise.get("alphas", DEFAULT_ALPHAS)),
+        raise ValueError(f"evaluation.wise_ft.methods lists {unknown}, which are not fine-tuned methods ({known})")
+    skipped = [method for method in listed if method not in evaluated]
+    if skipped:
+        logger.info("WiSE-FT: %s not swept (not in evaluation.models)", skipped)
+    return {"methods": [method for method in listed if method in evaluated],
+            "alphas": alpha_grid(wise.get("alphas", DEFAULT_ALPHAS)),
             "alpha": alpha_grid([wise.get("alpha", 0.5)])[0], "splits": list(wise.get("splits", evaluation["splits"]))}
 
 
-def _sweep_method(
+def sweep_key(method: str, alpha: float) -> str:
+    return f"{method}+wise@{alpha:g}"
+
+
+def chosen_key(method: str, settings: dict[str, Any], evaluation_splits: list[str]) -> str:
+    """The key whose rows are ``<method>+wise`` in results.csv: the sweep's, when it covers the splits."""
+    if settings["alpha"] in settings["alphas"] and settings["splits"] == evaluation_splits:
+        return sweep_key(method, settings["alpha"])
+    return f"{method}+wise"
+
+
+def wise_models(
     method: str,
     finetuned: TensorBundle,
-    zero_shot: dict[str, torch.Tensor],
+    zero_shot_state: dict[str, torch.Tensor],
+    heads: dict[str, ClassifierHead],
     settings: dict[str, Any],
-    evaluation: dict[str, Any],
-    context: tuple[pd.DataFrame, dict[str, Any], dict[str, Any]],
-) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """One method's curve rows and its evaluation at the chosen α (the sweep's own when it covers
-    the evaluation splits)."""
-    label = f"{method}+wise"
-    sweep_evaluation = {**evaluation, "splits": settings["splits"]}
-    by_alpha = {
-        alpha: evaluate_weights(label, wise_ft_bundle(zero_shot, finetuned, alpha), *context, sweep_evaluation)
-        for alpha in settings["alphas"]
-    }
-    curve = [row for alpha, rows in by_alpha.items() for row in _curve_rows(method, alpha, rows)]
-    alpha = settings["alpha"]
-    if alpha in by_alpha and settings["splits"] == list(evaluation["splits"]):
-        return curve, by_alpha[alpha]
-    return curve, evaluate_weights(label, wise_ft_bundle(zero_shot, finetuned, alpha), *context, evaluation)
+    evaluation_splits: list[str],
+) -> list[tuple[str, TensorBundle, tuple[str, ...]]]:
+    """(key, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
+    zero_shot = zero_shot_counterpart(zero_shot_state, heads, finetuned)
+    models = [(sweep_key(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
+              for alpha in settings["alphas"]]
+    key = chosen_key(method, settings, evaluation_splits)
+    if key == f"{method}+wise":
+        models.append((key, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
+    return models
 
 
-def wise_ft_sweep(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    teacher_model: dict[str, Any],
-    teacher_cache: TensorBundle,
-    evaluation: dict[str, Any],
-    *weights: TensorBundle,
+def wise_outputs(
+    settings: dict[str, Any], rows_by_key: dict[str, dict[str, list[dict[str, Any]]]], evaluation_splits: list[str]
 ) -> tuple[pd.DataFrame, dict[str, list[dict[str, Any]]]]:
-    """The WiSE-FT curve of each listed method, and the evaluation of each at the chosen α."""
-    by_method = {str(bundle.metadata["method"]): bundle for bundle in weights}
-    settings = _settings(evaluation, list(by_method))
-    zero_shot_state, zero_shot_heads = _zero_shot_parts(teacher_model, teacher_cache, dataset_index)
-    context = (dataset_metadata, dataset_index, teacher_model)
+    """The curve (every method × α) and the chosen α's evaluation of every swept method."""
     curve, chosen = [], {}
     for method in settings["methods"]:
-        zero_shot = zero_shot_counterpart(zero_shot_state, zero_shot_heads, by_method[method])
-        rows, result = _sweep_method(method, by_method[method], zero_shot, settings, evaluation, context)
-        curve.extend(rows)
-        for table, part in result.items():
+        for alpha in settings["alphas"]:
+            curve.extend(curve_rows(method, alpha, rows_by_key[sweep_key(method, alpha)]))
+        for table, part in rows_by_key[chosen_key(method, settings, evaluation_splits)].items():
             chosen.setdefault(table, []).extend(part)
-        logger.info("WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise", method, len(settings["alphas"]), settings["alpha"], method)
+        logger.info("WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise",
+                    method, len(settings["alphas"]), settings["alpha"], method)
     return pd.DataFrame(curve, columns=list(CURVE_COLUMNS)), chosen
 
-
-def create_wise_ft_pipeline() -> Pipeline:
-    """The sweep node, namespaced ``wise_ft``; it reads every method's weights and sweeps the listed ones."""
-    shared = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache"]
-    template = Pipeline(
-        [
-            Node(
-                wise_ft_sweep,
-                [*shared, "params:evaluation", *(f"{method}_weights" for method in METHODS)],
-                ["wise_ft_curve", "evaluation"],
-                name="sweep",
-            )
-        ]
-    )
-    return Pipeline(
-        template,
-        namespace=WISE_FT,
-        inputs={name: name for name in shared} | {f"{method}_weights": f"{method}.weights" for method in METHODS},
-        outputs={"wise_ft_curve"},
-        parameters={"params:evaluation"},
-        tags=["evaluation", WISE_FT],
-    )

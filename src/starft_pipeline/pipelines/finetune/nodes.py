@@ -11,7 +11,7 @@ import torch
 from starft_pipeline.checkpointing import CheckpointConfig, checkpointer_from_config
 from starft_pipeline.dataset_index import dataset_info, dataset_split
 from starft_pipeline.descriptions import DescriptionPool, flatten_descriptions
-from starft_pipeline.distributed import init_from_env
+from starft_pipeline.distributed import broadcast_from_main, init_from_env
 from starft_pipeline.heads import (
     ClassifierHead,
     head_metadata,
@@ -70,8 +70,25 @@ def fit_linear_probe(
     teacher_cache: TensorBundle,
     finetune_params: dict[str, Any],
 ) -> TensorBundle:
-    """LP: logistic regression on the cached teacher image features of the train split, C chosen on val."""
+    """LP: logistic regression on the cached teacher image features of the train split, C chosen on val.
+
+    Under torchrun only rank 0 fits (scikit-learn's L-BFGS is one process; the result is the same
+    on every rank) and the other ranks receive its head.
+    """
     config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
+    context, _ = init_from_env(resolve_device(finetune_params.get("device", "auto")))
+    probe = _fit_probe(dataset_metadata, dataset_index, descriptions, teacher_model, teacher_cache, config) if context.is_main else None
+    return broadcast_from_main(probe, context)
+
+
+def _fit_probe(
+    dataset_metadata: pd.DataFrame,
+    dataset_index: dict[str, Any],
+    descriptions: dict[str, Any],
+    teacher_model: dict[str, Any],
+    teacher_cache: TensorBundle,
+    config: LinearProbeConfig,
+) -> TensorBundle:
     dataset, class_names, _, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
     train, val = (dataset_split(dataset_metadata, dataset_index, dataset, split) for split in ("train", "val"))
     head, sweep = select_linear_probe(

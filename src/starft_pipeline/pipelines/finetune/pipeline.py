@@ -1,7 +1,7 @@
 """finetune stage: a namespaced pipeline per method, so kedro viz shows them side by side.
 
-LP fits a head on the cached teacher features (seconds, towers unchanged); LP-FT fine-tunes from that
-head, FT from the zero-shot head; FLYP, StarFT (`star`) and its plain-KL variant (`kl`) train both
+LP fits a head on the cached teacher features (seconds, towers unchanged; once per run, on rank 0
+under torchrun); LP-FT fine-tunes from that same head (``lp.linear_probe``), FT from the zero-shot head; FLYP, StarFT (`star`) and its plain-KL variant (`kl`) train both
 towers contrastively. `kedro run --namespaces=<method>` runs one of them.
 """
 
@@ -14,23 +14,30 @@ from .nodes import finetune_method, fit_linear_probe, linear_probe_weights, loss
 SHARED_INPUTS = ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
 
 
+#: The method whose namespace fits the linear probe; the other methods that start from it (LP-FT) read
+#: its ``lp.linear_probe``, so the probe is fitted once per run.
+PROBE_METHOD = "lp"
+PROBE = f"{PROBE_METHOD}.linear_probe"
+
+
 def _method_nodes(method: str) -> list[Node]:
-    """The nodes that produce one method's ``weights`` and ``history``."""
+    """The nodes that produce one method's ``weights`` and ``history`` (and LP's probe)."""
     inputs = [*SHARED_INPUTS, "params:finetune"]
     if HEAD_INIT.get(method) != "linear_probe":
         return [Node(finetune_method, inputs, ["weights", "history"], name="finetune")]
-    probe = Node(fit_linear_probe, inputs, "linear_probe", name="fit_linear_probe")
     if method not in STEP_LOSSES:  # LP: the probe is the method
+        probe = Node(fit_linear_probe, inputs, "linear_probe", name="fit_linear_probe")
         weights = ["linear_probe", "teacher_model", "params:finetune"]
         return [probe, Node(linear_probe_weights, weights, ["weights", "history"], name="linear_probe_weights")]
-    return [probe, Node(finetune_method, [*inputs, "linear_probe"], ["weights", "history"], name="finetune")]
+    return [Node(finetune_method, [*inputs, PROBE], ["weights", "history"], name="finetune")]
 
 
 def method_pipeline(method: str) -> Pipeline:
     template = Pipeline(
         [*_method_nodes(method), Node(loss_curve_metrics, "history", "loss_curve", name="log_loss_curve")]
     )
-    return Pipeline(template, namespace=method, inputs=set(SHARED_INPUTS), tags=["finetune", method])
+    shared = set(SHARED_INPUTS) | ({PROBE} if method != PROBE_METHOD and HEAD_INIT.get(method) == "linear_probe" else set())
+    return Pipeline(template, namespace=method, inputs=shared, tags=["finetune", method])
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,0 +1,121 @@
+"""The evaluation stage's one pass: every model to evaluate (zero-shot, the selected fine-tuned
+methods, every WiSE-FT α) classifies each evaluation image while it is decoded once.
+
+``evaluation.models`` selects the fine-tuned methods (default: all); their weights must exist.
+Under torchrun the images are split by rank and the predictions gathered (``evaluate.one_pass_predictions``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from starft_pipeline.distributed import init_from_env
+from starft_pipeline.evaluate import ModelUnderTest, PassSettings, one_pass_predictions
+from starft_pipeline.heads import split_heads
+from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device, state_dict_copy
+from starft_pipeline.teacher import check_trained_from
+from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.training import METHODS
+
+from .nodes import ZERO_SHOT, evaluation_targets, report_rows
+from .wise_ft import WISE_FT, wise_models, wise_outputs, wise_settings, zero_shot_heads
+
+logger = logging.getLogger(__name__)
+EMPTY_EVALUATION: dict[str, list] = {"results": [], "groups": [], "classes": []}
+
+
+def _weights_path(bundle: Any) -> str:
+    return str(getattr(bundle, "path", "the catalog's <method>.weights"))
+
+
+def _exists(bundle: Any) -> bool:
+    """A weights input is there unless it is a lazily read file that does not exist (kedro_io.LazyTensorBundle)."""
+    return bundle is not None and (not hasattr(bundle, "exists") or bundle.exists())
+
+
+def selected_weights(evaluation: dict[str, Any], weights: Sequence[Any]) -> dict[str, TensorBundle]:
+    """The fine-tuned methods to evaluate (``evaluation.models``, default every method) and their weights.
+
+    ``weights`` holds one entry per method of ``METHODS``, in that order. A selected method whose
+    weights file is missing is an error naming the file(s) and the command that makes them.
+    """
+    models = evaluation.get("models")
+    selected = list(METHODS) if models is None else list(models)
+    unknown = [method for method in selected if method not in METHODS]
+    if unknown:
+        raise ValueError(f"evaluation.models lists {unknown}, which are not fine-tuned methods; known: {list(METHODS)}")
+    by_method = dict(zip(METHODS, weights, strict=True))
+    missing = [method for method in selected if not _exists(by_method[method])]
+    if missing:
+        files = ", ".join(_weights_path(by_method[method]) for method in missing)
+        present = [method for method in METHODS if _exists(by_method[method])]
+        raise FileNotFoundError(
+            f"evaluation.models selects {missing} but their weights do not exist: {files}. Train them with "
+            f"`kedro run --pipelines=finetune --namespaces={','.join(missing)}`, or evaluate only the models that "
+            f"exist ({present or 'none'}): `kedro run --pipelines=evaluation --params \"evaluation.models=[{','.join(present)}]\"`"
+        )
+    return {method: by_method[method] for method in METHODS if method in selected}
+
+
+def _model_from(base: Any, bundle: TensorBundle, key: str, splits: tuple[str, ...]) -> ModelUnderTest:
+    model = copy.deepcopy(base.model)
+    state_dict, heads = split_heads(bundle.tensors, bundle.metadata)
+    load_state_dict(model, state_dict, source=key)
+    return ModelUnderTest(key, model, heads, splits)
+
+
+def evaluate_models(
+    dataset_metadata: pd.DataFrame,
+    dataset_index: dict[str, Any],
+    teacher_model: dict[str, Any],
+    teacher_cache: TensorBundle,
+    evaluation: dict[str, Any],
+    *weights: Any,
+) -> tuple[Any, ...]:
+    """Every model's evaluation in one pass over each split.
+
+    Returns the evaluations of ``zero_shot`` and of each method of ``METHODS`` (empty for a method
+    not in ``evaluation.models``), the WiSE-FT evaluation at the chosen α and the WiSE-FT curve.
+    """
+    selected = selected_weights(evaluation, weights)
+    for method, bundle in selected.items():
+        check_trained_from(method, bundle.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
+    splits = list(evaluation["splits"])
+    settings = wise_settings(evaluation, list(METHODS), list(selected))
+
+    context, device = init_from_env(resolve_device(evaluation.get("device", "auto")))
+    base = create_model(ModelSpec(**teacher_model["spec"]), device=device)
+    entries = [ModelUnderTest(ZERO_SHOT, base.model, {}, tuple(splits))]
+    entries += [_model_from(base, bundle, method, tuple(splits)) for method, bundle in selected.items()]
+    if settings["methods"]:
+        zero_shot_state, heads = state_dict_copy(base.model), zero_shot_heads(teacher_cache, dataset_index)
+        for method in settings["methods"]:
+            sweep = wise_models(method, selected[method], zero_shot_state, heads, settings, splits)
+            entries += [_model_from(base, bundle, key, model_splits) for key, bundle, model_splits in sweep]
+
+    all_splits = list(dict.fromkeys([*splits, *settings["splits"]]))
+    targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, all_splits)
+    pass_settings = PassSettings(device, int(evaluation.get("batch_size", 256)), int(evaluation.get("num_workers", 0)), context)
+    logger.info("evaluation: %d models in one pass over %d splits (rank %d of %d)",
+                len(entries), len(targets), context.rank, context.world_size)
+    predictions = one_pass_predictions(base, entries, targets, pass_settings)
+
+    def rows_of(entry: ModelUnderTest) -> dict[str, list[dict[str, Any]]]:
+        label = entry.key.split("@")[0]  # WiSE-FT keys carry their α; every α is reported as "<method>+wise"
+        own = {(dataset, split): values for (key, dataset, split), values in predictions.items() if key == entry.key}
+        return report_rows(label, targets, own, dataset_index, evaluation)
+
+    rows = {entry.key: rows_of(entry) for entry in entries}
+    curve, chosen = wise_outputs(settings, rows, splits)
+    per_method = [rows.get(method, EMPTY_EVALUATION) for method in METHODS]
+    return (rows[ZERO_SHOT], *per_method, chosen, curve)
+
+
+def evaluation_outputs() -> list[str]:
+    """The one-pass node's outputs, in :func:`evaluate_models`' order."""
+    return [f"{model}.evaluation" for model in (ZERO_SHOT, *METHODS, WISE_FT)] + ["wise_ft_curve"]
