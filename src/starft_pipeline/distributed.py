@@ -172,3 +172,45 @@ def micro_batch_rows(batch_size: int, accum_steps: int, context: DistContext = S
         start = k * micro + context.rank * per_rank
         plan.append(BatchRows(torch.arange(start, start + per_rank), torch.arange(k * micro, (k + 1) * micro), context))
     return plan
+
+
+# --- sharding a pass over data (teacher features, evaluation) ------------------------------------
+
+
+def shard_rows(n_rows: int, context: DistContext) -> range:
+    """This rank's contiguous share of ``n_rows`` rows; the shares of ranks 0, 1, … concatenated are
+    ``0 … n_rows-1`` in order (sizes differ by at most one), so :func:`gather_rows` restores the order."""
+    start = context.rank * n_rows // context.world_size
+    stop = (context.rank + 1) * n_rows // context.world_size
+    return range(start, stop)
+
+
+def gather_rows(local: torch.Tensor, context: DistContext, device: torch.device | None = None) -> torch.Tensor:
+    """Every rank's ``local`` rows (its :func:`shard_rows` share) concatenated in rank order, on every rank.
+
+    Gathered to every rank, not only rank 0: under torchrun the later nodes of a rank other than 0
+    read the in-memory outputs of this one. ``device`` carries the collective (NCCL needs CUDA
+    tensors; default: ``local``'s device); the result is on ``local``'s device. Trailing
+    dimensions and dtype must agree across ranks; row counts may differ.
+    """
+    if not context.enabled:
+        return local
+    device = device or local.device
+    count = torch.tensor([local.shape[0]], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(count) for _ in range(context.world_size)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(local.device)
+
+
+def broadcast_from_main(value: object, context: DistContext) -> object:
+    """Rank 0's ``value`` (any picklable object, e.g. a tensor or None) on every rank."""
+    if not context.enabled:
+        return value
+    holder = [value if context.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
