@@ -134,3 +134,50 @@ def test_two_ranks_encode_what_one_process_encodes(split, tmp_path: Path):
     for rank in (0, 1):  # every rank holds the whole result (later nodes of rank 1 read it in memory)
         assert torch.allclose(torch.load(tmp_path / f"rank{rank}.pt"), expected, atol=1e-6)
     assert len(list((tmp_path / "0123456789abcdef").iterdir())) == 3  # rank 0 wrote each part once
+
+
+def test_shards_hold_the_streamed_images_and_read_by_row(split, tmp_path: Path):
+    from starft_pipeline.shards import shard_batches, write_shards
+
+    folder = write_shards(split, IMAGE_SIZE, tmp_path / "d" / "train", rows_per_shard=4)
+    assert sorted(p.name for p in folder.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    stamp = (folder / "shard-000000.tar").stat().st_mtime_ns
+    write_shards(split, IMAGE_SIZE, folder, rows_per_shard=4)  # current: not rewritten
+    assert (folder / "shard-000000.tar").stat().st_mtime_ns == stamp
+    chosen = [10, 3, 4, 0]
+    batches = list(shard_batches(folder, split, IMAGE_SIZE, 3, num_workers=1, rows=chosen))
+    images, rows = torch.cat([b for b, _ in batches]), torch.cat([r for _, r in batches])
+    assert rows.tolist() == chosen and images.dtype == torch.uint8 and images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    original = load_split_images(split, IMAGE_SIZE)[chosen].float()
+    assert (images.float() - original).abs().mean() < 4.0  # JPEG (quality 95, 4:4:4) of the same noisy pixels
+    with pytest.raises(FileNotFoundError, match="holds no shards of this split at 48 px"):
+        next(shard_batches(folder, split, 48, 3))
+
+
+def test_gpu_decode_falls_back_and_its_batch_decoder_matches_pil(split, tmp_path: Path, caplog):
+    import logging
+
+    from starft_pipeline.shards import ShardImages, decode_jpeg_batch, shard_batches, write_shards
+
+    folder = write_shards(split, IMAGE_SIZE, tmp_path / "s", rows_per_shard=8)
+    with caplog.at_level(logging.INFO, logger="starft_pipeline.shards"):
+        fallback = torch.cat([b for b, _ in shard_batches(folder, split, IMAGE_SIZE, 4, decode="gpu")])
+    if not torch.cuda.is_available():
+        assert "decoding in the CPU loader workers" in caplog.text
+    cpu = torch.cat([b for b, _ in shard_batches(folder, split, IMAGE_SIZE, 4)])
+    assert torch.equal(fallback.cpu(), cpu) or torch.cuda.is_available()
+    # the GPU branch's logic (bytes from the workers, one batched decode) run on the CPU
+    payloads = [ShardImages(folder, split, IMAGE_SIZE, decode="gpu")[row][0] for row in range(4)]
+    decoded = decode_jpeg_batch(payloads, torch.device("cpu"))
+    assert decoded.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert (decoded.float() - cpu[:4].float()).abs().max() <= 2  # libjpeg vs PIL: off by rounding at most
+
+
+def test_the_teacher_reads_shards_it_writes_first(split, tmp_path: Path):
+    loaded = tiny_model()
+    settings = EncodeSettings(batch_size=4, shards=str(tmp_path / "shards"))
+    features = _features_of(loaded, "d/train", split, None, settings)
+    assert (tmp_path / "shards" / "d" / "train" / "index.json").is_file()
+    direct = split_features(loaded, split, 4, torch.device("cpu"))
+    cosine = (features * direct).sum(dim=1)  # unit features of JPEG re-encoded vs original pixels
+    assert features.shape == direct.shape and not torch.equal(features, direct) and cosine.min() > 0.98

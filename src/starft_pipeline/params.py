@@ -253,6 +253,8 @@ class TeacherParams(BaseModel):
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     part_rows: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_PART_ROWS
+    shards: Annotated[str, Strict()] | None = None
+    decode: Literal["cpu", "gpu"] = "cpu"
 
 
 # --- finetune -----------------------------------------------------------------------------------------

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from .data import GroupSplit, normalise_images
 from .dataset_index import class_prompts, data_identity
 from .descriptions import DescriptionPool
-from .distributed import SINGLE_PROCESS, DistContext, broadcast_from_main, gather_rows, shard_rows
+from .distributed import SINGLE_PROCESS, DistContext, barrier, broadcast_from_main, gather_rows, shard_rows
 from .engine import autocast
 from .io_utils import fingerprint
 from .models import LoadedModel, encode_texts, logit_scale, zero_shot_head
+from .shards import shard_batches, write_shards
 from .streaming import split_batches
 from .tensor_bundle import DamagedFileError, TensorBundle
 
@@ -201,6 +202,7 @@ def _features_of(
     """One split's image features, part by part: a finished part is reused (rank 0 reads it and shares
     it), any other is encoded (each rank its share, gathered) and kept as a part by rank 0."""
     features = torch.empty(len(split), feature_dim(loaded))
+    shards = _shards_of(loaded, key, split, settings, context)
     reused = 0
     for start, stop in part_ranges(len(split), settings.part_rows):
         name = part_key(key, start, stop, len(split))
@@ -211,6 +213,7 @@ def _features_of(
             local = split_features(
                 loaded, split, settings.batch_size, settings.device, settings.num_workers,
                 rows=range(start + share.start, start + share.stop), precision=settings.precision,
+                shards=shards, decode=settings.decode,
             )
             finished = gather_rows(local, context, settings.device)
             if parts is not None and context.is_main:
@@ -222,6 +225,17 @@ def _features_of(
         logger.info("teacher: reused %d finished rows of %s from %s", reused, key, parts.folder)
     logger.info("teacher: %s has %d image features (%d encoded now)", key, len(split), len(split) - reused)
     return features
+
+
+def _shards_of(loaded: LoadedModel, key: str, split: GroupSplit, settings: "EncodeSettings", context: DistContext) -> Path | None:
+    """The split's shard folder (``<teacher.shards>/<dataset>/<split>``), written by rank 0 if missing or stale."""
+    if settings.shards is None:
+        return None
+    folder = Path(settings.shards) / key
+    if context.is_main:
+        write_shards(split, loaded.image_size, folder, num_workers=settings.num_workers)
+    barrier(context)
+    return folder
 
 
 def _require_same(found: str, expected: str, message: str) -> None:
@@ -268,6 +282,8 @@ class EncodeSettings:
     num_workers: int = 0
     precision: str = "fp32"  # resolved: fp32 or bf16
     part_rows: int = DEFAULT_PART_ROWS
+    shards: str | None = None  # teacher.shards: read (and first write) the images as tar shards there
+    decode: str = "cpu"  # teacher.decode, with shards: cpu (loader workers) | gpu (torchvision on CUDA)
 
 
 def feature_dim(loaded: LoadedModel) -> int:
@@ -282,16 +298,22 @@ def split_features(
     num_workers: int = 0,
     rows: Sequence[int] | None = None,
     precision: str = "fp32",
+    shards: Path | None = None,
+    decode: str = "cpu",
 ) -> torch.Tensor:
     """Normalised image features (N, d), on the CPU in fp32, of ``rows`` (default: all) of a split's
     un-augmented images, streamed: decoded by ``num_workers`` loader workers and normalised one batch
-    at a time (the same batches and arithmetic as decoding the whole split first, so the same values)."""
+    at a time (the same batches and arithmetic as decoding the whole split first, so the same values).
+    With ``shards`` (a folder of :mod:`~starft_pipeline.shards`) the images come from there, decoded
+    per ``decode``."""
     device = torch.device(device)
     rows = range(len(split)) if rows is None else rows
     features = torch.empty(len(rows), feature_dim(loaded))
     model = loaded.model.eval()
-    batches = split_batches(
-        split, loaded.image_size, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", rows=rows
+    loader = dict(num_workers=num_workers, pin_memory=device.type == "cuda", rows=rows)
+    batches = (
+        split_batches(split, loaded.image_size, batch_size, **loader) if shards is None
+        else shard_batches(shards, split, loaded.image_size, batch_size, decode=decode, device=device, **loader)
     )
     done = 0
     with torch.inference_mode(), autocast(device, precision):
@@ -316,16 +338,22 @@ def compute_teacher_cache(
     precision: TeacherPrecision = "auto",
     part_rows: int = DEFAULT_PART_ROWS,
     context: DistContext = SINGLE_PROCESS,
+    shards: str | None = None,
+    decode: str = "cpu",
 ) -> TeacherCache:
     """Run the frozen model once over every split, the class prompts and the descriptions.
 
     ``splits`` keys are ``"<dataset>/<split>"``; ``class_names`` and ``templates_by_dataset`` keys
     are data set names. With ``parts``, every ``part_rows`` rows of a split are kept as soon as they
     are computed and reused by a rerun (a killed run resumes; see :class:`FeatureParts`). Under
-    torchrun (``context``) the ranks share the images and every rank returns the whole cache.
+    torchrun (``context``) the ranks share the images and every rank returns the whole cache. With
+    ``shards`` every split is first written as tar shards under ``<shards>/<dataset>/<split>`` (once;
+    see :mod:`~starft_pipeline.shards`) and read from there, decoded per ``decode`` (cpu | gpu).
     """
     device = torch.device(device)
-    settings = EncodeSettings(batch_size, device, num_workers, resolve_precision(precision, device), part_rows)
+    settings = EncodeSettings(
+        batch_size, device, num_workers, resolve_precision(precision, device), part_rows, shards, decode
+    )
     model = loaded.model.to(device).eval()
     with autocast(device, settings.precision):
         class_features = {

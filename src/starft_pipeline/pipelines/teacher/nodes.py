@@ -63,6 +63,8 @@ def build_teacher_cache(
         precision=precision,
         part_rows=int(teacher.get("part_rows", DEFAULT_PART_ROWS)),
         context=context,
+        shards=teacher.get("shards"),
+        decode=teacher.get("decode", "cpu"),
     )
     logger.info("teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts))
     record = {"spec": teacher["model"], "identity": identity, "fingerprint": fingerprint_value,
