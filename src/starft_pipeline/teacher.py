@@ -1,7 +1,7 @@
 """The frozen zero-shot teacher, run once: what the StarFT regulariser and the evaluation need.
 
 Teacher *logits* depend on the batch (which descriptions, which labels), so the cache holds
-*embeddings* (DESIGN.md §1): image features per split (of the un-augmented image), description
+*embeddings*: image features per split (of the un-augmented image), description
 features and class-prompt features. Zero-shot logits are not stored: no stage reads them, and
 :meth:`TeacherCache.zero_shot_logits` computes a split's from its features (ImageNet-train's would
 be 1.28 M × 1,000 floats). A fingerprint of model + prompts + data makes a stale cache an error
@@ -287,7 +287,9 @@ class EncodeSettings:
 
 
 def feature_dim(loaded: LoadedModel) -> int:
-    return int(loaded.model.text_projection.shape[-1])
+    """The image embedding's width (open_clip's towers record it as ``output_dim``)."""
+    visual = loaded.model.visual
+    return int(visual.output_dim) if hasattr(visual, "output_dim") else int(loaded.model.text_projection.shape[-1])
 
 
 def split_features(
