@@ -203,7 +203,6 @@ def _features_of(
     it), any other is encoded (each rank its share, gathered) and kept as a part by rank 0."""
     features = torch.empty(len(split), feature_dim(loaded))
     shards = _shards_of(loaded, key, split, settings, context)
-    reused = 0
     for start, stop in part_ranges(len(split), settings.part_rows):
         name = part_key(key, start, stop, len(split))
         finished = parts.load(name, stop - start) if parts is not None and context.is_main else None
@@ -218,12 +217,10 @@ def _features_of(
             finished = gather_rows(local, context, settings.device)
             if parts is not None and context.is_main:
                 parts.save(name, finished)
+            logger.info("teacher: encoded %d images of %s", stop - start, name)
         else:
-            reused += stop - start
+            logger.info("teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder)
         features[start:stop] = finished
-    if reused:
-        logger.info("teacher: reused %d finished rows of %s from %s", reused, key, parts.folder)
-    logger.info("teacher: %s has %d image features (%d encoded now)", key, len(split), len(split) - reused)
     return features
 
 
