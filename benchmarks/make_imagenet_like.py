@@ -23,8 +23,10 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     counts = write_imagenet_like(args.root, args.train_per_class, args.val_per_class, args.classes, args.seed)
-    print(f"{args.root}: {counts['train']} train + {counts['val']} val images, {args.classes} classes "
-          f"({time.perf_counter() - start:.1f} s)")
+    print(
+        f"{args.root}: {counts['train']} train + {counts['val']} val images, {args.classes} classes "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

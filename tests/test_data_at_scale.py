@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
+
 from starft_pipeline.data import load_split_images, normalise_images, read_image_folder, split_of
 from starft_pipeline.distributed import DistContext, gather_rows, shard_rows
 from starft_pipeline.imagenet_like import write_imagenet_like
@@ -73,8 +73,11 @@ def test_teacher_parts_are_kept_and_reused(split, tmp_path: Path):
     # other batch compositions ([4, 1] per part): equal up to float rounding
     assert torch.allclose(first, _whole_split_features(loaded, split, batch_size=4), atol=1e-6)
     names = sorted(path.name for path in parts.folder.iterdir())
-    assert names == ["d%2Ftrain%5B0%3A5%5D.safetensors", "d%2Ftrain%5B10%3A11%5D.safetensors",
-                     "d%2Ftrain%5B5%3A10%5D.safetensors"]
+    assert names == [
+        "d%2Ftrain%5B0%3A5%5D.safetensors",
+        "d%2Ftrain%5B10%3A11%5D.safetensors",
+        "d%2Ftrain%5B5%3A10%5D.safetensors",
+    ]
     marked = torch.full_like(first[5:10], 7.0)  # a reused part is read, not recomputed
     parts.save("d/train[5:10]", marked)
     second = _features_of(loaded, "d/train", split, parts, settings)
@@ -114,13 +117,17 @@ def _teacher_rank(rank: int, port: int, root: str, out_dir: str) -> None:
 
     from starft_pipeline.distributed import init_from_env
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     context, _ = init_from_env(torch.device("cpu"))
     try:
         split = split_of(read_image_folder(Path(root) / "train", "train"), Path(root) / "train", "train", n_places=1)
         parts = FeatureParts(out_dir, "0123456789abcdef")
-        features = _features_of(tiny_model(), "d/train", split, parts, EncodeSettings(batch_size=4, part_rows=5), context)
+        features = _features_of(
+            tiny_model(), "d/train", split, parts, EncodeSettings(batch_size=4, part_rows=5), context
+        )
         torch.save(features, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -48,7 +48,11 @@ def write_imagenet_like(
             folder = root / split / wnid(label)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                name = f"{wnid(label)}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * per_class + i:08d}.JPEG"
+                name = (
+                    f"{wnid(label)}_{i}.JPEG"
+                    if split == "train"
+                    else f"ILSVRC2012_val_{label * per_class + i:08d}.JPEG"
+                )
                 image = _image(rng, label, min_side, max_side)  # drawn even when the file exists: same stream
                 path = folder / name
                 if not path.is_file():

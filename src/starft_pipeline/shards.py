@@ -50,7 +50,9 @@ def _split_identity(split: GroupSplit, image_size: int) -> str:
 
 def _jpeg(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: no chroma blur
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(
+        buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0
+    )  # 4:4:4: no chroma blur
     return buffer.getvalue()
 
 
@@ -69,7 +71,10 @@ def shards_are_current(folder: str | Path, split: GroupSplit, image_size: int) -
 
 
 def write_shards(
-    split: GroupSplit, image_size: int, folder: str | Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    split: GroupSplit,
+    image_size: int,
+    folder: str | Path,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     num_workers: int = 0,
 ) -> Path:
     """Write ``split`` as shards under ``folder`` unless the ones there are of this split and size."""
@@ -89,8 +94,12 @@ def write_shards(
                     _add(tar, f"{row:09d}.jpg", _jpeg(image))
                     _add(tar, f"{row:09d}.cls", str(int(split.labels[row])).encode())
         shards.append({"file": name, "first": rows.start, "rows": len(rows)})
-    index = {"identity": _split_identity(split, image_size), "rows": len(split), "image_size": image_size,
-             "shards": shards}
+    index = {
+        "identity": _split_identity(split, image_size),
+        "rows": len(split),
+        "image_size": image_size,
+        "shards": shards,
+    }
     with atomic_path(folder / INDEX) as tmp:
         Path(tmp).write_text(json.dumps(index, indent=1))
     logger.info("shards: wrote %d images of %s in %d tar files under %s", len(split), split.name, len(shards), folder)

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
-
 import torch
 from torch.utils.data import DataLoader
 

@@ -19,11 +19,10 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
-
 from typing import Literal
+from urllib.parse import quote
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +89,13 @@ def teacher_fingerprint(
     data_identity: Mapping[str, str],
 ) -> str:
     """Hash of everything the cache depends on: weights, prompts, descriptions and data."""
-    return fingerprint(dict(model_identity), {k: list(v) for k, v in class_prompts.items()},
-                       list(descriptions.texts), list(descriptions.labels), dict(data_identity))
+    return fingerprint(
+        dict(model_identity),
+        {k: list(v) for k, v in class_prompts.items()},
+        list(descriptions.texts),
+        list(descriptions.labels),
+        dict(data_identity),
+    )
 
 
 def expected_fingerprint(model_identity: Mapping[str, str], index: Mapping, pool: DescriptionPool) -> str:
@@ -196,7 +200,7 @@ def _features_of(
     key: str,
     split: GroupSplit,
     parts: FeatureParts | None,
-    settings: "EncodeSettings",
+    settings: EncodeSettings,
     context: DistContext = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """One split's image features, part by part: a finished part is reused (rank 0 reads it and shares
@@ -210,21 +214,31 @@ def _features_of(
         if finished is None:
             share = shard_rows(stop - start, context)
             local = split_features(
-                loaded, split, settings.batch_size, settings.device, settings.num_workers,
-                rows=range(start + share.start, start + share.stop), precision=settings.precision,
-                shards=shards, decode=settings.decode,
+                loaded,
+                split,
+                settings.batch_size,
+                settings.device,
+                settings.num_workers,
+                rows=range(start + share.start, start + share.stop),
+                precision=settings.precision,
+                shards=shards,
+                decode=settings.decode,
             )
             finished = gather_rows(local, context, settings.device)
             if parts is not None and context.is_main:
                 parts.save(name, finished)
             logger.info("teacher: encoded %d images of %s", stop - start, name)
         else:
-            logger.info("teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder)
+            logger.info(
+                "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder
+            )
         features[start:stop] = finished
     return features
 
 
-def _shards_of(loaded: LoadedModel, key: str, split: GroupSplit, settings: "EncodeSettings", context: DistContext) -> Path | None:
+def _shards_of(
+    loaded: LoadedModel, key: str, split: GroupSplit, settings: EncodeSettings, context: DistContext
+) -> Path | None:
     """The split's shard folder (``<teacher.shards>/<dataset>/<split>``), written by rank 0 if missing or stale."""
     if settings.shards is None:
         return None
@@ -249,13 +263,15 @@ def check_trained_from(method: str, weights_fingerprint: str | None, teacher_mod
     rerun = f"Rerun `kedro run --pipeline=finetune` (or `--namespaces={method}`) before evaluating, or run `--pipeline=full`."
     if weights_fingerprint is not None:
         _require_same(
-            weights_fingerprint, teacher_model["fingerprint"],
+            weights_fingerprint,
+            teacher_model["fingerprint"],
             f"the {method} weights were fine-tuned from the teacher cache {weights_fingerprint}, but the current "
             f"teacher cache is {teacher_model['fingerprint']} (other model weights, prompts, descriptions or data). {rerun}",
         )
     if "data" in teacher_model:
         _require_same(
-            fingerprint(teacher_model["data"]), fingerprint(dict(data_identity(index))),
+            fingerprint(teacher_model["data"]),
+            fingerprint(dict(data_identity(index))),
             "the teacher cache (and the models fine-tuned from it) was computed from other data than the current "
             "dataset index (the class_names stage ran since). Rerun `kedro run --pipeline=teacher`, then finetune.",
         )
@@ -275,7 +291,7 @@ class EncodeSettings:
     """How the teacher encodes images: batch size, device, loader workers, precision, rows per part."""
 
     batch_size: int = 256
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     num_workers: int = 0
     precision: str = "fp32"  # resolved: fp32 or bf16
     part_rows: int = DEFAULT_PART_ROWS
@@ -311,7 +327,8 @@ def split_features(
     model = loaded.model.eval()
     loader = dict(num_workers=num_workers, pin_memory=device.type == "cuda", rows=rows)
     batches = (
-        split_batches(split, loaded.image_size, batch_size, **loader) if shards is None
+        split_batches(split, loaded.image_size, batch_size, **loader)
+        if shards is None
         else shard_batches(shards, split, loaded.image_size, batch_size, decode=decode, device=device, **loader)
     )
     done = 0
@@ -356,7 +373,9 @@ def compute_teacher_cache(
     model = loaded.model.to(device).eval()
     with autocast(device, settings.precision):
         class_features = {
-            dataset: zero_shot_head(model, loaded.tokenizer, names, templates_by_dataset[dataset], device=device).float().cpu()
+            dataset: zero_shot_head(model, loaded.tokenizer, names, templates_by_dataset[dataset], device=device)
+            .float()
+            .cpu()
             for dataset, names in class_names.items()
         }
         description_features = encode_texts(model, loaded.tokenizer, descriptions.texts, batch_size, device).cpu()
