@@ -44,7 +44,7 @@ def recorded() -> dict[str, Any]:
     spec = {"architecture": "starft-tiny-vit", "pretrained": None}
     identity = ModelSpec(**spec).identity()
     value = expected_fingerprint(identity, index, flatten_descriptions(document, classes))
-    cache = TeacherCache({}, {}, torch.zeros(2, 4), torch.tensor([0, 1]), {}, 100.0, value).to_bundle()
+    cache = TeacherCache({}, {}, torch.zeros(2, 4), torch.tensor([0, 1]), 100.0, value).to_bundle()
     record = {"spec": spec, "identity": identity, "fingerprint": value, "data": dict(data_identity(index))}
     return {"dataset_index": index, "descriptions": document, "teacher_model": record, "teacher_cache": cache}
 

@@ -61,7 +61,7 @@ def test_teacher_cache_rows_follow_the_metadata(staged, tmp_path):
     assert cache.description_features.shape[0] == len(pool.texts)
     # zero-shot logits are the scaled cosine similarities with the class prompts' mean embedding
     expected = cache.logit_scale * cache.image_features["synthetic/test"] @ cache.class_features["synthetic"].T
-    assert torch.allclose(cache.zero_shot_logits["synthetic/test"], expected, atol=1e-5)
+    assert torch.allclose(cache.zero_shot_logits("synthetic/test"), expected, atol=1e-5)
     assert cache.fingerprint == record["fingerprint"]
 
 

@@ -174,7 +174,7 @@ def micro_batch_rows(batch_size: int, accum_steps: int, context: DistContext = S
     return plan
 
 
-# --- sharding work that is not a training step (evaluation, one-off fits) ----------------------------
+# --- sharding a pass over data (teacher features, evaluation) and one-off fits ----------------------
 
 
 def shard_rows(n: int, context: DistContext) -> range:

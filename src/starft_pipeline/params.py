@@ -43,7 +43,7 @@ from .metrics import CONVENTIONS
 from .models import ModelSpec
 from .pretraining import PretrainConfig
 from .reporting import BootstrapSettings
-from .teacher import DEFAULT_WORK_DIR
+from .teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
 from .training import METHODS, FinetuneConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -253,6 +253,11 @@ class TeacherParams(BaseModel):
     batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
     device: Device = "auto"
     work_dir: Annotated[str, Strict()] | None = DEFAULT_WORK_DIR
+    num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    part_rows: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_PART_ROWS
+    shards: Annotated[str, Strict()] | None = None
+    decode: Literal["cpu", "gpu"] = "cpu"
 
 
 # --- finetune -----------------------------------------------------------------------------------------

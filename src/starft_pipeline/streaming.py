@@ -4,7 +4,11 @@ Small splits (the synthetic default, Waterbirds) are decoded once into a uint8 t
 Large ones (ImageNet: 1.28 M images, ~190 GB at 224 px) are decoded per step by DataLoader workers,
 a few steps ahead of the loop: :class:`StreamedImages` stands in for the tensor and answers
 ``images[indices]`` for the indices of the current step. The loop knows an epoch's batches in
-advance (they come from (seed, epoch)), so the loader's batch sampler is just that list. No Kedro.
+advance (they come from (seed, epoch)), so the loader's batch sampler is just that list.
+
+:func:`split_batches` is the one streaming path of every other stage (teacher, evaluation): a
+split's rows in order, batch by batch, through DataLoader workers; its memory does not grow with
+the split. No Kedro.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,6 +27,63 @@ logger = logging.getLogger(__name__)
 
 DataLoading = Literal["auto", "memory", "stream"]
 DATA_LOADING: tuple[str, ...] = ("auto", "memory", "stream")
+
+
+#: Batches each worker decodes ahead of the consumer.
+PREFETCH_FACTOR = 4
+
+
+class RowBatches:
+    """Consecutive batches of ``rows`` (positions into a split), built lazily: a batch sampler whose
+    memory is one int64 per row, not one Python list per batch."""
+
+    def __init__(self, rows: Sequence[int] | None, n_rows: int, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows = np.arange(n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        bad = self.rows[(self.rows < 0) | (self.rows >= n_rows)]
+        if bad.size:
+            raise IndexError(f"rows {bad[:5].tolist()} are outside the split of {n_rows} images")
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(0, len(self.rows), self.batch_size):
+            yield self.rows[start : start + self.batch_size].tolist()
+
+
+def split_batches(
+    split: GroupSplit,
+    image_size: int,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rows: Sequence[int] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A split's images in order, ``batch_size`` at a time: (uint8 images (B, 3, S, S), int64 rows (B,)).
+
+    ``rows`` (default: every row) are positions into the split; the images are decoded exactly as
+    :func:`~starft_pipeline.data.load_split_images` decodes them, by ``num_workers`` DataLoader
+    worker processes (0: in this process) that prefetch a few batches ahead; ``pin_memory`` pins the
+    batches for asynchronous copies to CUDA (ignored without CUDA).
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    batches = RowBatches(rows, len(split), batch_size)
+    if len(batches.rows) == 0:
+        return
+    loader = DataLoader(
+        ImageFileDataset(split, image_size),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        prefetch_factor=PREFETCH_FACTOR if num_workers else None,
+    )
+    for images, _labels, _groups, index in loader:
+        yield images, index.to(torch.int64)
 
 
 class StreamedImages:
@@ -103,24 +165,3 @@ def epoch_steps(images: ImageSource, batches: Sequence[torch.Tensor], needed: to
     for batch, _ in zip(batches, images.steps([batch[needed] for batch in batches])):
         yield batch
 
-
-def split_batches(
-    split: GroupSplit,
-    image_size: int,
-    batch_size: int,
-    *,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    rows: Sequence[int] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 images (B, 3, S, S) and their int64 row indices into ``split``, in row order, decoded by
-    DataLoader workers; ``rows`` restricts the pass to those rows (e.g. this rank's shard)."""
-    dataset: torch.utils.data.Dataset = ImageFileDataset(split, image_size)
-    if rows is not None:
-        dataset = torch.utils.data.Subset(dataset, list(rows))
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-    )
-    for images, _labels, _groups, index in loader:
-        yield images, index.to(torch.int64)

@@ -9,24 +9,29 @@ import pandas as pd
 
 from starft_pipeline.dataset_index import all_splits, data_identity
 from starft_pipeline.descriptions import flatten_descriptions
+from starft_pipeline.distributed import init_from_env
 from starft_pipeline.models import ModelSpec, create_model, resolve_device
 from starft_pipeline.dataset_index import dataset_info
 from starft_pipeline.teacher import (
+    DEFAULT_PART_ROWS,
     DEFAULT_WORK_DIR,
     FeatureParts,
     compute_teacher_cache,
     expected_fingerprint,
     image_features_key,
+    resolve_precision,
 )
 from starft_pipeline.tensor_bundle import TensorBundle
 
 logger = logging.getLogger(__name__)
 
 
-def _feature_parts(teacher: dict[str, Any], identity: dict[str, str], dataset_index: dict[str, Any]) -> FeatureParts | None:
-    """Where finished splits are kept until the cache is saved (``teacher.work_dir``; null: not kept)."""
+def _feature_parts(
+    teacher: dict[str, Any], identity: dict[str, str], dataset_index: dict[str, Any], precision: str = "fp32"
+) -> FeatureParts | None:
+    """Where finished parts are kept until the cache is saved (``teacher.work_dir``; null: not kept)."""
     work_dir = teacher.get("work_dir", DEFAULT_WORK_DIR)
-    return FeatureParts(work_dir, image_features_key(identity, dataset_index)) if work_dir else None
+    return FeatureParts(work_dir, image_features_key(identity, dataset_index, precision)) if work_dir else None
 
 
 def build_teacher_cache(
@@ -41,7 +46,8 @@ def build_teacher_cache(
     pool = flatten_descriptions(descriptions, class_names)
     identity = spec.identity()
     fingerprint_value = expected_fingerprint(identity, dataset_index, pool)
-    device = resolve_device(teacher.get("device", "auto"))
+    context, device = init_from_env(resolve_device(teacher.get("device", "auto")))
+    precision = resolve_precision(teacher.get("precision", "auto"), device)
     loaded = create_model(spec, device=device)
     cache = compute_teacher_cache(
         loaded,
@@ -52,7 +58,13 @@ def build_teacher_cache(
         fingerprint_value=fingerprint_value,
         batch_size=int(teacher.get("batch_size", 256)),
         device=device,
-        parts=_feature_parts(teacher, identity, dataset_index),
+        parts=_feature_parts(teacher, identity, dataset_index, precision),
+        num_workers=int(teacher.get("num_workers", 0)),
+        precision=precision,
+        part_rows=int(teacher.get("part_rows", DEFAULT_PART_ROWS)),
+        context=context,
+        shards=teacher.get("shards"),
+        decode=teacher.get("decode", "cpu"),
     )
     logger.info("teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts))
     record = {"spec": teacher["model"], "identity": identity, "fingerprint": fingerprint_value,
@@ -62,7 +74,7 @@ def build_teacher_cache(
 
 def release_teacher_parts(teacher_model: dict[str, Any], dataset_index: dict[str, Any], teacher: dict[str, Any]) -> None:
     """Remove the per-split parts once the teacher cache holding them is saved (runs after that node)."""
-    parts = _feature_parts(teacher, teacher_model["identity"], dataset_index)
+    parts = _feature_parts(teacher, teacher_model["identity"], dataset_index)  # every precision's key is released
     if parts is not None:
         parts.release()
 
