@@ -14,6 +14,14 @@ time on CUDA (``--clock`` overrides).
     python benchmarks/bench_train_step.py --device cpu --steps 5 --threads 1
     python benchmarks/bench_train_step.py --device cuda --steps 20 --models vit-b-16 --batch vit-b-16=256
 
+Host-side time per step (``--host-only``, also the first section of every run): the real
+``training_step`` at batch 512 with the 1,000 ImageNet classes, ViT-B/16's tokenizer and the
+background description pool, on a stub open_clip CLIP whose towers are trivially cheap (one
+32-pixel patch, width 8, one layer). What remains is what the host does around the model's
+forward/backward: caption and description draws, tokenising, crops, index gathers and the syncs.
+
+    python benchmarks/bench_train_step.py --host-only --threads 1
+
 A script that prints figures, not a test.
 """
 
@@ -193,6 +201,61 @@ def table(rows: Sequence[tuple[Setting, Times, float]], device: torch.device, cl
     return "\n".join(lines)
 
 
+HOST_BATCH, HOST_TARGET_MS = 512, 10.0
+STUB_CONFIG = {  # an open_clip CLIP whose towers cost next to nothing at batch 512
+    "embed_dim": 8,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 8, "head_width": 8, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 1, "layers": 1},
+}
+
+
+def stub_model(image_size: int) -> LoadedModel:
+    """ViT-B/16's tokenizer and preprocessing on a CLIP with one patch per image, width 8, one layer."""
+    import open_clip
+
+    config = copy.deepcopy(STUB_CONFIG)
+    config["vision_cfg"] |= {"image_size": image_size, "patch_size": image_size}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config)
+    return LoadedModel(model, open_clip.get_tokenizer("ViT-B-16"), image_size,
+                       open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+
+
+def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_BATCH) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of ``training_step`` on the stub model, per method (FLYP, StarFT cached)."""
+    setting = Setting("host", "stub", batch_size, tuple(IMAGENET_CLASSNAMES), "background")
+    device = torch.device("cpu")
+    loaded = stub_model(image_size)
+    data = random_train_data(loaded, setting, batch_size * 4)
+    medians = {}
+    for method in ("flyp", "star_cached"):
+        config = method_config(method, batch_size)
+        state = setup_state(loaded, config, len(data.labels), device)
+        seconds: dict[str, list[float]] = {clock: [] for clock in CLOCKS}
+        for step in range(warmup + steps):
+            state.step = step
+            indices = torch.arange((step % 4) * batch_size, (step % 4 + 1) * batch_size)
+            figures = timed(lambda: training_step(loaded, state, data, indices, config, config.reg_weight, device), device)
+            if step >= warmup:
+                for clock in CLOCKS:
+                    seconds[clock].append(figures[clock])
+        medians[method] = {clock: statistics.median(values) for clock, values in seconds.items()}
+    return medians
+
+
+def host_report(medians: dict[str, dict[str, float]], image_size: int, batch_size: int = HOST_BATCH) -> str:
+    lines = [f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
+             f"{image_size} px, background pool):"]
+    for method, clocks in medians.items():
+        ms = {clock: 1e3 * value for clock, value in clocks.items()}
+        lines.append(
+            f"  {method:<12} wall {ms['wall']:8.1f} ms   cpu {ms['cpu']:8.1f} ms   "
+            f"cpu / target {ms['cpu'] / HOST_TARGET_MS:6.2f} (target <= {HOST_TARGET_MS:.0f} ms, "
+            f"{'met' if ms['cpu'] <= HOST_TARGET_MS else 'NOT met'})"
+        )
+    return "\n".join(lines)
+
+
 def parse_batches(values: Sequence[str]) -> dict[str, int]:
     batches = {}
     for value in values:
@@ -212,6 +275,8 @@ def main() -> None:
     parser.add_argument("--batch", action="append", default=[], metavar="MODEL=SIZE", help="override a batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--clock", choices=CLOCKS, default=None, help="clock of the ratios (default: cpu on CPU)")
+    parser.add_argument("--host-only", action="store_true", help="only the host-side time per step (stub model)")
+    parser.add_argument("--host-px", type=int, default=32, help="image size of the host-side section (default 32)")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
@@ -225,6 +290,10 @@ def main() -> None:
         raise SystemExit(f"unknown --models {unknown}; choose from {sorted(SETTINGS)}")
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up round(s)", flush=True)
+    host = bench_host(args.steps, max(1, args.warmup), args.host_px)
+    print(host_report(host, args.host_px), flush=True)
+    if args.host_only:
+        return
     rows = []
     for name in names:
         setting = SETTINGS[name]
