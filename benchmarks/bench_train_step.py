@@ -261,7 +261,10 @@ def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_
         for step in range(warmup + steps):
             state.step = step
             indices = torch.arange((step % 4) * batch_size, (step % 4 + 1) * batch_size)
-            figures = timed(lambda: training_step(loaded, state, data, indices, config, config.reg_weight, device), device)
+            def one_step(state=state, indices=indices, config=config) -> None:
+                training_step(loaded, state, data, indices, config, config.reg_weight, device)
+
+            figures = timed(one_step, device)
             if step >= warmup:
                 for clock in CLOCKS:
                     seconds[clock].append(figures[clock])
@@ -279,8 +282,9 @@ def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_
 
 
 def host_report(medians: dict[str, dict[str, float]], image_size: int, batch_size: int = HOST_BATCH) -> str:
-    lines = [f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
-             f"{image_size} px, background pool):"]
+    title = (f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
+             f"{image_size} px, background pool):")
+    lines = [title]
     for method, parts in medians.items():
         ms = {part: 1e3 * value for part, value in parts.items()}
         lines.append(

@@ -34,11 +34,22 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import SYNTHETIC_CLASSES, Setting, method_config, random_train_data, synchronise  # noqa: E402
+from bench_train_step import (
+    SYNTHETIC_CLASSES,
+    Setting,
+    method_config,
+    random_train_data,
+    synchronise,
+)
 
-from starft_pipeline.engine import compile_towers, resolve_precision  # noqa: E402
-from starft_pipeline.models import LoadedModel, ModelSpec, create_model, resolve_device  # noqa: E402
-from starft_pipeline.training import FinetuneConfig, TrainData, setup_state, training_step  # noqa: E402
+from starft_pipeline.engine import compile_towers, resolve_precision
+from starft_pipeline.models import LoadedModel, ModelSpec, create_model, resolve_device
+from starft_pipeline.training import (
+    FinetuneConfig,
+    TrainData,
+    setup_state,
+    training_step,
+)
 
 IMAGE_GFLOPS, TEXT_GFLOPS, TRAINING_FACTOR = 35.1, 6.0, 3.0  # ViT-B/16 per sample forward (open_clip profile)
 TIME_BUDGET_S = 450.0  # the sections stop starting new work after this (gpu_check.sh kills at 480 s)

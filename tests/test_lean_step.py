@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     CLASS_NAMES,
     single_thread,
@@ -16,6 +15,7 @@ from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     tiny_train_data,
     train_tiny,
 )
+
 from starft_pipeline.engine import Encoders, encode_text_trimmed, token_lengths
 from starft_pipeline.models import fill_template
 from starft_pipeline.training import (
