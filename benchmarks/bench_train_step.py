@@ -14,6 +14,17 @@ time on CUDA (``--clock`` overrides).
     python benchmarks/bench_train_step.py --device cpu --steps 5 --threads 1
     python benchmarks/bench_train_step.py --device cuda --steps 20 --models vit-b-16 --batch vit-b-16=256
 
+Host-side time per step (``--host-only``, also the first section of every run): the real
+``training_step`` at batch 512 with the 1,000 ImageNet classes, ViT-B/16's tokenizer and the
+background description pool, on a stub open_clip CLIP whose towers are trivially cheap (one
+patch per image, width 8, one layer). From the step's CPU time the stub's own forward, backward
+and AdamW step (timed alone on the same shapes) are subtracted: what remains is what the host does
+around the model: caption and description draws, tokenising, crops, index gathers and the syncs.
+The images are 8 px by default (``--host-px``): the pixel arithmetic of crops and normalisation,
+which runs on the device on a GPU, is then negligible on the CPU, while per-image host work is not.
+
+    python benchmarks/bench_train_step.py --host-only --threads 1
+
 A script that prints figures, not a test.
 """
 
@@ -193,6 +204,97 @@ def table(rows: Sequence[tuple[Setting, Times, float]], device: torch.device, cl
     return "\n".join(lines)
 
 
+HOST_BATCH, HOST_TARGET_MS = 512, 10.0
+STUB_CONFIG = {  # an open_clip CLIP whose towers cost next to nothing at batch 512
+    "embed_dim": 8,
+    "vision_cfg": {"image_size": 8, "layers": 1, "width": 8, "head_width": 8, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 1, "layers": 1},
+}
+
+
+def stub_model(image_size: int) -> LoadedModel:
+    """ViT-B/16's tokenizer and preprocessing on a CLIP with one patch per image, width 8, one layer."""
+    import open_clip
+
+    config = copy.deepcopy(STUB_CONFIG)
+    config["vision_cfg"] |= {"image_size": image_size, "patch_size": image_size}  # one patch per image
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config)
+    return LoadedModel(model, open_clip.get_tokenizer("ViT-B-16"), image_size,
+                       open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+
+
+def model_only_step(loaded: LoadedModel, config: FinetuneConfig, texts: Sequence[str], batch_size: int) -> Callable[[], None]:
+    """The stub's forward (images and the distinct texts, trimmed), loss, backward and AdamW step, nothing else."""
+    from starft_pipeline.engine import encode_text_trimmed
+    from starft_pipeline.losses import clip_contrastive_loss
+    from starft_pipeline.training import build_optimizer
+
+    model, size = loaded.model, loaded.image_size
+    pixels = torch.randn(batch_size, 3, size, size)
+    tokens = torch.unique(loaded.tokenizer(list(texts)), dim=0)
+    optimizer = build_optimizer(model, config)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        image = F.normalize(model.encode_image(pixels), dim=-1)
+        text = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
+        loss = clip_contrastive_loss(image, text[torch.arange(batch_size) % len(text)], model.logit_scale.exp())
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_BATCH) -> dict[str, dict[str, float]]:
+    """Median CPU seconds per step of ``training_step`` on the stub model, of the stub's own part alone,
+    and their difference (the host side), per method (FLYP, StarFT cached)."""
+    setting = Setting("host", "stub", batch_size, tuple(IMAGENET_CLASSNAMES), "background")
+    device = torch.device("cpu")
+    loaded = stub_model(image_size)
+    data = random_train_data(loaded, setting, batch_size * 4)
+    medians = {}
+    for method in ("flyp", "star_cached"):
+        config = method_config(method, batch_size)
+        state = setup_state(loaded, config, len(data.labels), device)
+        seconds: dict[str, list[float]] = {clock: [] for clock in CLOCKS}
+        for step in range(warmup + steps):
+            state.step = step
+            indices = torch.arange((step % 4) * batch_size, (step % 4 + 1) * batch_size)
+            def one_step(state=state, indices=indices, config=config) -> None:
+                training_step(loaded, state, data, indices, config, config.reg_weight, device)
+
+            figures = timed(one_step, device)
+            if step >= warmup:
+                for clock in CLOCKS:
+                    seconds[clock].append(figures[clock])
+        generator = torch.Generator().manual_seed(0)
+        labels = data.labels[:batch_size]
+        texts = [f"a photo of a {setting.class_names[int(y)]}." for y in labels]
+        if config.regularised:
+            picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(setting.class_names)), generator)
+            texts += [data.descriptions.texts[int(i)] for i in picks]
+        model_step = model_only_step(loaded, config, texts, batch_size)
+        model = [timed(model_step, device)["cpu"] for _ in range(warmup + steps)][warmup:]
+        step, alone = statistics.median(seconds["cpu"]), statistics.median(model)
+        medians[method] = {"step": step, "model": alone, "host": step - alone}
+    return medians
+
+
+def host_report(medians: dict[str, dict[str, float]], image_size: int, batch_size: int = HOST_BATCH) -> str:
+    title = (f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
+             f"{image_size} px, background pool):")
+    lines = [title]
+    for method, parts in medians.items():
+        ms = {part: 1e3 * value for part, value in parts.items()}
+        lines.append(
+            f"  {method:<12} step {ms['step']:7.1f} ms - stub model alone {ms['model']:6.1f} ms = host-side "
+            f"{ms['host']:7.1f} ms   host / target {ms['host'] / HOST_TARGET_MS:5.2f} (target <= "
+            f"{HOST_TARGET_MS:.0f} ms, {'met' if ms['host'] <= HOST_TARGET_MS else 'NOT met'})  [CPU time]"
+        )
+    return "\n".join(lines)
+
+
 def parse_batches(values: Sequence[str]) -> dict[str, int]:
     batches = {}
     for value in values:
@@ -212,6 +314,8 @@ def main() -> None:
     parser.add_argument("--batch", action="append", default=[], metavar="MODEL=SIZE", help="override a batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--clock", choices=CLOCKS, default=None, help="clock of the ratios (default: cpu on CPU)")
+    parser.add_argument("--host-only", action="store_true", help="only the host-side time per step (stub model)")
+    parser.add_argument("--host-px", type=int, default=8, help="image size of the host-side section (default 8)")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
@@ -225,6 +329,10 @@ def main() -> None:
         raise SystemExit(f"unknown --models {unknown}; choose from {sorted(SETTINGS)}")
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up round(s)", flush=True)
+    host = bench_host(args.steps, max(1, args.warmup), args.host_px)
+    print(host_report(host, args.host_px), flush=True)
+    if args.host_only:
+        return
     rows = []
     for name in names:
         setting = SETTINGS[name]

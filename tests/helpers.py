@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
+from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ TINY_SPECS = {
 
 
 def project_parameters(env: str | None = None) -> dict[str, Any]:
-    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env or "base")
+    loader = CONFIG_LOADER_CLASS(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env or "base"})
     return copy.deepcopy(loader["parameters"])
 
 

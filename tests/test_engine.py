@@ -109,7 +109,7 @@ def test_data_loading_is_chosen_by_size_or_by_parameter():
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("precision", "fp16", "finetune precision must be one of fp32, bf16"),
+        ("precision", "fp16", "finetune precision must be one of auto, fp32, bf16"),
         ("grad_accum_steps", 3, "finetune grad_accum_steps must be >= 1 and divide batch_size"),
         ("grad_accum_steps", 0, "finetune grad_accum_steps"),
         ("data_loading", "disk", "finetune data_loading"),

@@ -21,13 +21,13 @@ from starft_pipeline.data import DataError, SPLIT_CODES, read_image_folder, read
 from starft_pipeline.models import ModelSpec, create_model, open_clip_with_configs
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
-from starft_pipeline.settings import CONFIG_LOADER_ARGS
+from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
 ENVS = ("imagenet", "waterbirds")
 
 
 def _loader(env: str) -> OmegaConfigLoader:
-    return OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    return CONFIG_LOADER_CLASS(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
 
 
 def _image(path: Path, value: int = 128) -> None:

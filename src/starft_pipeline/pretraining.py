@@ -37,7 +37,7 @@ from .models import (
     resolve_device,
     zero_shot_head,
 )
-from .training import random_resized_crop
+from .augment import random_resized_crop
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ the student's on the same batch. Three ways to get ``f₀(x_i)`` and ``g₀(s_j)
   (each step picks one of the K per image). Exact on the views it stores, K× the cache, no teacher
   forward during training; the augmentation is limited to K crops per image.
 
-The training step calls one interface: ``TeacherSource.begin(batch)`` returns a :class:`TeacherStep`
+The training step calls one interface (``training.TeacherSource``): ``begin(batch)`` returns a :class:`TeacherStep`
 holding the pixels the student encodes and, on demand, the teacher's features of the batch's rows.
 No Kedro here.
 """
@@ -24,78 +24,25 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from .augment import apply_crops, crop_boxes
 from .data import normalise_images
-from .engine import Encoders, Precision
+from .engine import Encoders, Precision, to_device
 from .io_utils import fingerprint
 from .models import LoadedModel
 from .streaming import ImageSource, StreamedImages
 from .tensor_bundle import DamagedFileError, TensorBundle
-
-if TYPE_CHECKING:  # training imports this module; its names are only needed for types here
-    from .training import FinetuneConfig, StepBatch
+from .training import FinetuneConfig, StepBatch, TeacherFeatures, TeacherSource, TeacherStep
 
 logger = logging.getLogger(__name__)
 
-TeacherMode = Literal["cached", "online", "cached_views"]
-TEACHER_MODES: tuple[str, ...] = ("cached", "online", "cached_views")
 #: Where cached_views keeps its per-view teacher features (one file per teacher, K, crop scale and seed).
 DEFAULT_VIEWS_DIR = "data/04_feature/teacher_views"
 #: Bumped when the stored view features of unchanged inputs would change (e.g. how crops are drawn).
 VIEWS_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TeacherFeatures:
-    """The teacher's normalised features for the loss's (gathered) rows: row j of ``text`` is s_j's."""
-
-    image: torch.Tensor  # (G, d)
-    text: torch.Tensor  # (G, d)
-
-
-class TeacherStep(Protocol):
-    """One (micro-)batch: the student's pixels (this process's rows) and the teacher's features."""
-
-    pixels: torch.Tensor
-
-    def features(self, picks: torch.Tensor) -> TeacherFeatures:
-        """Teacher features of the gathered rows; ``picks[j]``: the description drawn for sample j (whole batch)."""
-        ...
-
-
-class TeacherSource(Protocol):
-    def begin(self, batch: StepBatch) -> TeacherStep: ...
-
-
-def _on_device(batch: StepBatch, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(batch.device)
-
-
-@dataclass
-class _CachedStep:
-    batch: StepBatch
-    pixels: torch.Tensor
-
-    def features(self, picks: torch.Tensor) -> TeacherFeatures:
-        data, gathered = self.batch.data, self.batch.rows.gathered
-        return TeacherFeatures(
-            image=_on_device(self.batch, data.teacher_image[self.batch.indices[gathered]]),
-            text=_on_device(self.batch, data.teacher_descriptions[picks[gathered]]),
-        )
-
-
-class CachedTeacher:
-    """The teacher stage's cache: features of the un-augmented image (``TrainData.teacher_image``)."""
-
-    def begin(self, batch: StepBatch) -> TeacherStep:
-        return _CachedStep(batch, batch.local_pixels())
-
-
-CACHED = CachedTeacher()
 
 
 def frozen_encoders(loaded: LoadedModel, device: torch.device, precision: Precision) -> Encoders:
@@ -114,10 +61,11 @@ class _OnlineStep:
     def features(self, picks: torch.Tensor) -> TeacherFeatures:
         batch = self.batch
         image = batch.rows.gather(F.normalize(self.teacher.encoders.encode_image(self.pixels), dim=-1))
-        # Every rank encodes the gathered rows' descriptions itself (a few unique texts), no gather needed.
-        unique, inverse = torch.unique(picks[batch.rows.gathered], return_inverse=True)
-        tokens = self.teacher.tokenizer([batch.data.descriptions.texts[int(i)] for i in unique]).to(batch.device)
-        text = F.normalize(self.teacher.encoders.encode_text(tokens), dim=-1)[inverse]
+        # Every rank encodes the gathered rows' descriptions itself (a few distinct texts), no gather needed;
+        # the tokens come from the step's text table (the teacher is the same architecture as the student).
+        table = batch.text_table()
+        rows = table.description_rows[picks[batch.rows.gathered]]
+        text = F.normalize(self.teacher.encoders.encode_rows(table.tokens, table.lengths, rows), dim=-1)
         return TeacherFeatures(image, text)
 
 
@@ -126,7 +74,6 @@ class OnlineTeacher:
 
     def __init__(self, loaded: LoadedModel, device: torch.device, precision: Precision = "fp32") -> None:
         self.encoders = frozen_encoders(loaded, device, precision)
-        self.tokenizer = loaded.tokenizer
 
     def begin(self, batch: StepBatch) -> TeacherStep:
         return self.on_pixels(batch, batch.local_pixels())
@@ -141,17 +88,13 @@ class OnlineTeacher:
 
 def draw_view_boxes(n_images: int, image_size: int, views: int, scale: tuple[float, float], seed: int) -> torch.Tensor:
     """``(N, K, 3)`` crop boxes (top, left, side): K views per image, drawn once from ``seed``."""
-    from .training import crop_boxes
-
     boxes = crop_boxes(n_images * views, image_size, scale, torch.Generator().manual_seed(seed))
-    return torch.tensor(boxes, dtype=torch.int64).reshape(n_images, views, 3)
+    return boxes.reshape(n_images, views, 3)
 
 
 def view_pixels(loaded: LoadedModel, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Normalised pixels of each image cropped to its box (``boxes``: (n, 3)), on the images' device."""
-    from .training import apply_crops
-
-    crops = apply_crops(images, [tuple(int(v) for v in box) for box in boxes])
+    crops = apply_crops(images, boxes)
     return normalise_images(crops, loaded.image_mean, loaded.image_std)
 
 
@@ -193,7 +136,7 @@ class _ViewStep:
         batch, gathered = self.batch, self.batch.rows.gathered
         image = self.source.features[batch.indices[gathered], self.choice[gathered]]
         text = batch.data.teacher_descriptions[picks[gathered]]
-        return TeacherFeatures(_on_device(batch, image), _on_device(batch, text))
+        return TeacherFeatures(to_device(image, batch.device), to_device(text, batch.device))
 
 
 class CachedViews:

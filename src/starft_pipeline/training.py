@@ -6,6 +6,11 @@ A step's random draws (crops, captions, descriptions) are made for its whole bat
 depend on how the batch is split into micro-batches (``grad_accum_steps``) or over DDP ranks; the
 losses are computed over the gathered batch (``distributed``). Precision, compile, DDP and meters
 live in ``engine``, checkpoints in ``checkpointing``, streamed images in ``streaming``.
+
+The step is lean on the host: every caption (template × class) and every description is tokenised
+once (:class:`TextTable`, cached on the train data), a batch's draws are made in a few vectorised
+calls, crops are one gather over the whole batch on the device, and nothing in the step reads a
+device value back (losses are read when the history is written, :data:`LOG_EVERY`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,18 +28,32 @@ from .checkpointing import Checkpointer
 from .data import normalise_images
 from .descriptions import DescriptionPool
 from .distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
-from .engine import PRECISIONS, EpochMeter, Encoders, Precision, accumulate_gradients, compile_towers, progress_bar
+from .engine import (
+    PRECISIONS,
+    EpochMeter,
+    Encoders,
+    Precision,
+    accumulate_gradients,
+    compile_towers,
+    configure_tf32,
+    progress_bar,
+    to_device,
+    token_lengths,
+)
+from .augment import apply_crops, crop_boxes
 from .heads import HEAD_MODULE
 from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
 from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
-from .teacher_modes import CACHED, TEACHER_MODES, TeacherMode, TeacherSource
 
 logger = logging.getLogger(__name__)
 
 Method = Literal["lp", "ft", "lp_ft", "flyp", "star", "kl"]
 METHODS: tuple[str, ...] = ("lp", "ft", "lp_ft", "flyp", "star", "kl")
 REGULARISED_METHODS = ("star", "kl")
+#: Where StarFT's teacher features come from: the cache, the frozen model every step, or K cached crops (teacher_modes).
+TeacherMode = Literal["cached", "online", "cached_views"]
+TEACHER_MODES: tuple[str, ...] = ("cached", "online", "cached_views")
 # Methods that classify with a learned linear head, and where that head starts from.
 HEAD_INIT: dict[str, str] = {"lp": "linear_probe", "ft": "zero_shot", "lp_ft": "linear_probe"}
 
@@ -59,13 +78,14 @@ class FinetuneConfig:
     teacher_mode: TeacherMode = "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
     teacher_views: int = 4  # cached_views: K recorded crops per training image
     # GPU and scale (engine, distributed, streaming). The last six leave the result unchanged.
-    precision: Precision = "fp32"  # bf16: autocast on CUDA or the CPU, losses in fp32
+    precision: Precision = "auto"  # bf16 on CUDA, fp32 on the CPU; bf16: autocast (losses in fp32)
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (what stays fp32 under autocast)
     grad_accum_steps: int = 1  # micro-batches per step; the contrastive loss then sees micro-batches
     compile: bool = False  # torch.compile the towers
     data_loading: DataLoading = "auto"  # memory | stream | auto (stream above memory_limit_gb)
     memory_limit_gb: float = 4.0
     num_workers: int = 0
-    pin_memory: bool = False
+    pin_memory: bool = True
     progress: bool = True  # tqdm bars (shown only on a terminal, on rank 0)
 
     def __post_init__(self) -> None:
@@ -97,7 +117,7 @@ class FinetuneConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"finetune {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("compile", "pin_memory", "progress"):
+        for name in ("compile", "pin_memory", "progress", "tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"finetune {name} must be true or false, got {getattr(self, name)!r}")
         if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
@@ -155,6 +175,7 @@ class TrainData:
     teacher_descriptions: torch.Tensor | None = None  # (P, d)
     teacher_scale: float = 100.0
     teacher: TeacherSource | None = None  # where the teacher features come from (teacher_modes); None: the cache
+    text_tables: dict = field(default_factory=dict, repr=False, compare=False)  # built once (text_table)
 
 
 @dataclass
@@ -218,6 +239,7 @@ def setup_state(
 ) -> TrainState:
     """Model on ``device`` in train mode (towers compiled if asked), AdamW, the schedule, the encoders."""
     model = loaded.model.to(device).train()
+    configure_tf32(device, config.tf32)
     if config.compile:
         logger.info("torch.compile: %s", ", ".join(compile_towers(model)))
     optimizer = build_optimizer(model, config)
@@ -239,38 +261,6 @@ def epoch_batches(n_samples: int, config: FinetuneConfig, epoch: int) -> list[to
     return [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(per_epoch)]
 
 
-CropBox = tuple[int, int, int]  # top, left, side
-
-
-def crop_boxes(n_images: int, size: int, scale: tuple[float, float], generator: torch.Generator) -> list[CropBox]:
-    """A square crop of ``scale`` (area fraction) per image, drawn image by image."""
-    boxes = []
-    for _ in range(n_images):
-        area = torch.empty(1).uniform_(*scale, generator=generator).item()
-        side = max(1, round(size * math.sqrt(area)))
-        top = int(torch.randint(0, size - side + 1, (1,), generator=generator))
-        left = int(torch.randint(0, size - side + 1, (1,), generator=generator))
-        boxes.append((top, left, side))
-    return boxes
-
-
-def apply_crops(images: torch.Tensor, boxes: Sequence[CropBox]) -> torch.Tensor:
-    """Crop each image to its box and resize it back (float, on the images' device)."""
-    size = images.shape[-1]
-    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
-    for index, (image, (top, left, side)) in enumerate(zip(images.float(), boxes)):
-        crop = image[:, top : top + side, left : left + side]
-        out[index] = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    return out
-
-
-def random_resized_crop(
-    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
-    """Light augmentation as in the official code: a square crop of 90–100% area, resized back."""
-    return apply_crops(images, crop_boxes(len(images), images.shape[-1], scale, generator))
-
-
 def batch_pixels(
     loaded: LoadedModel,
     data: TrainData,
@@ -287,25 +277,88 @@ def batch_pixels(
     rows = torch.arange(len(indices)) if rows is None else rows
     images = data.images[indices[rows]]
     if device is not None:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
     if config.augment:
         boxes = crop_boxes(len(indices), images.shape[-1], config.crop_scale, generator)
-        images = apply_crops(images, [boxes[int(row)] for row in rows])
+        images = apply_crops(images, boxes[rows])
     return normalise_images(images, loaded.image_mean, loaded.image_std)
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """Every text a step can draw, tokenised once: the captions (class × template) and the descriptions.
+
+    ``tokens`` lives on the training device; ``lengths`` (host) are the columns each row needs, so a
+    batch is trimmed to its longest text without reading the device (``Encoders.encode_rows``).
+    """
+
+    tokenizer: object  # what tokenised it (the cache key holds its id; keeping it keeps the id unique)
+    tokens: torch.Tensor  # (R, context)
+    lengths: torch.Tensor  # (R,)
+    caption_rows: torch.Tensor  # (n_classes, n_templates): row of each caption
+    description_rows: torch.Tensor  # (P,): row of each description of the pool
+    descriptions_of_class: torch.Tensor  # (n_classes, most per class): pool indices, padded with 0
+    descriptions_per_class: torch.Tensor  # (n_classes,)
+
+
+def descriptions_by_class(by_class: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pool indices of each class as a padded (n_classes, most) table, and each class's count."""
+    counts = torch.tensor([len(members) for members in by_class], dtype=torch.int64)
+    table = torch.zeros(len(by_class), max([1, *counts.tolist()]), dtype=torch.int64)
+    for label, members in enumerate(by_class):
+        table[label, : len(members)] = torch.tensor(members, dtype=torch.int64)
+    return table, counts
+
+
+def build_text_table(loaded: LoadedModel, data: TrainData, templates: Sequence[str], device: torch.device) -> TextTable:
+    """Tokenise every caption and description once (a text that is both gets one row)."""
+    captions = [fill_template(template, name) for name in data.class_names for template in templates]
+    pool = data.descriptions.texts if data.descriptions is not None else ()
+    row_of: dict[str, int] = {}
+    for text in (*captions, *pool):
+        row_of.setdefault(text, len(row_of))
+    tokens = loaded.tokenizer(list(row_of))
+    by_class = data.descriptions.indices_by_class(len(data.class_names)) if data.descriptions is not None else []
+    of_class, per_class = descriptions_by_class(by_class)
+    return TextTable(
+        tokenizer=loaded.tokenizer,
+        tokens=tokens.to(device),
+        lengths=token_lengths(loaded.model, tokens),
+        caption_rows=torch.tensor([row_of[text] for text in captions]).view(len(data.class_names), len(templates)),
+        description_rows=torch.tensor([row_of[text] for text in pool], dtype=torch.int64),
+        descriptions_of_class=of_class,
+        descriptions_per_class=per_class,
+    )
+
+
+def text_table(loaded: LoadedModel, data: TrainData, templates: Sequence[str], device: torch.device) -> TextTable:
+    """The train data's text table for this tokenizer, templates and device, built on first use."""
+    key = (id(loaded.tokenizer), tuple(templates), str(device))
+    if key not in data.text_tables:
+        data.text_tables[key] = build_text_table(loaded, data, templates, device)
+    return data.text_tables[key]
+
+
+def draw_descriptions(
+    labels: torch.Tensor, of_class: torch.Tensor, per_class: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """For each sample j, the pool index of a description of its class, drawn uniformly (s_j);
+    ``of_class``/``per_class`` as :func:`descriptions_by_class` gives them."""
+    slots = (torch.rand(len(labels), generator=generator, dtype=torch.float64) * per_class[labels]).long()
+    return of_class[labels, slots]
 
 
 def sample_descriptions(
     labels: torch.Tensor, by_class: Sequence[Sequence[int]], generator: torch.Generator
 ) -> torch.Tensor:
-    """For each sample j, the index of a description of its class, drawn uniformly (s_j)."""
-    picks = [by_class[int(label)][int(torch.randint(len(by_class[int(label)]), (1,), generator=generator))] for label in labels]
-    return torch.tensor(picks, dtype=torch.int64)
+    """:func:`draw_descriptions` from a pool's ``indices_by_class`` (the training step's draws)."""
+    return draw_descriptions(labels, *descriptions_by_class(by_class), generator)
 
 
-def captions_for(labels: torch.Tensor, data: TrainData, config: FinetuneConfig, generator: torch.Generator) -> list[str]:
-    templates = config.caption_templates
-    choice = torch.randint(len(templates), (len(labels),), generator=generator)
-    return [fill_template(templates[int(t)], data.class_names[int(y)]) for y, t in zip(labels, choice)]
+def draw_captions(labels: torch.Tensor, table: TextTable, generator: torch.Generator) -> torch.Tensor:
+    """For each sample, the text-table row of its caption: its class in a template drawn uniformly."""
+    choice = torch.randint(table.caption_rows.shape[1], (len(labels),), generator=generator)
+    return table.caption_rows[labels, choice]
 
 
 Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # the total, and its named parts
@@ -331,6 +384,58 @@ class StepBatch:
         """This process's rows of the batch, augmented (crops drawn for the whole batch) and normalised."""
         return batch_pixels(self.loaded, self.data, self.indices, self.config, self.generator, self.rows.local, self.device)
 
+    def text_table(self) -> TextTable:
+        return text_table(self.loaded, self.data, self.config.caption_templates, self.device)
+
+
+# --- the regulariser's teacher features: the interface, and the cache (the default) ------------------
+# The other sources (the frozen model run every step, K cached crops) are in ``teacher_modes``.
+
+
+@dataclass(frozen=True)
+class TeacherFeatures:
+    """The teacher's normalised features for the loss's (gathered) rows: row j of ``text`` is s_j's."""
+
+    image: torch.Tensor  # (G, d)
+    text: torch.Tensor  # (G, d)
+
+
+class TeacherStep(Protocol):
+    """One (micro-)batch: the student's pixels (this process's rows) and the teacher's features."""
+
+    pixels: torch.Tensor
+
+    def features(self, picks: torch.Tensor) -> TeacherFeatures:
+        """Teacher features of the gathered rows; ``picks[j]``: the description drawn for sample j (whole batch)."""
+        ...
+
+
+class TeacherSource(Protocol):
+    def begin(self, batch: StepBatch) -> TeacherStep: ...
+
+
+@dataclass
+class _CachedStep:
+    batch: StepBatch
+    pixels: torch.Tensor
+
+    def features(self, picks: torch.Tensor) -> TeacherFeatures:
+        batch, gathered = self.batch, self.batch.rows.gathered
+        return TeacherFeatures(
+            image=to_device(batch.data.teacher_image[batch.indices[gathered]], batch.device),
+            text=to_device(batch.data.teacher_descriptions[picks[gathered]], batch.device),
+        )
+
+
+class CachedTeacher:
+    """The teacher stage's cache: features of the un-augmented image (``TrainData.teacher_image``)."""
+
+    def begin(self, batch: StepBatch) -> TeacherStep:
+        return _CachedStep(batch, batch.local_pixels())
+
+
+CACHED = CachedTeacher()
+
 
 def contrastive_losses(batch: StepBatch) -> Losses:
     """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, the teacher's features from ``data.teacher`` (teacher_modes).
@@ -342,23 +447,21 @@ def contrastive_losses(batch: StepBatch) -> Losses:
     labels = data.labels[batch.indices]
     teacher = (data.teacher or CACHED).begin(batch)  # the student's pixels, and the teacher's features of them
     pixels = teacher.pixels
-    captions = captions_for(labels, data, batch.config, batch.generator)
-    local_captions = [captions[int(row)] for row in rows.local]
+    table = batch.text_table()
+    text_rows = [draw_captions(labels, table, batch.generator)[rows.local]]
     regularise = batch.config.regularised and batch.reg_weight > 0
     if regularise:
-        picks = sample_descriptions(labels, data.descriptions.indices_by_class(len(data.class_names)), batch.generator)
-        unique, inverse = torch.unique(picks[rows.local], return_inverse=True)
-        texts = local_captions + [data.descriptions.texts[int(i)] for i in unique]
-    else:
-        texts = local_captions
-    # One text forward for captions and each unique description of the batch.
-    text_features = F.normalize(model.encode_text(batch.loaded.tokenizer(texts).to(device)), dim=-1)
+        picks = draw_descriptions(labels, table.descriptions_of_class, table.descriptions_per_class, batch.generator)
+        text_rows.append(table.description_rows[picks[rows.local]])
+    # One text forward for each distinct caption and description of the batch (rows of the table).
+    text_features = F.normalize(model.encode_rows(table.tokens, table.lengths, torch.cat(text_rows)), dim=-1)
     image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
-    caption_features = rows.gather(text_features[: len(local_captions)])
+    n_local = len(rows.local)
+    caption_features = rows.gather(text_features[:n_local])
     losses = {"contrastive": clip_contrastive_loss(image_features, caption_features, logit_scale(model))}
     total = losses["contrastive"]
     if regularise:
-        student_descriptions = rows.gather(text_features[len(local_captions) :][inverse])
+        student_descriptions = rows.gather(text_features[n_local:])
         gathered = rows.gathered
         teacher_features = teacher.features(picks)
         losses["regulariser"] = star_regulariser(
@@ -367,7 +470,7 @@ def contrastive_losses(batch: StepBatch) -> Losses:
             teacher_image=teacher_features.image,
             teacher_text=teacher_features.text,
             teacher_scale=data.teacher_scale,
-            labels=labels[gathered].to(device),
+            labels=to_device(labels[gathered], device),
             kind=batch.config.method,
             student_scale=logit_scale(model),
         )
@@ -382,7 +485,7 @@ def classification_losses(batch: StepBatch) -> Losses:
         raise ValueError(f"method {batch.config.method!r} trains a head: call heads.attach_head on the model first")
     rows = batch.rows
     image_features = rows.gather(F.normalize(batch.model.encode_image(batch.local_pixels()), dim=-1))
-    labels = batch.data.labels[batch.indices[rows.gathered]].to(batch.device)
+    labels = to_device(batch.data.labels[batch.indices[rows.gathered]], batch.device)
     loss = head_cross_entropy(image_features, head.weight, head.bias, labels)
     return loss, {"cross_entropy": loss}
 
@@ -413,10 +516,11 @@ def training_step(
     config: FinetuneConfig,
     reg_weight: float,
     device: torch.device,
-) -> dict[str, float]:
+) -> dict[str, float | torch.Tensor]:
     """One optimiser step on the method's loss (see STEP_LOSSES), over ``grad_accum_steps`` micro-batches.
 
-    The loss functions get ``state.encoders`` as the model (autocast, DDP; engine.Encoders).
+    The loss functions get ``state.encoders`` as the model (autocast, DDP; engine.Encoders). The
+    losses come back as detached device tensors (reading them is a sync: :func:`read_records`).
     """
     losses_of = step_losses(config.method)
 
@@ -505,8 +609,23 @@ def regulariser_warnings(data: TrainData, config: FinetuneConfig) -> list[str]:
     return []
 
 
+LOG_EVERY = 50  # steps between reads of the losses from the device (history, progress bar)
+
+
+def read_records(records: Sequence[dict]) -> None:
+    """Turn the tensors of ``records`` into floats in place: one device sync for all of them."""
+    tensors = [(record, key) for record in records for key, value in record.items() if isinstance(value, torch.Tensor)]
+    if tensors:
+        values = torch.stack([record[key].float().reshape(()) for record, key in tensors]).tolist()
+        for (record, key), value in zip(tensors, values):
+            record[key] = value
+
+
 def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: FinetuneConfig) -> None:
-    """Run epoch ``state.epoch``: each step's record, and the epoch's summary on its last, go to the history."""
+    """Run epoch ``state.epoch``: each step's record, and the epoch's summary on its last, go to the history.
+
+    The losses are read from the device every ``LOG_EVERY`` steps and at the epoch's end, not every step.
+    """
     device = state.model.logit_scale.device
     reg_weight = diminishing_weight(config.reg_weight, state.epoch, config.epochs, config.diminishing)
     batches = epoch_batches(len(data.images), config, state.epoch)
@@ -520,8 +639,11 @@ def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: F
             state.step += 1
             record |= meter.end_step(len(indices), record["loss"])
             state.history.append({"epoch": state.epoch, "step": state.step, **record})
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            if state.step % LOG_EVERY == 0:
+                read_records(state.history[-LOG_EVERY:])
+                bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", refresh=False)
             bar.update()
+    read_records(state.history)
     state.history[-1].update(meter.summary())
     summary = state.history[-1]
     logger.info(
