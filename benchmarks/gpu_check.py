@@ -1,19 +1,29 @@
-"""GPU check: training throughput and MFU of ViT-B/16 at batch 512 in bf16, FLYP and StarFT, compiled and not.
+"""GPU check: ViT-B/16 at batch 512 in bf16: training img/s and MFU, shard loader img/s, evaluation img/s.
 
-Run by ``benchmarks/gpu_check.sh`` (≤ 8 minutes on one GPU). The model is randomly initialised
-(open_clip's ``ViT-B-16`` config; speed does not depend on the weights), images, labels and
-teacher features are random, the classes and descriptions are ImageNet's 1,000 with the background
-pool: the real ``training_step`` of the pipeline, with the recipe's defaults (precision ``auto`` =
-bf16 on CUDA, TF32). MFU counts open_clip's profile of ViT-B/16: 35.1 GFLOPs for the image tower
-and 6.0 for the text tower per sample forward, training ≈ 3× forward (StarFT's description
-forward is not counted), against ``--peak-tflops`` (H200 dense bf16: 790).
+Run by ``benchmarks/gpu_check.sh`` (≤ 8 minutes on one GPU; each section's estimated time on one H200
+is printed first, its actual time after it). Sections:
 
-Sections other engineers build are slots (``*_slot`` functions below) that print
-``skipped: <reason>`` until their code can be imported: StarFT with an online teacher, loader
-throughput from shards (CPU workers, GPU decode) and evaluation throughput.
+- training: FLYP and StarFT (cached teacher), eager and compiled. The model is randomly initialised
+  (open_clip's ``ViT-B-16`` config; speed does not depend on the weights), images, labels and teacher
+  features are random, the classes and descriptions are ImageNet's 1,000 with the background pool: the
+  real ``training_step`` of the pipeline, with the recipe's defaults (precision ``auto`` = bf16 on
+  CUDA, TF32).
+- star_online: StarFT with the online teacher (``teacher_mode: online``), eager and compiled.
+- loader: an ImageNet-shaped tree (``imagenet_like``, 1,000 classes) is written to a temporary folder
+  and its train split as 224 px shards (``shards.write_shards``, what ``teacher.shards`` writes);
+  img/s out of ``shards.shard_batches`` with CPU decode in 4, 8 and 12 workers, then with GPU decode
+  (``decode: gpu``: nvjpeg; without CUDA it falls back on CPU workers and says so).
+- evaluation: the one-pass evaluation (``evaluate.one_pass_predictions``) of zero-shot + 2 fine-tuned
+  copies on 30,000 val images (the tree's, decoded from the original files by 12 workers): decoded
+  images per second, each encoded by the 3 models in bf16.
+
+MFU counts open_clip's profile of ViT-B/16: 35.1 GFLOPs for the image tower and 6.0 for the text tower
+per sample forward, training ≈ 3× forward (StarFT's description forward is not counted); for the
+online teacher, its forward (one image and one description per image, 41.1 GFLOPs) is counted too,
+since the GPU does it every step. Against ``--peak-tflops`` (H200 dense bf16: 790).
 
     bash benchmarks/gpu_check.sh                 # on a GPU machine
-    bash benchmarks/gpu_check.sh --dry           # CPU, tiny model, 2 steps of batch 8: seconds
+    bash benchmarks/gpu_check.sh --dry           # CPU, tiny model, batch 8, a 16-image tree: seconds
 
 A script that prints figures, not a test.
 """
@@ -21,15 +31,19 @@ A script that prints figures, not a test.
 from __future__ import annotations
 
 import argparse
+import atexit
+import copy
 import dataclasses
-import importlib
+import functools
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -42,8 +56,13 @@ from bench_train_step import (
     synchronise,
 )
 
+from starft_pipeline.data import GroupSplit
 from starft_pipeline.engine import compile_towers, resolve_precision
+from starft_pipeline.evaluate import EvalTask, ModelUnderTest, PassSettings, SplitToEvaluate, one_pass_predictions
+from starft_pipeline.imagenet_like import write_imagenet_like
 from starft_pipeline.models import LoadedModel, ModelSpec, create_model, resolve_device
+from starft_pipeline.shards import resolve_decode, shard_batches, write_shards
+from starft_pipeline.teacher_modes import OnlineTeacher
 from starft_pipeline.training import (
     FinetuneConfig,
     TrainData,
@@ -53,6 +72,9 @@ from starft_pipeline.training import (
 
 IMAGE_GFLOPS, TEXT_GFLOPS, TRAINING_FACTOR = 35.1, 6.0, 3.0  # ViT-B/16 per sample forward (open_clip profile)
 TIME_BUDGET_S = 450.0  # the sections stop starting new work after this (gpu_check.sh kills at 480 s)
+DATA_WORKERS = 12  # loader processes of the data sections (the H200 machine has 16 cores)
+LOADER_WARMUP_BATCHES = 2  # not counted: the workers' start-up
+EVAL_REPEATS = 10  # the evaluation section reads the 3,000 val images this many times (30,000 images)
 
 
 @dataclass(frozen=True)
@@ -72,11 +94,15 @@ class Check:
         return TIME_BUDGET_S - (time.perf_counter() - self.started)
 
 
-def train_flops_per_image(setting: Setting) -> float:
-    """Training FLOPs per image counted for MFU (ViT-B/16's profile; a tiny model is not profiled: 0)."""
+def train_flops_per_image(setting: Setting, online: bool = False) -> float:
+    """Training FLOPs per image counted for MFU (ViT-B/16's profile; a tiny model is not profiled: 0).
+
+    ``online``: plus the frozen teacher's forward (one image and one description text per image),
+    work the GPU does each step, so MFU counts it as useful."""
     if setting.architecture != "ViT-B-16":
         return 0.0
-    return TRAINING_FACTOR * (IMAGE_GFLOPS + TEXT_GFLOPS) * 1e9
+    teacher = IMAGE_GFLOPS + TEXT_GFLOPS if online else 0.0
+    return (TRAINING_FACTOR * (IMAGE_GFLOPS + TEXT_GFLOPS) + teacher) * 1e9
 
 
 def train_throughput(check: Check, loaded: LoadedModel, data: TrainData, config: FinetuneConfig, warmup: int) -> float:
@@ -97,8 +123,8 @@ def train_throughput(check: Check, loaded: LoadedModel, data: TrainData, config:
     return batch / statistics.median(seconds)
 
 
-def report_train(check: Check, name: str, images_per_s: float) -> None:
-    flops = train_flops_per_image(check.setting)
+def report_train(check: Check, name: str, images_per_s: float, online: bool = False) -> None:
+    flops = train_flops_per_image(check.setting, online)
     mfu = f"MFU {100 * images_per_s * flops / (check.peak_tflops * 1e12):5.1f}%" if flops else "MFU n/a (not ViT-B/16)"
     print(f"train  {name:<28} {images_per_s:9.1f} img/s   {mfu}", flush=True)
 
@@ -131,59 +157,147 @@ def training_section(check: Check) -> None:
             torch.cuda.empty_cache()
 
 
-# --- slots: other engineers' work; each prints "skipped: <reason>" until it can run ----------------------
+# --- StarFT with the online teacher, the shard loader, evaluation ---------------------------------------
 
 
-def star_online_slot(check: Check) -> None:
-    """SLOT: StarFT with the online teacher (a frozen copy run on every batch), eager and compiled.
-
-    Runs once ``FinetuneConfig`` has a ``teacher_mode`` field accepting ``"online"``."""
-    if "teacher_mode" not in {field.name for field in dataclasses.fields(FinetuneConfig)}:
-        skipped("train  star_online", "FinetuneConfig has no teacher_mode (the online teacher is not merged)")
-        return
-    loaded = create_model(ModelSpec(architecture=check.setting.architecture), device=check.device)
-    data = random_train_data(loaded, check.setting, 2 * check.setting.batch_size)
-    config = dataclasses.replace(method_config("star_online", check.setting.batch_size), teacher_mode="online")
-    report_train(check, "star_online eager", train_throughput(check, loaded, data, config, check.warmup))
-
-
-def _slot_function(module: str, name: str) -> Callable | str:
-    """``module.name`` if it can be imported, else why not."""
-    try:
-        function = getattr(importlib.import_module(module), name, None)
-    except ImportError as error:
-        return f"{module} cannot be imported ({error})"
-    return function if callable(function) else f"{module} has no {name}()"
-
-
-def loader_slot(check: Check) -> None:
-    """SLOT: loader img/s from WebDataset shards, with CPU workers and with GPU decode.
-
-    Runs ``starft_pipeline.shards.loader_throughput(device, batch_size, decode, seconds) -> float``
-    (img/s) for ``decode`` in ``cpu`` and ``gpu`` once it exists."""
-    function = _slot_function("starft_pipeline.shards", "loader_throughput")
-    for decode in ("cpu", "gpu"):
-        if isinstance(function, str):
-            skipped(f"loader {decode} decode", function)
-        else:
-            images_per_s = function(check.device, check.setting.batch_size, decode, 5.0 if check.dry else 30.0)
-            print(f"loader {decode} decode {'':<18} {images_per_s:9.1f} img/s", flush=True)
+def star_online_section(check: Check) -> None:
+    """StarFT with the online teacher (the frozen zero-shot copy encodes every batch's crops and descriptions),
+    eager and compiled (the student's towers; the teacher runs eagerly, as in the pipeline)."""
+    for compiled in (False, True):
+        label = "compiled" if compiled else "eager"
+        if compiled and check.dry:
+            skipped("train  star_online compiled", "--dry (torch.compile takes minutes on the CPU)")
+            continue
+        if check.time_left() <= 0:
+            skipped(f"train  star_online {label}", "time budget spent")
+            continue
+        loaded = create_model(ModelSpec(architecture=check.setting.architecture), device=check.device)
+        teacher = OnlineTeacher(copy.deepcopy(loaded), check.device, resolve_precision("auto", check.device))
+        data = dataclasses.replace(random_train_data(loaded, check.setting, 2 * check.setting.batch_size), teacher=teacher)
+        if compiled:
+            compile_towers(loaded.model)
+        config = dataclasses.replace(
+            method_config("star_online", check.setting.batch_size),
+            precision="auto", tf32=True, compile=False, teacher_mode="online",
+        )
+        warmup = check.compiled_warmup if compiled else check.warmup
+        report_train(check, f"star_online {label}", train_throughput(check, loaded, data, config, warmup), online=True)
+        del loaded, teacher, data
+        if check.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
-def evaluation_slot(check: Check) -> None:
-    """SLOT: evaluation img/s (one pass per data set, every model encoding each decoded image).
+@dataclass(frozen=True)
+class Tree:
+    """The ImageNet-shaped tree the data sections read, and its train split written as shards."""
 
-    Runs ``starft_pipeline.evaluate.evaluation_throughput(device, batch_size, seconds) -> float``
-    (img/s) once it exists."""
-    function = _slot_function("starft_pipeline.evaluate", "evaluation_throughput")
-    if isinstance(function, str):
-        skipped("evaluation", function)
-        return
-    images_per_s = function(check.device, check.setting.batch_size, 5.0 if check.dry else 30.0)
-    print(f"evaluation {'':<24} {images_per_s:9.1f} img/s", flush=True)
+    train: GroupSplit
+    val: GroupSplit
+    shards: Path
+    image_size: int
 
 
-SECTIONS = (training_section, star_online_slot, loader_slot, evaluation_slot)
+def _split(root: Path, name: str) -> GroupSplit:
+    paths = tuple(sorted(root.glob("*/*.JPEG")))
+    labels = np.array([int(path.parent.name[1:]) for path in paths], dtype=np.int64)
+    zeros = np.zeros(len(paths), dtype=np.int64)
+    return GroupSplit(name=name, paths=paths, labels=labels, places=zeros, groups=labels.copy())
+
+
+@functools.cache
+def imagenet_tree(dry: bool) -> Tree:
+    """A small ImageNet-shaped tree (imagenet_like: 40–80 px JPEGs) in a temporary folder, its train split
+    written once as 224 px shards (the shard loader's input, what ``teacher.shards`` writes)."""
+    root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    classes, per_class, size = (8, 2, 32) if dry else (1000, 3, 224)
+    write_imagenet_like(root, train_per_class=per_class, val_per_class=per_class, n_classes=classes)
+    train, val = _split(root / "train", "train"), _split(root / "val", "val")
+    shards = write_shards(train, size, root / "shards", rows_per_shard=1000, num_workers=0 if dry else DATA_WORKERS)
+    return Tree(train, val, shards, size)
+
+
+def loader_throughput(tree: Tree, batch_size: int, decode: str, num_workers: int, seconds: float,
+                      device: torch.device) -> float:
+    """Images per second out of ``shards.shard_batches`` (on ``device`` for GPU decode, pinned host memory
+    otherwise), the train shards read round after round in one loader for about ``seconds``; the first
+    batches (worker start-up) are not counted."""
+    rounds = 50  # rows repeat: one loader for every round, no worker restart between them
+    rows = np.tile(np.arange(len(tree.train)), rounds)
+    batches = shard_batches(tree.shards, tree.train, tree.image_size, batch_size, num_workers=num_workers,
+                            pin_memory=True, rows=rows, decode=decode, device=device)
+    counted, started = 0, None
+    for number, (images, _) in enumerate(batches):
+        images = images.to(device, non_blocking=True)
+        if number == LOADER_WARMUP_BATCHES:
+            synchronise(device)
+            started = time.perf_counter()
+        elif started is not None:
+            counted += len(images)
+            if time.perf_counter() - started >= seconds:
+                break
+    synchronise(device)
+    if started is None or counted == 0:
+        raise RuntimeError(f"the loader gave fewer than {LOADER_WARMUP_BATCHES + 2} batches; write more shards")
+    return counted / (time.perf_counter() - started)
+
+
+def loader_section(check: Check) -> None:
+    """Loader img/s from the 224 px shards: CPU decode in several worker counts, then GPU decode (nvjpeg;
+    falls back on CPU workers, with a log line, where CUDA is missing)."""
+    tree = imagenet_tree(check.dry)
+    seconds = 0.5 if check.dry else 8.0
+    for decode, workers in [*(("cpu", n) for n in check_workers(check)), ("gpu", DATA_WORKERS if not check.dry else 1)]:
+        if check.time_left() <= 0:
+            skipped(f"loader {decode} decode {workers} workers", "time budget spent")
+            continue
+        images_per_s = loader_throughput(tree, check.setting.batch_size, decode, workers, seconds, check.device)
+        actual = resolve_decode(decode)
+        note = "" if actual == decode else f" (fell back on {actual}: no CUDA)"
+        print(f"loader {decode} decode {workers:>2} workers {'':<7} {images_per_s:9.1f} img/s{note}", flush=True)
+
+
+def check_workers(check: Check) -> tuple[int, ...]:
+    return (0, 1) if check.dry else (4, 8, DATA_WORKERS)
+
+
+def evaluation_section(check: Check) -> None:
+    """One-pass evaluation img/s: each val image decoded once (DataLoader workers, from the original JPEGs)
+    and encoded by every model (zero-shot + 2 fine-tuned copies) in bf16 on CUDA, its zero-shot head
+    built once per model (1,000 classes, one template, counted in the time)."""
+    tree = imagenet_tree(check.dry)
+    base = create_model(ModelSpec(architecture=check.setting.architecture), device=check.device)
+    entries = [
+        ModelUnderTest(key, base.model if key == "zero_shot" else copy.deepcopy(base.model), splits=("val",))
+        for key in ("zero_shot", "ft_1", "ft_2")
+    ]
+    repeats = 1 if check.dry else EVAL_REPEATS  # the val images, read this many times (one split)
+    split = dataclasses.replace(
+        tree.val, paths=tree.val.paths * repeats, labels=np.tile(tree.val.labels, repeats),
+        places=np.tile(tree.val.places, repeats), groups=np.tile(tree.val.groups, repeats),
+    )
+    names = tuple(f"class {label}" for label in range(int(split.labels.max()) + 1))
+    task = EvalTask("imagenet_like", names, ("a photo of a {}.",), 1, names, (1,) * len(names))
+    settings = PassSettings(check.device, check.setting.batch_size, num_workers=0 if check.dry else DATA_WORKERS)
+    synchronise(check.device)
+    started = time.perf_counter()
+    predictions = one_pass_predictions(base, entries, [SplitToEvaluate("imagenet_like", "val", split, task)], settings)
+    synchronise(check.device)
+    images_per_s = len(split) / (time.perf_counter() - started)
+    assert all(len(labels) == len(split) for labels in predictions.values())
+    print(f"evaluation {len(entries)} models, one pass {'':<7} {images_per_s:9.1f} img/s   "
+          f"({len(entries) * images_per_s:.1f} model-images/s, {len(split)} images)", flush=True)
+
+
+#: Each section's estimated seconds on one H200 (printed; the total must stay under gpu_check.sh's 480 s).
+SECTION_BUDGETS_S = {
+    "training_section": 170,  # 2 model builds, 4 × 23 eager steps ≈ 20 s, one compile of both towers ≈ 2 min
+    "loader_section": 60,  # tree (6,000 JPEGs) and 3,000 shard samples ≈ 15 s, 4 × 8 s of loading
+    "evaluation_section": 60,  # 3 models × 30,000 images ≈ 3 × 4 s of encoding, decoding in workers
+    "star_online_section": 130,  # the same as training for StarFT online (one method), its teacher forward on top
+}
+#: In order of importance: if compiling runs long, the budget cuts the online teacher's compiled run first.
+SECTIONS = (training_section, loader_section, evaluation_section, star_online_section)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,13 +324,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"gpu_check: {name}, torch {torch.__version__}, {setting.architecture} batch {setting.batch_size}, "
           f"precision {resolve_precision('auto', device)}, TF32 on, {steps} timed steps, peak {args.peak_tflops:g} TFLOP/s",
           flush=True)
+    print("gpu_check: budget per section on one H200 ≈ "
+          + ", ".join(f"{name.removesuffix('_section')} {s} s" for name, s in SECTION_BUDGETS_S.items())
+          + f" (total ≈ {sum(SECTION_BUDGETS_S.values())} s; stops starting work at {TIME_BUDGET_S:.0f} s)", flush=True)
     for section in SECTIONS:
+        section_started = time.perf_counter()
         try:
             section(check)
         except Exception as error:  # on a GPU one broken section must not hide the others' figures
             if check.dry:
                 raise  # the dry run is the test that keeps this script working
             skipped(section.__name__, f"{type(error).__name__}: {error}")
+        print(f"  ({section.__name__.removesuffix('_section')}: {time.perf_counter() - section_started:.1f} s)", flush=True)
     print(f"gpu_check: done in {time.perf_counter() - started:.0f} s", flush=True)
 
 

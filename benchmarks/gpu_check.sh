@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (≤ 8 minutes on one GPU): ViT-B/16 at batch 512 in bf16, training img/s and MFU for FLYP
-# and StarFT (cached teacher), eager and compiled, plus the slots for the online teacher, the shard
-# loader and evaluation (benchmarks/gpu_check.py). Arguments go to the script, e.g.
+# GPU check (≤ 8 minutes on one GPU): ViT-B/16 at batch 512 in bf16, training img/s and MFU for FLYP,
+# StarFT cached and StarFT online, eager and compiled; shard loader img/s with CPU workers and GPU
+# decode; one-pass evaluation img/s (benchmarks/gpu_check.py). Arguments go to the script, e.g.
 #   bash benchmarks/gpu_check.sh                      # on the GPU machine
 #   bash benchmarks/gpu_check.sh --peak-tflops 312    # A100's dense bf16 peak
 #   bash benchmarks/gpu_check.sh --dry                # CPU, tiny model, seconds (what CI runs)

@@ -3,6 +3,7 @@ CPU), run teacher → finetune → evaluation on tiny data; the results equal a 
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,9 @@ STAGES = "--pipelines=teacher,finetune,evaluation"
 #: of the rounding. Measured: at most 6.8e-5 over the tiny run's steps (metrics exactly equal).
 WEIGHTS_ATOL = 5e-4
 TIMEOUT_S = 900  # ≈ 60 s on 2 idle cores; far more when the CPU is shared
+#: Every run on one intra-op thread (as each torchrun node): torch's thread pool spins when 3 processes
+#: share 2 cores, which made the reference run 3× slower than the two nodes together.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:
@@ -37,7 +41,7 @@ def _tiny_project(root: Path) -> Path:
     descriptions already run, so both runs start from the same files."""
     project = copy_project(root / "single")
     params = tiny_parameters(project / "data" / "01_raw")
-    params["teacher"]["work_dir"] = None  # every rank runs the (unsharded) teacher: no shared scratch files
+    params["teacher"]["work_dir"] = None  # no finished parts kept: both runs encode every split
     params["evaluation"]["wise_ft"]["alphas"] = [0.0, 1.0]
     for block in params.values():
         if isinstance(block, dict) and isinstance(block.get("finetune"), dict):
@@ -49,7 +53,7 @@ def _tiny_project(root: Path) -> Path:
 
 def _kedro(project: Path, args: list[str]) -> None:
     kedro = Path(sys.executable).with_name("kedro")
-    completed = subprocess.run([str(kedro), *args], cwd=project, env=kedro_env(), capture_output=True, text=True,
+    completed = subprocess.run([str(kedro), *args], cwd=project, env=kedro_env() | ONE_THREAD, capture_output=True, text=True,
                                timeout=TIMEOUT_S)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
 
@@ -59,7 +63,7 @@ def _torchrun_node(project: Path, port: int, log: Path) -> subprocess.Popen:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback", "-m", "kedro", "run", STAGES]
-    env = kedro_env() | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    env = kedro_env() | ONE_THREAD | {"GLOO_SOCKET_IFNAME": "lo"}
     with log.open("w") as output:
         return subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
 
@@ -85,9 +89,21 @@ def two_runs(tmp_path_factory) -> tuple[Path, Path]:
     return single, multi
 
 
+TEACHER_SHARE = re.compile(r"teacher: encoded (\d+) images of (\S+) \(rank (\d) of 2 encoded (\d+)\)")
+
+
 @pytest.mark.slow
-def test_evaluation_is_sharded_and_the_probe_fitted_on_one_rank(two_runs) -> None:
+def test_the_teacher_and_evaluation_are_sharded_and_the_probe_fitted_on_one_rank(two_runs) -> None:
     logs = [(two_runs[1].parent / f"node{index}.log").read_text() for index in range(2)]
+    shares: dict[str, dict[int, tuple[int, int]]] = {}
+    for log in logs:
+        for total, split, rank, share in TEACHER_SHARE.findall(log):
+            shares.setdefault(split, {})[int(rank)] = int(total), int(share)
+    assert shares, logs[0][-3000:]
+    for split, by_rank in shares.items():  # each rank encoded its part of every split, together all of it
+        assert sorted(by_rank) == [0, 1], split
+        assert all(share > 0 for _, share in by_rank.values()), (split, by_rank)
+        assert sum(share for _, share in by_rank.values()) == by_rank[0][0], (split, by_rank)
     assert sorted(rank for rank in (0, 1) for log in logs if f"one pass over 4 splits (rank {rank} of 2)" in log) == [0, 1]
     assert sorted("linear probe C=" in log for log in logs) == [False, True]
 

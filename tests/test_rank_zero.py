@@ -56,6 +56,27 @@ def test_only_rank_zero_persists_the_outputs(monkeypatch, tmp_path, rank, persis
     assert isinstance(catalog.get("raw"), MemoryDataset) and catalog.load("raw") == {"a": 1}  # inputs untouched
 
 
+def test_other_ranks_hold_tensor_bundles_by_reference_and_copy_the_rest(monkeypatch, tmp_path):
+    """The teacher cache is not deep-copied into a rank's RAM on every load; a JSON output still is."""
+    import torch
+
+    from starft_pipeline.kedro_io import TensorBundleDataset
+    from starft_pipeline.tensor_bundle import TensorBundle
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    catalog = DataCatalog({"cache": TensorBundleDataset(filepath=str(tmp_path / "cache.safetensors")),
+                           "out": JSONDataset(filepath=str(tmp_path / "out.json"))})
+    pipeline = Pipeline([Node(_identity, "raw", "cache", name="cache"), Node(_identity, "raw2", "out", name="out")])
+    RankZeroOutputsHooks().before_pipeline_run({}, pipeline, catalog)
+    bundle, report = TensorBundle({"image/x": torch.zeros(3, 2)}, {}), {"a": [1]}
+    catalog.save("cache", bundle)
+    catalog.save("out", report)
+    assert catalog.load("cache") is bundle and catalog.load("cache") is catalog.load("cache")
+    assert catalog.load("out") == report and catalog.load("out") is not report
+    assert not (tmp_path / "cache.safetensors").exists()
+
+
 def test_mlflow_tracking_is_off_on_other_ranks_only(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -98,7 +98,13 @@ def untracked_pipelines() -> list[str]:
 class RankZeroOutputsHooks:
     """Under torchrun every rank runs the Kedro pipeline (the fine-tuning nodes need all of them for
     DDP's collectives), but only rank 0 persists: on the other ranks every output of the run becomes
-    a MemoryDataset, so later nodes still get their inputs and no file is written twice."""
+    a MemoryDataset, so later nodes still get their inputs and no file is written twice.
+
+    Tensor bundles (the teacher cache, the linear probes, the fine-tuned weights: outputs the catalog
+    stores as safetensors) are held by reference (``copy_mode="assign"``): their consumers only read
+    them, and a MemoryDataset's default deep copy on every save and load would put one more copy of
+    the cache in each rank's RAM per consumer (5 fine-tunes, 2 probes, evaluation). Everything else
+    keeps the default copy, since a consumer may mutate a dict or a frame."""
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
@@ -108,5 +114,12 @@ class RankZeroOutputsHooks:
         if rank == 0:
             return
         for name in sorted(pipeline.all_outputs()):
-            catalog[name] = MemoryDataset()
+            catalog[name] = MemoryDataset(copy_mode=_memory_copy_mode(catalog, name))
         logger.info("torchrun rank %d: the run's %d outputs stay in memory; rank 0 writes them", rank, len(pipeline.all_outputs()))
+
+
+def _memory_copy_mode(catalog: Any, name: str) -> str | None:
+    """``"assign"`` for an output the catalog stores as a tensor bundle (read-only consumers), else the default."""
+    from .kedro_io import TensorBundleDataset
+
+    return "assign" if isinstance(catalog.get(name), TensorBundleDataset) else None  # undeclared: None

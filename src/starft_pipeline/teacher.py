@@ -227,7 +227,8 @@ def _features_of(
             finished = all_gather_rows(local, context)
             if parts is not None and context.is_main:
                 parts.save(name, finished)
-            logger.info("teacher: encoded %d images of %s", stop - start, name)
+            logger.info("teacher: encoded %d images of %s (rank %d of %d encoded %d)",
+                        stop - start, name, context.rank, context.world_size, len(share))
         else:
             logger.info(
                 "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder
