@@ -384,7 +384,7 @@ class StepBatch:
     ``loaded.model`` (autocast, DDP)."""
 
     loaded: LoadedModel
-    model: torch.nn.Module
+    model: Encoders
     data: TrainData
     indices: torch.Tensor
     config: FinetuneConfig
@@ -434,9 +434,12 @@ class _CachedStep:
 
     def features(self, picks: torch.Tensor) -> TeacherFeatures:
         batch, gathered = self.batch, self.batch.rows.gathered
+        image, text = batch.data.teacher_image, batch.data.teacher_descriptions
+        if image is None or text is None:
+            raise ValueError("the cached teacher needs the teacher cache's image and description features")
         return TeacherFeatures(
-            image=to_device(batch.data.teacher_image[batch.indices[gathered]], batch.device),
-            text=to_device(batch.data.teacher_descriptions[picks[gathered]], batch.device),
+            image=to_device(image[batch.indices[gathered]], batch.device),
+            text=to_device(text[picks[gathered]], batch.device),
         )
 
 
@@ -536,14 +539,16 @@ def training_step(
     losses come back as detached device tensors (reading them is a sync: :func:`read_records`).
     """
     losses_of = step_losses(config.method)
+    encoders = state.encoders
+    assert encoders is not None  # set by TrainState.__post_init__
 
     def micro_batch(rows: BatchRows) -> Losses:
         generator = seeded_generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
-        return losses_of(StepBatch(loaded, state.encoders, data, indices, config, reg_weight, generator, device, rows))
+        return losses_of(StepBatch(loaded, encoders, data, indices, config, reg_weight, generator, device, rows))
 
     state.optimizer.zero_grad(set_to_none=True)
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
-    total, losses = accumulate_gradients(micro_batch, plan, state.encoders)
+    total, losses = accumulate_gradients(micro_batch, plan, encoders)
     lr = optimizer_step(state.model, state.optimizer, state.scheduler)
     return losses | {"loss": total, "reg_weight": reg_weight, "lr": lr}
 
@@ -556,15 +561,18 @@ def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
         raise ValueError(f"method {config.method!r} needs the teacher cache and the descriptions")
     if config.regularised:
         check_descriptions_cover(data)
-    if config.regularised and data.teacher is None and len(data.teacher_image) != len(data.images):
+    teacher_image = data.teacher_image
+    if config.regularised and data.teacher is None and teacher_image is not None and len(teacher_image) != len(data.images):
         raise ValueError(
-            f"teacher cache has {len(data.teacher_image)} train image features but the split has "
+            f"teacher cache has {len(teacher_image)} train image features but the split has "
             f"{len(data.images)} images; rerun the teacher stage"
         )
 
 
 def check_descriptions_cover(data: TrainData) -> None:
     """Every class with training images needs a description: s_j is drawn from sample j's class."""
+    if data.descriptions is None:
+        raise ValueError("the StarFT regulariser needs the descriptions (TrainData.descriptions)")
     by_class = data.descriptions.indices_by_class(len(data.class_names))
     present = sorted({int(label) for label in data.labels.unique()})
     missing = [data.class_names[label] for label in present if not by_class[label]]
