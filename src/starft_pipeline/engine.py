@@ -122,7 +122,9 @@ def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, length: int
     if not _pools_at_end_of_text(model):
         return model.encode_text(tokens)
     if length is None:
-        length = int(_end_of_text(model, tokens).max()) + 1
+        ends = _end_of_text(model, tokens)
+        assert ends is not None  # the tower pools at the end of text (checked above)
+        length = int(ends.max()) + 1
     tokens = tokens[:, :length]
     cast = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)

@@ -133,7 +133,9 @@ def field_constraints(cls: type) -> dict[str, list[Any]]:
     constraints: dict[str, list[Any]] = {}
     for name, bounds in field_bounds(cls).items():
         if bounds:
-            constraints.setdefault(name, []).append(Field(**bounds))  # type: ignore[arg-type]
+            constraints.setdefault(name, []).append(
+                Field(ge=bounds.get("ge"), gt=bounds.get("gt"), le=bounds.get("le"), lt=bounds.get("lt"))
+            )
     for name, check in field_checks(cls).items():
         constraints.setdefault(name, []).append(AfterValidator(check))
     return constraints

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,9 @@ from .heads import HEAD_MODULE
 from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
 from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
+
+if TYPE_CHECKING:
+    import open_clip
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ class TrainState:
     ``encoders`` is what the loss functions call (autocast, DDP); ``context`` this process's rank.
     """
 
-    model: torch.nn.Module
+    model: open_clip.CLIP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
@@ -222,7 +225,7 @@ def build_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.opt
 
 
 def optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+    model: open_clip.CLIP, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
 ) -> float:
     """Apply the gradients, advance the schedule and clamp τ at CLIP's 100; returns the step's lr."""
     optimizer.step()
@@ -550,7 +553,8 @@ def training_step(
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
     total, losses = accumulate_gradients(micro_batch, plan, encoders)
     lr = optimizer_step(state.model, state.optimizer, state.scheduler)
-    return losses | {"loss": total, "reg_weight": reg_weight, "lr": lr}
+    record: dict[str, float | torch.Tensor] = {**losses, "loss": total, "reg_weight": reg_weight, "lr": lr}
+    return record
 
 
 def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
