@@ -111,7 +111,7 @@ def evaluate_weights(
     """
     device = resolve_device(evaluation.get("device", "auto"))
     loaded = create_model(ModelSpec(**teacher_model["spec"]), device=device)
-    heads = {}
+    heads: dict[str, Any] = {}
     if weights is not None:
         state_dict, heads = split_heads(weights.tensors, weights.metadata)
         load_state_dict(loaded.model, state_dict)
