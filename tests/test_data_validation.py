@@ -21,15 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from starft_pipeline.data import (
-    METADATA_COLUMNS,
+from starft_pipeline.data import GroupSplit, check_groups_present, load_image
+from starft_pipeline.metadata import (
     MAX_LISTED,
+    METADATA_COLUMNS,
     CheckedMetadata,
     DataChecks,
     DataError,
-    GroupSplit,
-    check_groups_present,
-    load_image,
     read_metadata,
     require_split_rows,
 )
@@ -307,7 +305,7 @@ def test_a_group_without_samples_stops_evaluation_or_is_reported(caplog: pytest.
 
 
 def test_an_empty_group_is_reported_with_n_zero_when_allowed() -> None:
-    from starft_pipeline.reporting import BootstrapSettings, split_report
+    from starft_pipeline.results import BootstrapSettings, split_report
 
     class Layout:
         class_names = ("cat", "dog")

@@ -16,17 +16,9 @@ from starft_pipeline.metrics import (
     WATERBIRDS_TRAIN_GROUP_COUNTS,
     group_robust_metrics,
 )
-from starft_pipeline.reporting import (
-    GROUP_COLUMNS,
-    RESULTS_COLUMNS,
-    group_rows,
-    markdown_table,
-    mean_std_table,
-    plot_group_accuracy,
-    plot_training_curves,
-    plot_wise_ft_curve,
-    results_rows,
-)
+from starft_pipeline.figures import plot_group_accuracy, plot_training_curves, plot_wise_ft_curve
+from starft_pipeline.markdown import markdown_table
+from starft_pipeline.results import GROUP_COLUMNS, RESULTS_COLUMNS, group_rows, mean_std_table, results_rows
 
 
 @pytest.fixture

@@ -24,12 +24,13 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from .configs import config_from_params
 from .io_utils import atomic_path, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ class CheckpointConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> "CheckpointConfig":
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown finetune checkpoint parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**params)
+        return config_from_params(cls, params, "finetune checkpoint")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -95,7 +95,7 @@ def check_labels_named(
     if unnamed.empty:
         return
     labels = sorted({int(label) for label in unnamed["y"]})
-    places = []
+    places: list[str] = []
     for root, group in unnamed.groupby("root", sort=False):
         metadata_file = Path(str(root)) / "metadata.csv"
         lines = _metadata_lines(metadata_file)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import DataError, GroupSplit, SPLIT_CODES, group_counts
+from .data import GroupSplit, group_counts
+from .metadata import SPLIT_CODES, DataError
 from .evaluate import EvalTask, default_group_names
 from .io_utils import fingerprint
 from .metrics import CONVENTIONS

@@ -67,7 +67,9 @@ class DescriptionPool:
                 "add them to descriptions.confounder_types and rerun the descriptions and teacher stages"
             )
         keep = self.positions_of(confounder_types)
-        return DescriptionPool(*(tuple(column[i] for i in keep) for column in (self.texts, self.labels, self.kinds)))
+        return DescriptionPool(
+            tuple(self.texts[i] for i in keep), tuple(self.labels[i] for i in keep), tuple(self.kinds[i] for i in keep)
+        )
 
     def positions_of(self, confounder_types: Sequence[str]) -> list[int]:
         """Indices of this pool's entries of the given types (rows of the cached description features)."""

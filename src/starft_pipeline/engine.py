@@ -103,7 +103,7 @@ def _end_of_text(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor | 
     return (tokens == model.text_eos_id).int().argmax(dim=-1)
 
 
-def token_lengths(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def token_lengths(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """Columns each row needs (up to and including its end-of-text), on the host; the full width
     where trimming does not apply. Computed once per token table, so a batch trims without a sync."""
     ends = _end_of_text(model, tokens)
@@ -112,7 +112,7 @@ def token_lengths(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return ends.cpu() + 1
 
 
-def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, length: int | None = None) -> torch.Tensor:
+def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, length: int | None = None) -> torch.Tensor:
     """The model's text features of ``tokens`` computed on the columns up to the longest text's end.
 
     Same features as ``model.encode_text`` (up to float rounding) for a causal CLIP text tower;
@@ -122,7 +122,9 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, length: int | No
     if not _pools_at_end_of_text(model):
         return model.encode_text(tokens)
     if length is None:
-        length = int(_end_of_text(model, tokens).max()) + 1
+        ends = _end_of_text(model, tokens)
+        assert ends is not None  # the tower pools at the end of text (checked above)
+        length = int(ends.max()) + 1
     tokens = tokens[:, :length]
     cast = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
@@ -138,9 +140,9 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, length: int | No
 class _EncoderCalls(nn.Module):
     """One module whose forward runs either encoder of the model, so that DDP wraps both towers."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: open_clip.CLIP) -> None:
         super().__init__()
-        self.model = model
+        self.model: open_clip.CLIP = model
 
     def forward(
         self, encoder: Literal["encode_image", "encode_text"], inputs: torch.Tensor, length: int | None = None
@@ -227,14 +229,16 @@ def accumulate_gradients(
     """
     if not plan:
         raise ValueError("accumulate_gradients needs at least one micro-batch")
-    total_sum, part_sums = 0.0, {}
+    total_sum: torch.Tensor | None = None
+    part_sums: dict[str, torch.Tensor] = {}
     for k, rows in enumerate(plan):
         with encoders.no_sync(skip=k < len(plan) - 1):
             total, parts = compute(rows)
             (total / len(plan)).backward()
-        total_sum = total_sum + total.detach()
+        total_sum = total.detach() if total_sum is None else total_sum + total.detach()
         for name, value in parts.items():
-            part_sums[name] = part_sums.get(name, 0.0) + value.detach()
+            part_sums[name] = part_sums[name] + value.detach() if name in part_sums else value.detach()
+    assert total_sum is not None  # the plan is not empty
     return total_sum / len(plan), {name: value / len(plan) for name, value in part_sums.items()}
 
 

@@ -7,17 +7,19 @@ to the model, and what LP-FT starts fine-tuning from. No Kedro here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .configs import config_from_params
 from .heads import ClassifierHead
 
 if TYPE_CHECKING:
@@ -41,14 +43,8 @@ class LinearProbeConfig:
 
     @classmethod
     def from_params(cls, params: Mapping | None) -> "LinearProbeConfig":
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown linear_probe parameter(s) {unknown}; known: {sorted(known)}")
-        if "c_grid" in params:
-            params["c_grid"] = tuple(float(c) for c in params["c_grid"])
-        return cls(**params)
+        config = config_from_params(cls, params, "linear_probe")
+        return dataclasses.replace(config, c_grid=tuple(float(c) for c in config.c_grid))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -113,10 +109,11 @@ def select_linear_probe(
         head = head_from_logistic_regression(
             fit_logistic_regression(train_features.numpy(), train_labels.numpy(), c, config.max_iter), class_names
         )
-        val_acc = accuracy(head, val_features, val_labels) if has_val else float("nan")
+        val_acc = accuracy(head, val_features, val_labels) if val_features is not None and val_labels is not None and has_val else float("nan")
         train_loss = mean_log_loss(head, train_features, train_labels)
         rows.append({"epoch": 0, "step": step, "C": c, "loss": train_loss, "train_acc": accuracy(head, train_features, train_labels), "val_acc": val_acc})
         if best is None or val_acc > best_acc:
             best, best_acc = head, val_acc
         logger.info("linear probe C=%g: train loss %.4f, val acc %.4f", c, train_loss, val_acc)
+    assert best is not None  # LinearProbeConfig: c_grid is never empty
     return best, pd.DataFrame(rows)

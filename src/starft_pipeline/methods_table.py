@@ -28,7 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from .reporting import markdown_table, mean_std_table, mlflow_metric_key
+from .markdown import markdown_table
+from .results import mean_std_table, mlflow_metric_key
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .configs import bounded, check_fields
+
 if TYPE_CHECKING:
     import open_clip
 
@@ -58,7 +60,10 @@ class ModelSpec:
     pretrained: str | None = None
     allow_download: bool = False
     cache_dir: str | None = None
-    init_seed: int = 0  # random initialisation is deterministic too
+    init_seed: int = bounded(0, ge=0)  # random initialisation is deterministic too
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model ")
 
     def identity(self) -> dict[str, str]:
         """What the model's outputs depend on: architecture and the weights' content (or tag, or seed)."""
@@ -148,6 +153,8 @@ def _require_cached(spec: ModelSpec) -> None:
     """
     from huggingface_hub import try_to_load_from_cache
 
+    if spec.pretrained is None:  # random initialisation: nothing to look for
+        return
     open_clip = open_clip_with_configs()
     config = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
     hub = _hub_files(spec.architecture, spec.pretrained)

@@ -2,9 +2,10 @@
 
 Blocks that a core dataclass reads (``<method>.finetune`` → :class:`~starft_pipeline.training.FinetuneConfig`,
 ``teacher.model`` → :class:`~starft_pipeline.models.ModelSpec`, ``pretrain``, ``evaluation.bootstrap``,
-the data checks of ``datasets.<name>``) get a model *generated from that dataclass*: its fields, types
-and defaults, so a field added there is accepted here at once, plus the dataclass's own checks (its
-``from_params`` / ``__post_init__``), plus the ranges listed here. Scalars are strict (``lr: "1e-4"``
+the data checks of ``datasets.<name>``) get a model *generated from that dataclass*: its fields, types,
+defaults and the ranges and checks its fields carry (:func:`starft_pipeline.configs.bounded`), so a
+field or a range added there is accepted and checked here at once, plus the dataclass's cross-field
+checks (its ``from_params`` / ``__post_init__``). Scalars are strict (``lr: "1e-4"``
 is a string, not a number: YAML 1.1 reads ``1e-4`` without a dot that way) and unknown keys are errors.
 
 :func:`parameter_errors` returns every problem as ``<full.key.path>: <message>`` (an unknown key
@@ -36,19 +37,19 @@ from pydantic import (
 )
 
 from .checkpointing import CheckpointConfig
-from .data import DataChecks
+from .configs import check_device, field_bounds, field_checks
+from .metadata import DataChecks
 from .linear_probe import LinearProbeConfig
 from .llm import LLMSettings
 from .metrics import CONVENTIONS
 from .models import ModelSpec
 from .pretraining import PretrainConfig
-from .reporting import BootstrapSettings
+from .results import BootstrapSettings
 from .teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
 from .training import METHODS, FinetuneConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 _SCALARS = (int, float, bool, str)
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 #: Parameter names that would carry a credential into MLflow's parameter log.
 _SECRET_NAME = re.compile(r"^(.*_)?(api_?key|secret|password|passwd|token|access_token|auth_token)$", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"^sk-ant-")
@@ -66,24 +67,12 @@ def strict(annotation: Any) -> Any:
     if origin is Literal or not args:
         return annotation
     if origin is Annotated:
-        return Annotated[(strict(args[0]), *annotation.__metadata__)]
+        parts = (strict(args[0]), *annotation.__metadata__)  # a variable: mypy reads X[(a, *b)] as 3.11's X[a, *b]
+        return Annotated[parts]
     inner = tuple(arg if arg is Ellipsis else strict(arg) for arg in args)
     if origin in (Union, types.UnionType):
         return Union[inner]
     return origin[inner if len(inner) > 1 else inner[0]]
-
-
-def _check_device(value: str) -> str:
-    if not _DEVICE.match(value):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:<index> or mps, got {value!r}")
-    return value
-
-
-def _check_crop_scale(value: tuple[float, float]) -> tuple[float, float]:
-    low, high = value
-    if not 0.0 < low <= high <= 1.0:
-        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {list(value)}")
-    return value
 
 
 def _one_of(allowed: Iterable[str]) -> AfterValidator:
@@ -97,7 +86,7 @@ def _one_of(allowed: Iterable[str]) -> AfterValidator:
     return AfterValidator(check)
 
 
-Device = Annotated[str, Strict(), AfterValidator(_check_device)]
+Device = Annotated[str, Strict(), AfterValidator(check_device)]
 SplitName = Literal["train", "val", "test"]
 Alpha = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 MethodName = Annotated[str, Strict(), _one_of(METHODS)]
@@ -105,27 +94,28 @@ MethodName = Annotated[str, Strict(), _one_of(METHODS)]
 
 def model_from_dataclass(
     cls: type,
-    constraints: Mapping[str, Any] = {},
     extra_fields: Mapping[str, tuple[Any, Any]] = {},
     exclude: Iterable[str] = (),
     check: Callable[[dict[str, Any]], Any] | None = None,
     base: type[BaseModel] | None = None,
 ) -> type[BaseModel]:
-    """A strict Pydantic model with ``cls``'s fields, types and defaults.
+    """A strict Pydantic model with ``cls``'s fields, types, defaults, ranges and field checks.
 
-    ``constraints`` adds metadata (``Field(gt=0)``, an ``AfterValidator``) to named fields (a name
-    that is no longer a field is ignored: the tests check the list); ``extra_fields`` adds keys the
-    node reads besides the dataclass; ``check`` runs on the validated values (e.g. the dataclass's own
-    ``from_params``), its ValueError reported under the block's path.
+    A field's range (``bounded(3, ge=1)``) becomes ``Field(ge=1)``, its check an ``AfterValidator``
+    (both reported under the field's key); ``extra_fields`` adds keys the node reads besides the
+    dataclass; ``check`` runs on the validated values (e.g. the dataclass's own ``from_params``: its
+    cross-field rules), its ValueError reported under the block's path.
     """
     hints = get_type_hints(cls)
+    constraints = field_constraints(cls)
     definitions: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
         annotation = strict(hints[field.name])
         if field.name in constraints:
-            annotation = Annotated[annotation, constraints[field.name]]
+            parts = (annotation, *constraints[field.name])
+            annotation = Annotated[parts]
         if field.default is not dataclasses.MISSING:
             definitions[field.name] = (annotation, field.default)
         elif field.default_factory is not dataclasses.MISSING:
@@ -136,6 +126,19 @@ def model_from_dataclass(
     validators = {"_dataclass_check": _after_check(check)} if check else {}
     options: dict[str, Any] = {"__base__": base} if base else {"__config__": STRICT}
     return create_model(f"{cls.__name__}Params", **options, __validators__=validators, **definitions)
+
+
+def field_constraints(cls: type) -> dict[str, list[Any]]:
+    """The Pydantic metadata of each field of ``cls`` that carries a range or a check (configs.bounded)."""
+    constraints: dict[str, list[Any]] = {}
+    for name, bounds in field_bounds(cls).items():
+        if bounds:
+            constraints.setdefault(name, []).append(
+                Field(ge=bounds.get("ge"), gt=bounds.get("gt"), le=bounds.get("le"), lt=bounds.get("lt"))
+            )
+    for name, check in field_checks(cls).items():
+        constraints.setdefault(name, []).append(AfterValidator(check))
+    return constraints
 
 
 def _after_check(check: Callable[[dict[str, Any]], Any]) -> Any:
@@ -243,8 +246,7 @@ class DescriptionsParams(BaseModel):
         return self
 
 
-MODEL_SPEC_RANGES = {"init_seed": Field(ge=0)}
-TeacherModelParams = model_from_dataclass(ModelSpec, constraints=MODEL_SPEC_RANGES)
+TeacherModelParams = model_from_dataclass(ModelSpec)
 
 
 class TeacherParams(BaseModel):
@@ -270,23 +272,8 @@ FINETUNE_RUNTIME_FIELDS = {
     "linear_probe": (LinearProbeParams | None, None),
     "checkpoint": (CheckpointParams | None, None),
 }
-#: Ranges of FinetuneConfig fields (beyond what its __post_init__ checks).
-FINETUNE_RANGES = {
-    "epochs": Field(ge=1),
-    "batch_size": Field(ge=1),
-    "lr": Field(gt=0),
-    "weight_decay": Field(ge=0),
-    "warmup_steps": Field(ge=0),
-    "reg_weight": Field(ge=0),
-    "seed": Field(ge=0),
-    "crop_scale": AfterValidator(_check_crop_scale),
-    "grad_accum_steps": Field(ge=1),
-    "num_workers": Field(ge=0),
-    "memory_limit_gb": Field(gt=0),
-}
 FinetuneParams = model_from_dataclass(
     FinetuneConfig,
-    constraints=FINETUNE_RANGES,
     extra_fields=FINETUNE_RUNTIME_FIELDS,
     check=lambda values: FinetuneConfig.from_params(values, exclude=tuple(FINETUNE_RUNTIME_FIELDS)),
 )
@@ -294,8 +281,7 @@ FinetuneParams = model_from_dataclass(
 
 # --- evaluation, reporting, pretrain ---------------------------------------------------------------
 
-BOOTSTRAP_RANGES = {"n_resamples": Field(ge=1), "confidence": Field(gt=0, lt=1), "seed": Field(ge=0)}
-BootstrapParams = model_from_dataclass(BootstrapSettings, constraints=BOOTSTRAP_RANGES)
+BootstrapParams = model_from_dataclass(BootstrapSettings)
 
 
 class WiseFtParams(BaseModel):
@@ -326,8 +312,7 @@ class ReportingParams(BaseModel):
     training_smooth: Annotated[int, Strict(), Field(ge=1)] | None = None
 
 
-PRETRAIN_RANGES = {"crop_scale": AfterValidator(_check_crop_scale), "device": AfterValidator(_check_device)}
-PretrainParams = model_from_dataclass(PretrainConfig, constraints=PRETRAIN_RANGES, check=PretrainConfig.from_params)
+PretrainParams = model_from_dataclass(PretrainConfig, check=PretrainConfig.from_params)
 
 
 class ExportParams(BaseModel):
@@ -420,7 +405,7 @@ def closest_key(key: str, candidates: Iterable[str]) -> str | None:
     """The candidate (a dotted path) that ``key`` most likely meant: the same name one level down
     (``base_url`` → ``anthropic.base_url``), else the closest spelling of the last name (difflib)."""
     candidates = sorted(candidates, key=lambda path: (path.count("."), path))
-    last_names = {}
+    last_names: dict[str, str] = {}
     for path in candidates:
         last_names.setdefault(path.rsplit(".", 1)[-1], path)
     if key in last_names:

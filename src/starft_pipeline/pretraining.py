@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import synthetic
+from .configs import bounded, check_crop_scale, check_device, check_fields, config_from_params
 from .data import normalise_images
 from .losses import clip_contrastive_loss
 from .models import (
@@ -37,11 +38,9 @@ from .models import (
     resolve_device,
     zero_shot_head,
 )
-from .augment import random_resized_crop
+from .training import MAX_LOGIT_SCALE, adamw, batch_pixels, optimizer_step, seeded_generator, warmup_cosine
 
 logger = logging.getLogger(__name__)
-
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of τ
 
 
 def _class_slot(templates: Sequence[str], placeholder: str) -> tuple[str, ...]:
@@ -77,31 +76,28 @@ class PretrainConfig:
     architecture: str = "starft-tiny-vit"
     init_seed: int = 0
     seed: int = 0
-    image_size: int = 32
-    corpus_size: int = 36_000
-    single_concept_prob: float = 0.3
-    steps: int = 4000
-    batch_size: int = 36
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 200
-    init_logit_scale: float | None = None
-    object_only_steps: int = 3000
+    image_size: int = bounded(32, ge=1)
+    corpus_size: int = bounded(36_000, ge=1)
+    single_concept_prob: float = bounded(0.3, ge=0, le=1)
+    steps: int = bounded(4000, ge=1)
+    batch_size: int = bounded(36, ge=1)
+    lr: float = bounded(1e-3, ge=0)
+    weight_decay: float = bounded(0.1, ge=0)
+    warmup_steps: int = bounded(200, ge=0)
+    init_logit_scale: float | None = bounded(None, ge=1, le=MAX_LOGIT_SCALE)
+    object_only_steps: int = bounded(3000, ge=0)
     augment: bool = True
-    crop_scale: tuple[float, float] = (0.9, 1.0)
-    eval_per_pair: int = 20
+    crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
+    eval_per_pair: int = bounded(20, ge=1)
     eval_seed: int = 1_000_003
-    eval_every: int = 500
+    eval_every: int = bounded(500, ge=0)
     object_prompts: tuple[str, ...] = OBJECT_PROMPTS
     background_prompts: tuple[str, ...] = BACKGROUND_PROMPTS
-    device: str = "cpu"
-    num_threads: int | None = 2
+    device: str = bounded("cpu", check=check_device)
+    num_threads: int | None = bounded(2, ge=1)
 
     def __post_init__(self) -> None:
-        positive = ("corpus_size", "steps", "batch_size", "eval_per_pair", "image_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self, "pretrain.")
         if self.batch_size % N_PAIRS or self.batch_size > self.corpus_size:
             raise ValueError(
                 f"pretrain.batch_size must be a multiple of the {N_PAIRS} object × background pairs "
@@ -109,25 +105,13 @@ class PretrainConfig:
             )
         if self.corpus_size % N_PAIRS:
             raise ValueError(f"pretrain.corpus_size must be a multiple of {N_PAIRS} (a balanced corpus), got {self.corpus_size}")
-        for name in ("lr", "weight_decay", "warmup_steps", "eval_every", "object_only_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"pretrain.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.single_concept_prob <= 1.0:
-            raise ValueError(f"pretrain.single_concept_prob must be in [0, 1], got {self.single_concept_prob}")
         if self.object_only_steps >= self.steps:
             raise ValueError(
                 f"pretrain.object_only_steps ({self.object_only_steps}) must be less than pretrain.steps "
                 f"({self.steps}): the backgrounds are learnt after the object-only captions"
             )
-        low, high = self.crop_scale
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"pretrain.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if not self.object_prompts or not self.background_prompts:
             raise ValueError("pretrain.object_prompts and pretrain.background_prompts need at least one template")
-        if self.init_logit_scale is not None and not 1.0 <= self.init_logit_scale <= MAX_LOGIT_SCALE:
-            raise ValueError(f"pretrain.init_logit_scale must be in [1, {MAX_LOGIT_SCALE}] or null, got {self.init_logit_scale}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"pretrain.num_threads must be >= 1 or null, got {self.num_threads}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,15 +119,7 @@ class PretrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "PretrainConfig":
         """Build from the ``pretrain`` parameters block; an unknown key is an error that names it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown pretrain parameter(s) {unknown}; known: {sorted(known)}")
-        values = dict(params)
-        for key in ("crop_scale", "object_prompts", "background_prompts"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return config_from_params(cls, params, "pretrain")
 
 
 @dataclass
@@ -193,12 +169,6 @@ def eval_corpus(config: PretrainConfig) -> Corpus:
     return render_corpus(config.eval_per_pair * N_PAIRS, config.eval_seed, config.image_size)
 
 
-def _generator(*seeds: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1, np.uint64)[0] >> 1))
-    return generator
-
-
 def batch_indices(corpus: Corpus, config: PretrainConfig, step: int) -> torch.Tensor:
     """The samples of ``step``: ``batch_size / 36`` images of every object × background pair.
 
@@ -211,7 +181,7 @@ def batch_indices(corpus: Corpus, config: PretrainConfig, step: int) -> torch.Te
     members = corpus.pair_members
     per_pass = min(len(m) for m in members) // per_pair
     epoch, position = divmod(step, per_pass)
-    generator = _generator(config.seed, 1, epoch)
+    generator = seeded_generator(config.seed, 1, epoch)
     window = slice(position * per_pair, (position + 1) * per_pair)
     chosen = [torch.from_numpy(m)[torch.randperm(len(m), generator=generator)[window]] for m in members]
     return torch.cat(chosen)
@@ -238,24 +208,9 @@ def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig
     ]
 
 
-def batch_pixels(loaded: LoadedModel, corpus: Corpus, indices: torch.Tensor, config: PretrainConfig, step: int) -> torch.Tensor:
-    images = corpus.images[indices]
-    if config.augment:
-        images = random_resized_crop(images, config.crop_scale, _generator(config.seed, 3, step))
-    return normalise_images(images, loaded.image_mean, loaded.image_std)
-
-
 # --------------------------------------------------------------------------------------------
-# Training
+# Training: fine-tuning's optimiser groups, schedule shape, crops and optimiser step (training)
 # --------------------------------------------------------------------------------------------
-
-
-def build_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on gains, biases, or the logit scale)."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "logit_scale" not in n]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "logit_scale" in n)]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def curriculum_schedule(optimizer: torch.optim.Optimizer, config: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -265,11 +220,7 @@ def curriculum_schedule(optimizer: torch.optim.Optimizer, config: PretrainConfig
 
     def factor(step: int) -> float:
         start, end = next(((a, b) for a, b in phases if step < b), phases[-1])
-        local, length = step - start, end - start
-        warmup = min(config.warmup_steps, length)
-        if local < warmup:
-            return (local + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (local - warmup) / max(1, length - warmup))))
+        return warmup_cosine(step - start, min(config.warmup_steps, end - start), end - start)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -286,18 +237,15 @@ def training_step(
     """One optimiser step of CLIP's contrastive loss on a batch of images and fresh captions."""
     model = loaded.model
     indices = batch_indices(corpus, config, step)
-    pixels = batch_pixels(loaded, corpus, indices, config, step).to(device)
+    pixels = batch_pixels(loaded, corpus.images, indices, config, seeded_generator(config.seed, 3, step), device=device)
     tokens = loaded.tokenizer(batch_captions(corpus, indices, config, step)).to(device)
     image_features = F.normalize(model.encode_image(pixels), dim=-1)
     text_features = F.normalize(model.encode_text(tokens), dim=-1)
     loss = clip_contrastive_loss(image_features, text_features, logit_scale(model))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
-    scheduler.step()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
-    return {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0], "logit_scale": float(logit_scale(model).detach())}
+    lr = optimizer_step(model, optimizer, scheduler)
+    return {"loss": float(loss.detach()), "lr": lr, "logit_scale": float(logit_scale(model).detach())}
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
@@ -313,7 +261,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     corpus = render_corpus(config.corpus_size, config.seed, config.image_size)
     test = eval_corpus(config)
     logger.info("pretrain: rendered %d training and %d test images in %.1f s", len(corpus), len(test), time.perf_counter() - started)
-    optimizer = build_optimizer(loaded.model, config)
+    optimizer = adamw(loaded.model, config.lr, config.weight_decay)
     scheduler = curriculum_schedule(optimizer, config)
     history: list[dict[str, float]] = []
     for step in range(config.steps):

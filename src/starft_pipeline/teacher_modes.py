@@ -122,6 +122,8 @@ def encode_views(
         features = F.normalize(encoders.encode_image(pixels), dim=-1).cpu().reshape(len(chunk), views, -1)
         out = torch.empty(n_images, views, features.shape[-1]) if out is None else out
         out[chunk] = features
+    if out is None:  # no images: the (0, K, d) of an empty set is not needed by anyone
+        raise ValueError("encode_views needs at least one image")
     return out
 
 
@@ -135,7 +137,10 @@ class _ViewStep:
     def features(self, picks: torch.Tensor) -> TeacherFeatures:
         batch, gathered = self.batch, self.batch.rows.gathered
         image = self.source.features[batch.indices[gathered], self.choice[gathered]]
-        text = batch.data.teacher_descriptions[picks[gathered]]
+        descriptions = batch.data.teacher_descriptions
+        if descriptions is None:
+            raise ValueError("the cached-views teacher needs the descriptions' teacher features (TrainData.teacher_descriptions)")
+        text = descriptions[picks[gathered]]
         return TeacherFeatures(to_device(image, batch.device), to_device(text, batch.device))
 
 

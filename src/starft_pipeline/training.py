@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from .checkpointing import Checkpointer
+from .configs import bounded, check_crop_scale, check_fields, config_from_params
 from .data import normalise_images
 from .descriptions import DescriptionPool
 from .distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
@@ -46,6 +47,9 @@ from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entrop
 from .models import LoadedModel, fill_template, logit_scale
 from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
 
+if TYPE_CHECKING:
+    import open_clip
+
 logger = logging.getLogger(__name__)
 
 Method = Literal["lp", "ft", "lp_ft", "flyp", "star", "kl"]
@@ -56,6 +60,7 @@ TeacherMode = Literal["cached", "online", "cached_views"]
 TEACHER_MODES: tuple[str, ...] = ("cached", "online", "cached_views")
 # Methods that classify with a learned linear head, and where that head starts from.
 HEAD_INIT: dict[str, str] = {"lp": "linear_probe", "ft": "zero_shot", "lp_ft": "linear_probe"}
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of τ
 
 
 @dataclass(frozen=True)
@@ -63,39 +68,35 @@ class FinetuneConfig:
     """Everything that decides a fine-tuning run's result (its fingerprint keys resumption)."""
 
     method: Method = "star"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
-    reg_weight: float = 0.5
+    epochs: int = bounded(3, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    lr: float = bounded(1e-5, gt=0)
+    weight_decay: float = bounded(0.1, ge=0)
+    warmup_steps: int = bounded(0, ge=0)
+    reg_weight: float = bounded(0.5, ge=0)  # λ
     diminishing: bool = True
     confounder_types: tuple[str, ...] = ("background",)
     caption_templates: tuple[str, ...] = ("a photo of a {c}.",)
     augment: bool = True
-    crop_scale: tuple[float, float] = (0.9, 1.0)
-    seed: int = 0
+    crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
+    seed: int = bounded(0, ge=0)
     teacher_mode: TeacherMode = "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
-    teacher_views: int = 4  # cached_views: K recorded crops per training image
+    teacher_views: int = bounded(4, ge=1)  # cached_views: K recorded crops per training image
     # GPU and scale (engine, distributed, streaming). The last six leave the result unchanged.
     precision: Precision = "auto"  # bf16 on CUDA, fp32 on the CPU; bf16: autocast (losses in fp32)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA (what stays fp32 under autocast)
-    grad_accum_steps: int = 1  # micro-batches per step; the contrastive loss then sees micro-batches
+    grad_accum_steps: int = bounded(1, ge=1)  # micro-batches per step; the contrastive loss then sees micro-batches
     compile: bool = False  # torch.compile the towers
     data_loading: DataLoading = "auto"  # memory | stream | auto (stream above memory_limit_gb)
-    memory_limit_gb: float = 4.0
-    num_workers: int = 0
+    memory_limit_gb: float = bounded(4.0, gt=0)
+    num_workers: int = bounded(0, ge=0)
     pin_memory: bool = True
     progress: bool = True  # tqdm bars (shown only on a terminal, on rank 0)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"finetune method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"finetune {name} must be >= 1, got {getattr(self, name)}")
-        if self.reg_weight < 0:
-            raise ValueError(f"finetune reg_weight (λ) must be >= 0, got {self.reg_weight}")
+        check_fields(self, "finetune ")
         self._check_teacher_mode()
         self._check_scale_options()
 
@@ -107,8 +108,6 @@ class FinetuneConfig:
                 f"finetune teacher_mode {self.teacher_mode!r} only applies to the StarFT methods "
                 f"({', '.join(REGULARISED_METHODS)}); method {self.method!r} has no teacher: remove the key"
             )
-        if self.teacher_views < 1:
-            raise ValueError(f"finetune teacher_views (K) must be >= 1, got {self.teacher_views}")
         if self.teacher_mode == "cached_views" and not self.augment:
             raise ValueError("finetune teacher_mode cached_views needs augment: true (without crops use teacher_mode: cached)")
 
@@ -120,15 +119,11 @@ class FinetuneConfig:
         for name in ("compile", "pin_memory", "progress", "tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"finetune {name} must be true or false, got {getattr(self, name)!r}")
-        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+        if self.batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"finetune grad_accum_steps must be >= 1 and divide batch_size ({self.batch_size}); "
                 f"got {self.grad_accum_steps}"
             )
-        if self.num_workers < 0:
-            raise ValueError(f"finetune num_workers must be >= 0, got {self.num_workers}")
-        if self.memory_limit_gb <= 0:
-            raise ValueError(f"finetune memory_limit_gb must be > 0, got {self.memory_limit_gb}")
 
     def result_dict(self) -> dict:
         """The fields that decide the trained weights (what a checkpoint's fingerprint covers)."""
@@ -149,15 +144,7 @@ class FinetuneConfig:
     @classmethod
     def from_params(cls, params: dict, exclude: Sequence[str] = ()) -> "FinetuneConfig":
         """Build from a parameters block; an unknown key is an error that names it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known - set(exclude))
-        if unknown:
-            raise ValueError(f"unknown finetune parameter(s) {unknown}; known: {sorted(known)}")
-        values = {key: value for key, value in params.items() if key in known}
-        for key in ("confounder_types", "caption_templates", "crop_scale"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return config_from_params(cls, params, "finetune", exclude)
 
 
 RESULT_NEUTRAL_FIELDS = ("compile", "data_loading", "memory_limit_gb", "num_workers", "pin_memory", "progress")
@@ -185,7 +172,7 @@ class TrainState:
     ``encoders`` is what the loss functions call (autocast, DDP); ``context`` this process's rank.
     """
 
-    model: torch.nn.Module
+    model: open_clip.CLIP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
@@ -204,30 +191,48 @@ def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return max(1, n_samples // batch_size)
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The lr factor of ``step``: linear warm-up to 1, then cosine decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base lr, then cosine decay to zero (the official schedule)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
 
 
-def build_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; no weight decay on gains, biases, embeddings' scale and the logit scale (as open_clip)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         exclude = parameter.ndim < 2 or "logit_scale" in name or "bn" in name or "ln" in name
         (no_decay if exclude else decay).append(parameter)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
+
+
+def build_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    return adamw(model, config.lr, config.weight_decay)
+
+
+def optimizer_step(
+    model: open_clip.CLIP, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> float:
+    """Apply the gradients, advance the schedule and clamp τ at CLIP's 100; returns the step's lr."""
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    return float(scheduler.get_last_lr()[0])
 
 
 def setup_state(
@@ -249,23 +254,34 @@ def setup_state(
     return TrainState(model, optimizer, scheduler, encoders=encoders, context=context)
 
 
-def _generator(*seeds: int) -> torch.Generator:
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator seeded from ``seeds`` (e.g. seed, epoch, step): the same draws on every run."""
     generator = torch.Generator()
     generator.manual_seed(hash(seeds) & 0x7FFF_FFFF_FFFF)
     return generator
 
 
 def epoch_batches(n_samples: int, config: FinetuneConfig, epoch: int) -> list[torch.Tensor]:
-    order = torch.randperm(n_samples, generator=_generator(config.seed, epoch))
+    order = torch.randperm(n_samples, generator=seeded_generator(config.seed, epoch))
     per_epoch = steps_per_epoch(n_samples, config.batch_size)
     return [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(per_epoch)]
 
 
+class CropSettings(Protocol):
+    """What the crops read of a config (FinetuneConfig, pretraining's PretrainConfig)."""
+
+    @property
+    def augment(self) -> bool: ...
+
+    @property
+    def crop_scale(self) -> tuple[float, float]: ...
+
+
 def batch_pixels(
     loaded: LoadedModel,
-    data: TrainData,
+    images: ImageSource,
     indices: torch.Tensor,
-    config: FinetuneConfig,
+    config: CropSettings,
     generator: torch.Generator,
     rows: torch.Tensor | None = None,
     device: torch.device | None = None,
@@ -275,13 +291,13 @@ def batch_pixels(
     Crops are drawn for the whole batch, so a row's crop does not depend on which rows are asked for.
     """
     rows = torch.arange(len(indices)) if rows is None else rows
-    images = data.images[indices[rows]]
+    pixels = images[indices[rows]]
     if device is not None:
-        images = to_device(images, device)
+        pixels = to_device(pixels, device)
     if config.augment:
-        boxes = crop_boxes(len(indices), images.shape[-1], config.crop_scale, generator)
-        images = apply_crops(images, boxes[rows])
-    return normalise_images(images, loaded.image_mean, loaded.image_std)
+        boxes = crop_boxes(len(indices), pixels.shape[-1], config.crop_scale, generator)
+        pixels = apply_crops(pixels, boxes[rows])
+    return normalise_images(pixels, loaded.image_mean, loaded.image_std)
 
 
 @dataclass(frozen=True)
@@ -371,7 +387,7 @@ class StepBatch:
     ``loaded.model`` (autocast, DDP)."""
 
     loaded: LoadedModel
-    model: torch.nn.Module
+    model: Encoders
     data: TrainData
     indices: torch.Tensor
     config: FinetuneConfig
@@ -382,7 +398,7 @@ class StepBatch:
 
     def local_pixels(self) -> torch.Tensor:
         """This process's rows of the batch, augmented (crops drawn for the whole batch) and normalised."""
-        return batch_pixels(self.loaded, self.data, self.indices, self.config, self.generator, self.rows.local, self.device)
+        return batch_pixels(self.loaded, self.data.images, self.indices, self.config, self.generator, self.rows.local, self.device)
 
     def text_table(self) -> TextTable:
         return text_table(self.loaded, self.data, self.config.caption_templates, self.device)
@@ -421,9 +437,12 @@ class _CachedStep:
 
     def features(self, picks: torch.Tensor) -> TeacherFeatures:
         batch, gathered = self.batch, self.batch.rows.gathered
+        image, text = batch.data.teacher_image, batch.data.teacher_descriptions
+        if image is None or text is None:
+            raise ValueError("the cached teacher needs the teacher cache's image and description features")
         return TeacherFeatures(
-            image=to_device(batch.data.teacher_image[batch.indices[gathered]], batch.device),
-            text=to_device(batch.data.teacher_descriptions[picks[gathered]], batch.device),
+            image=to_device(image[batch.indices[gathered]], batch.device),
+            text=to_device(text[picks[gathered]], batch.device),
         )
 
 
@@ -523,19 +542,19 @@ def training_step(
     losses come back as detached device tensors (reading them is a sync: :func:`read_records`).
     """
     losses_of = step_losses(config.method)
+    encoders = state.encoders
+    assert encoders is not None  # set by TrainState.__post_init__
 
     def micro_batch(rows: BatchRows) -> Losses:
-        generator = _generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
-        return losses_of(StepBatch(loaded, state.encoders, data, indices, config, reg_weight, generator, device, rows))
+        generator = seeded_generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
+        return losses_of(StepBatch(loaded, encoders, data, indices, config, reg_weight, generator, device, rows))
 
     state.optimizer.zero_grad(set_to_none=True)
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
-    total, losses = accumulate_gradients(micro_batch, plan, state.encoders)
-    state.optimizer.step()
-    state.scheduler.step()
-    with torch.no_grad():
-        state.model.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp of τ at 100
-    return losses | {"loss": total, "reg_weight": reg_weight, "lr": state.scheduler.get_last_lr()[0]}
+    total, losses = accumulate_gradients(micro_batch, plan, encoders)
+    lr = optimizer_step(state.model, state.optimizer, state.scheduler)
+    record: dict[str, float | torch.Tensor] = {**losses, "loss": total, "reg_weight": reg_weight, "lr": lr}
+    return record
 
 
 def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
@@ -546,15 +565,18 @@ def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
         raise ValueError(f"method {config.method!r} needs the teacher cache and the descriptions")
     if config.regularised:
         check_descriptions_cover(data)
-    if config.regularised and data.teacher is None and len(data.teacher_image) != len(data.images):
+    teacher_image = data.teacher_image
+    if config.regularised and data.teacher is None and teacher_image is not None and len(teacher_image) != len(data.images):
         raise ValueError(
-            f"teacher cache has {len(data.teacher_image)} train image features but the split has "
+            f"teacher cache has {len(teacher_image)} train image features but the split has "
             f"{len(data.images)} images; rerun the teacher stage"
         )
 
 
 def check_descriptions_cover(data: TrainData) -> None:
     """Every class with training images needs a description: s_j is drawn from sample j's class."""
+    if data.descriptions is None:
+        raise ValueError("the StarFT regulariser needs the descriptions (TrainData.descriptions)")
     by_class = data.descriptions.indices_by_class(len(data.class_names))
     present = sorted({int(label) for label in data.labels.unique()})
     missing = [data.class_names[label] for label in present if not by_class[label]]

@@ -12,13 +12,13 @@ import pandas as pd
 
 from starft_pipeline import class_names as names
 from starft_pipeline import synthetic
-from starft_pipeline.data import (
+from starft_pipeline.data import read_image_folder_splits
+from starft_pipeline.metadata import (
     CheckedMetadata,
     DataChecks,
     DataError,
     check_image_files,
     data_quality_counts,
-    read_image_folder_splits,
     read_metadata,
     require_split_rows,
     skipped_table,
@@ -41,7 +41,7 @@ def _read_dataset(name: str, config: dict[str, Any]) -> CheckedMetadata | None:
     """One data set's checked metadata with a ``root`` column; None when an ``optional`` one is absent.
 
     ``format: release`` (default) reads ``<root>/metadata.csv``; ``format: image_folder`` reads an
-    ImageFolder tree per split from ``roots: {split: path}``. Bad rows follow ``bad_data`` (data.DataChecks).
+    ImageFolder tree per split from ``roots: {split: path}``. Bad rows follow ``bad_data`` (metadata.DataChecks).
     """
     optional = bool(config.get("optional", False))
     data_format = config.get("format", "release")

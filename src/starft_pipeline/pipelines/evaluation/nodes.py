@@ -15,19 +15,21 @@ from starft_pipeline.evaluate import SplitToEvaluate, zero_shot_predictions
 from starft_pipeline.heads import head_for_classes, split_heads
 from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
-from starft_pipeline.reporting import (
+from starft_pipeline.figures import (
+    message_figure,
+    plot_group_accuracy_comparison,
+    plot_method_group_accuracy,
+    plot_training_curves,
+    plot_wise_ft_curves,
+)
+from starft_pipeline.markdown import comparison_markdown
+from starft_pipeline.results import (
     CLASS_COLUMNS,
     GROUP_COLUMNS,
     METRIC_COLUMNS,
     REPORT_COLUMNS,
     BootstrapSettings,
-    comparison_markdown,
-    message_figure,
     mlflow_metric_key,
-    plot_group_accuracy_comparison,
-    plot_method_group_accuracy,
-    plot_training_curves,
-    plot_wise_ft_curves,
     split_report,
 )
 from starft_pipeline.teacher import check_trained_from
@@ -109,7 +111,7 @@ def evaluate_weights(
     """
     device = resolve_device(evaluation.get("device", "auto"))
     loaded = create_model(ModelSpec(**teacher_model["spec"]), device=device)
-    heads = {}
+    heads: dict[str, Any] = {}
     if weights is not None:
         state_dict, heads = split_heads(weights.tensors, weights.metadata)
         load_state_dict(loaded.model, state_dict)

@@ -91,7 +91,8 @@ def wise_outputs(
     settings: dict[str, Any], rows_by_key: dict[str, dict[str, list[dict[str, Any]]]], evaluation_splits: list[str]
 ) -> tuple[pd.DataFrame, dict[str, list[dict[str, Any]]]]:
     """The curve (every method × α) and the chosen α's evaluation of every swept method."""
-    curve, chosen = [], {}
+    curve = []
+    chosen: dict[str, list[dict[str, Any]]] = {}
     for method in settings["methods"]:
         for alpha in settings["alphas"]:
             curve.extend(curve_rows(method, alpha, rows_by_key[sweep_key(method, alpha)]))

@@ -1,420 +1,42 @@
-"""Result tables and figures (pandas + matplotlib with the Agg backend; no kedro import).
-
-Table conventions
------------------
-* ``results.csv`` has one row per (method, split): :data:`RESULTS_COLUMNS`.
-* ``results.csv`` continues with bootstrap intervals, the data set's convention and its
-  headline average: :data:`REPORT_COLUMNS`.
-* ``group_results.csv`` has one row per (method, split, group): :data:`GROUP_COLUMNS`.
-* ``class_results.csv`` has one row per (method, split, class): :data:`CLASS_COLUMNS`.
-* Accuracies in both CSVs are fractions in ``[0, 1]`` (as produced by
-  :mod:`starft_pipeline.metrics`); only human-facing output (markdown, mean ± std strings,
-  figure axes) is in percent.
+"""Figures: per-group accuracy bars, WiSE-FT curves, training curves (matplotlib, Agg backend).
 
 Figures are returned as :class:`matplotlib.figure.Figure` objects attached to an Agg canvas
 and built without pyplot (so nothing is shown, no global backend is switched, and nothing
 leaks between calls or needs ``plt.close``); save them with ``fig.savefig`` or a kedro
-``matplotlib.MatplotlibDataset``.
+``matplotlib.MatplotlibDataset``. Axes are in percent. No Kedro here.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from starft_pipeline.results import require_columns, split_parts
+
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs every kedro command start-up time
     from matplotlib.figure import Figure
 
-from starft_pipeline.metrics import (
-    GroupMetrics,
-    bootstrap_ci,
-    group_robust_metrics,
-    headline_average,
-    per_class_accuracy,
-)
-
-__all__ = [
-    "CI_COLUMNS",
-    "CI_METRICS",
-    "CLASS_COLUMNS",
-    "GROUP_COLUMNS",
-    "METRIC_COLUMNS",
-    "REPORT_COLUMNS",
-    "RESULTS_COLUMNS",
-    "SUMMARY_METRICS",
-    "BootstrapSettings",
-    "ci_columns",
-    "class_rows",
-    "comparison_markdown",
-    "group_rows",
-    "markdown_table",
-    "mean_std_table",
-    "message_figure",
-    "method_colors",
-    "plot_group_accuracy",
-    "plot_group_accuracy_comparison",
-    "plot_method_group_accuracy",
-    "plot_training_curves",
-    "plot_wise_ft_curve",
-    "plot_wise_ft_curves",
-    "results_rows",
-    "split_parts",
-    "split_report",
-]
-
-#: Exact column order of ``results.csv``.
-RESULTS_COLUMNS: tuple[str, ...] = (
-    "method",
-    "split",
-    "n",
-    "avg_acc",
-    "worst_group_acc",
-    "adjusted_avg_acc",
-    "mean_group_acc",
-)
-#: Exact column order of ``group_results.csv``.
-GROUP_COLUMNS: tuple[str, ...] = ("method", "split", "group", "group_name", "n", "acc")
-#: Metric columns aggregated by :func:`mean_std_table` by default.
-SUMMARY_METRICS: tuple[str, ...] = ("avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc")
-#: Metrics that get a bootstrap confidence interval (:func:`starft_pipeline.metrics.bootstrap_ci`).
-CI_METRICS: tuple[str, ...] = ("avg_acc", "worst_group_acc", "adjusted_avg_acc")
-#: ``<metric>_ci_low``, ``<metric>_ci_high`` for each of :data:`CI_METRICS`.
-CI_COLUMNS: tuple[str, ...] = tuple(f"{m}_ci_{end}" for m in CI_METRICS for end in ("low", "high"))
-#: Every ``results.csv`` column: the required ones first, then intervals, convention and headline average.
-REPORT_COLUMNS: tuple[str, ...] = (*RESULTS_COLUMNS, *CI_COLUMNS, "convention", "headline_avg_acc")
-#: The numeric ``results.csv`` columns logged as MLflow metrics.
-METRIC_COLUMNS: tuple[str, ...] = (*SUMMARY_METRICS, *CI_COLUMNS, "headline_avg_acc")
-#: Exact column order of ``class_results.csv``.
-CLASS_COLUMNS: tuple[str, ...] = ("method", "split", "class", "class_name", "n", "acc")
-
-_NAN_TEXT = "n/a"
 
 
-# --------------------------------------------------------------------------- rows
+def _listed_colors(name: str) -> list[Any]:
+    """The colours of a qualitative (listed) matplotlib colormap such as ``tab10``."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
 
-
-def mlflow_metric_key(method: str, split: str, metric: str) -> str:
-    """``<method>.<dataset>.<split>.<metric>`` with characters MLflow refuses (e.g. ``+``) as ``_``."""
-    return re.sub(r"[^\w\-. :/]", "_", f"{method}.{split.replace('/', '.')}.{metric}")
-
-
-def results_rows(method: str, split: str, metrics: GroupMetrics) -> dict[str, Any]:
-    """One ``results.csv`` row (keys in :data:`RESULTS_COLUMNS` order; accuracies as fractions)."""
-    return {
-        "method": method,
-        "split": split,
-        "n": int(metrics.n),
-        "avg_acc": float(metrics.avg_acc),
-        "worst_group_acc": float(metrics.worst_group_acc),
-        "adjusted_avg_acc": float(metrics.adjusted_avg_acc),
-        "mean_group_acc": float(metrics.mean_group_acc),
-    }
-
-
-def group_rows(
-    method: str,
-    split: str,
-    metrics: GroupMetrics,
-    group_names: Sequence[str] | Mapping[int, str],
-) -> list[dict[str, Any]]:
-    """``group_results.csv`` rows, one per group in ascending group id (keys in :data:`GROUP_COLUMNS` order).
-
-    ``group_names`` is indexed by group id (e.g. ``metrics.WATERBIRDS_GROUP_NAMES``); a
-    group with no name raises ``ValueError``.
-    """
-    rows = []
-    for g in sorted(metrics.group_acc):
-        try:
-            name = group_names[g]
-        except (IndexError, KeyError):
-            raise ValueError(f"`group_names` has no name for group {g}.") from None
-        rows.append(
-            {
-                "method": method,
-                "split": split,
-                "group": int(g),
-                "group_name": str(name),
-                "n": int(metrics.group_n.get(g, 0)),
-                "acc": float(metrics.group_acc[g]),
-            }
-        )
-    return rows
-
-
-def ci_columns(ci: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-    """:data:`CI_COLUMNS` from :func:`~starft_pipeline.metrics.bootstrap_ci`'s ``{metric: (low, high)}``."""
-    return {f"{m}_ci_{end}": float(ci[m][i]) for m in CI_METRICS for i, end in enumerate(("low", "high"))}
-
-
-def class_rows(
-    method: str, split: str, y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str]
-) -> list[dict[str, Any]]:
-    """``class_results.csv`` rows, one per class in label order (keys in :data:`CLASS_COLUMNS` order)."""
-    acc = per_class_accuracy(y_true, y_pred, len(class_names))
-    counts = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_names))
-    return [
-        {"method": method, "split": split, "class": k, "class_name": str(name), "n": int(counts[k]), "acc": acc[k]}
-        for k, name in enumerate(class_names)
-    ]
-
-
-@dataclass(frozen=True)
-class BootstrapSettings:
-    """Percentile bootstrap of :func:`~starft_pipeline.metrics.bootstrap_ci` (parameters ``evaluation.bootstrap``)."""
-
-    n_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-
-
-class GroupLayout(Protocol):
-    """What a split's report needs to know about its data set (``evaluate.EvalTask`` has it)."""
-
-    @property
-    def class_names(self) -> Sequence[str]: ...
-
-    @property
-    def group_names(self) -> Sequence[str]: ...
-
-    @property
-    def train_group_counts(self) -> Sequence[int]: ...
-
-
-def split_report(
-    method: str,
-    split: str,
-    y_true: Sequence[int] | np.ndarray,
-    y_pred: Sequence[int] | np.ndarray,
-    groups: Sequence[int] | np.ndarray,
-    layout: GroupLayout,
-    convention: str = "generic",
-    bootstrap: BootstrapSettings = BootstrapSettings(),
-    allow_empty_groups: bool = False,
-) -> dict[str, list[dict[str, Any]]]:
-    """Rows of ``results.csv`` (one), ``group_results.csv`` and ``class_results.csv`` for one evaluated split.
-
-    The training weights of the adjusted average are ``layout.train_group_counts`` (the training
-    split actually loaded); ``convention`` picks the headline average
-    (:func:`~starft_pipeline.metrics.headline_average`). ``allow_empty_groups`` as in
-    :func:`~starft_pipeline.metrics.group_robust_metrics`.
-    """
-    n_groups, counts = len(layout.group_names), np.asarray(layout.train_group_counts)
-    metrics = group_robust_metrics(
-        y_true, y_pred, groups, n_groups, counts, allow_empty_groups=allow_empty_groups, n_classes=len(layout.class_names)
-    )
-    ci = bootstrap_ci(
-        y_true, y_pred, groups, n_groups, counts, bootstrap.n_resamples, bootstrap.confidence, bootstrap.seed,
-        allow_empty_groups=allow_empty_groups,
-    )
-    result = {
-        **results_rows(method, split, metrics),
-        **ci_columns(ci),
-        "convention": convention,
-        "headline_avg_acc": headline_average(metrics, convention),  # type: ignore[arg-type]
-    }
-    return {
-        "results": [result],
-        "groups": group_rows(method, split, metrics, layout.group_names),
-        "classes": class_rows(method, split, y_true, y_pred, layout.class_names),
-    }
-
-
-def split_parts(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``dataset`` and ``subset`` columns from its ``"<dataset>/<split>"`` labels in ``split``.
-
-    An existing ``dataset`` column is kept; a label without ``/`` is its own subset.
-    """
-    labels = df["split"].astype(str)
-    out = df.assign(subset=labels.map(lambda s: s.rpartition("/")[2]))
-    if "dataset" not in out.columns:
-        out = out.assign(dataset=labels.map(lambda s: s.rpartition("/")[0]))
-    return out
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _is_nan(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # arrays, lists: not a scalar missing value
-        return False
-
-
-def _format_cell(value: Any, float_format: str | Callable[[float], str]) -> str:
-    if _is_nan(value):
-        text = _NAN_TEXT
-    elif isinstance(value, (bool, np.bool_)):
-        text = str(bool(value))
-    elif isinstance(value, Integral):
-        text = str(int(value))
-    elif isinstance(value, Real):
-        text = float_format(float(value)) if callable(float_format) else float_format.format(float(value))
-    else:
-        text = str(value)
-    return text.replace("|", r"\|").replace("\n", " ")
-
-
-def markdown_table(
-    df: pd.DataFrame,
-    float_format: str | Callable[[float], str] = "{:.3f}",
-    *,
-    index: bool = False,
-) -> str:
-    """Render ``df`` as a GitHub-flavoured markdown table (no ``tabulate`` needed).
-
-    Floats use ``float_format`` (a ``str.format`` pattern such as ``"{:.1f}"`` or a callable),
-    integers are printed as-is, missing values as ``n/a``, and ``|`` in cells is escaped.
-    Numeric columns are right-aligned (``---:``), others left-aligned (``---``). Cells are
-    padded so the source reads as a table too. Set ``index=True`` to include the index.
-    """
-    frame = df.reset_index() if index else df
-    headers = [str(c) for c in frame.columns]
-    columns = [[_format_cell(v, float_format) for v in frame[c].tolist()] for c in frame.columns]
-    numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        for c in frame.columns
-    ]
-    widths = [max([len(h), 3, *(len(v) for v in col)]) for h, col in zip(headers, columns, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(w) if num else cell.ljust(w)
-            for cell, w, num in zip(cells, widths, numeric, strict=True)
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rules = [("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric, strict=True)]
-    rule = "| " + " | ".join(rules) + " |"
-    lines = [line(headers), rule]
-    lines += [line([col[i] for col in columns]) for i in range(len(frame))]
-    return "\n".join(lines) + "\n"
-
-
-def mean_std_table(
-    df: pd.DataFrame,
-    by: Sequence[str] = ("method", "split"),
-    metrics: Sequence[str] = SUMMARY_METRICS,
-    *,
-    percent: bool = True,
-    decimals: int = 1,
-) -> pd.DataFrame:
-    """Aggregate rows (typically one per seed) into mean and sample std (ddof=1) per ``by`` group.
-
-    Returns one row per ``by`` combination (in order of first appearance) with columns
-    ``*by, n_seeds``, then for each metric ``m``: ``m`` (a string such as ``"87.3 ± 1.2"``),
-    ``m_mean`` and ``m_std`` (numbers on the same scale as the string: percent when
-    ``percent=True``). ``n_seeds`` counts rows per group; missing metric values are skipped.
-    With a single row the std is ``nan`` and the string shows the mean alone (``"87.3"``).
-    """
-    by = list(by)
-    metrics = list(metrics)
-    missing = [c for c in [*by, *metrics] if c not in df.columns]
-    if missing:
-        raise ValueError(f"`df` lacks column(s) {missing}; it has {list(df.columns)}.")
-    scale = 100.0 if percent else 1.0
-    grouped = df.groupby(by, sort=False, dropna=False)
-    out = grouped.size().rename("n_seeds").reset_index()
-    for m in metrics:
-        values = pd.to_numeric(df[m], errors="coerce") * scale
-        stats = values.groupby([df[c] for c in by], sort=False, dropna=False).agg(["mean", "std"])
-        stats = stats.reset_index(drop=True)
-        mean, std = stats["mean"].to_numpy(), stats["std"].to_numpy()
-        out[m] = [_mean_std_text(mu, sd, decimals) for mu, sd in zip(mean, std, strict=True)]
-        out[f"{m}_mean"] = mean
-        out[f"{m}_std"] = std
-    return out
-
-
-def _mean_std_text(mean: float, std: float, decimals: int) -> str:
-    if math.isnan(mean):
-        return _NAN_TEXT
-    if math.isnan(std):
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-
-
-_METRIC_LEGEND = (
-    "- `avg_acc`: plain accuracy over the split.",
-    "- `worst_group_acc`: the lowest per-group accuracy (group g = y · n_places + place).",
-    "- `adjusted_avg_acc`: per-group accuracy weighted by the **training** split's group proportions "
-    "(WILDS `adj_acc_avg`; what Waterbirds papers call \"average\").",
-    "- `mean_group_acc`: the unweighted mean over groups (a different number, not the adjusted average).",
-    "- `headline_avg_acc`: the average the data set's convention reports "
-    "(waterbirds: `adjusted_avg_acc`; celeba and generic: `avg_acc`).",
-)
-
-
-def _percent(value: Any) -> str:
-    return _NAN_TEXT if _is_nan(value) else f"{100.0 * float(value):.1f}"
-
-
-def _with_ci(results: pd.DataFrame, metric: str) -> list[str]:
-    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
-    if low not in results.columns or high not in results.columns:
-        return [_percent(v) for v in results[metric]]
-    return [
-        f"{_percent(v)} [{_percent(lo)}, {_percent(hi)}]"
-        for v, lo, hi in zip(results[metric], results[low], results[high], strict=True)
-    ]
-
-
-def comparison_markdown(
-    results: pd.DataFrame, confidence: float | None = None, notes: Sequence[str] = ()
-) -> str:
-    """``results.md``: the comparison table in percent (with bootstrap intervals), a legend and notes.
-
-    ``results`` has the ``results.csv`` columns (at least :data:`RESULTS_COLUMNS`); intervals,
-    convention and headline average are shown when present. ``notes`` (e.g. data-set warnings)
-    are listed under the table.
-    """
-    _require(results, RESULTS_COLUMNS, "results")
-    level = f"{100 * confidence:g}% CI" if confidence is not None else "CI"
-    table = pd.DataFrame(
-        {
-            "method": results["method"],
-            "split": results["split"],
-            "n": results["n"],
-            f"avg_acc [{level}]": _with_ci(results, "avg_acc"),
-            f"worst_group_acc [{level}]": _with_ci(results, "worst_group_acc"),
-            f"adjusted_avg_acc [{level}]": _with_ci(results, "adjusted_avg_acc"),
-            "mean_group_acc": [_percent(v) for v in results["mean_group_acc"]],
-        }
-    )
-    if {"convention", "headline_avg_acc"} <= set(results.columns):
-        table["headline_avg_acc (convention)"] = [
-            f"{_percent(v)} ({c})" for v, c in zip(results["headline_avg_acc"], results["convention"], strict=True)
-        ]
-    lines = [
-        "# Results",
-        "",
-        f"Accuracy in percent; brackets: percentile bootstrap interval ({level}, stratified by group).",
-        "",
-        markdown_table(table).rstrip("\n"),
-        "",
-        *_METRIC_LEGEND,
-    ]
-    if notes:
-        lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- figures
+    colormap = matplotlib.colormaps[name]
+    if not isinstance(colormap, ListedColormap):
+        raise ValueError(f"colormap {name!r} is not a listed (qualitative) colormap")
+    return list(colormap.colors)  # type: ignore[arg-type]  # a sequence of colours for the qualitative maps
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, Any]:
     """A stable colour per method (tab10 in the given order, then tab20)."""
-    import matplotlib
-
-    palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
+    palette = _listed_colors("tab10") + _listed_colors("tab20")[1::2]
     return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
@@ -434,12 +56,6 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"`{name}` lacks column(s) {missing}; it has {list(df.columns)}.")
 
 
 def _group_bars(
@@ -507,7 +123,7 @@ def plot_group_accuracy(
     several seeds, are averaged and drawn with a ±1 std error bar. A missing accuracy gives
     an empty bar slot. Bars are labelled with their value when ``annotate``.
     """
-    _require(group_df, ["method", "group", "acc"], "group_df")
+    require_columns(group_df, ["method", "group", "acc"], "group_df")
     df = group_df
     if "split" in df.columns:
         splits = _unique(df["split"])
@@ -535,10 +151,8 @@ def plot_group_accuracy(
 
 def _split_colors(splits: Sequence[str]) -> dict[str, Any]:
     """Split colours distinct from the method palette (train grey, val light blue, test dark blue)."""
-    import matplotlib
-
     fixed = {"train": "#9e9e9e", "val": "#7fb3d5", "test": "#1f4e79"}
-    extra = list(matplotlib.colormaps["Set2"].colors)
+    extra = _listed_colors("Set2")
     return {s: fixed.get(s, extra[i % len(extra)]) for i, s in enumerate(splits)}
 
 
@@ -574,7 +188,7 @@ def plot_method_group_accuracy(group_df: pd.DataFrame, method: str | None = None
     ``group_df`` has the ``group_results.csv`` columns with ``"<dataset>/<split>"`` labels in
     ``split``; ``method`` picks one method (required when there are several).
     """
-    _require(group_df, ["method", "split", "group", "acc"], "group_df")
+    require_columns(group_df, ["method", "split", "group", "acc"], "group_df")
     methods = _unique(group_df["method"])
     if method is None:
         if len(methods) != 1:
@@ -595,7 +209,7 @@ def plot_group_accuracy_comparison(
 
     ``method_order`` fixes the colour of each method (as in the other figures given the same order).
     """
-    _require(group_df, ["method", "split", "group", "acc"], "group_df")
+    require_columns(group_df, ["method", "split", "group", "acc"], "group_df")
     df = split_parts(group_df)
     df = df[df["subset"] == split]
     if df.empty:
@@ -662,7 +276,7 @@ def plot_wise_ft_curve(
     Rows with a missing accuracy are skipped (a method whose rows are all missing still gets
     a legend entry).
     """
-    _require(curve_df, ["method", "alpha", "avg_acc", "worst_group_acc"], "curve_df")
+    require_columns(curve_df, ["method", "alpha", "avg_acc", "worst_group_acc"], "curve_df")
     if curve_df.empty:
         raise ValueError("`curve_df` has no rows to plot.")
     colors = method_colors(_unique(curve_df["method"]))
@@ -701,7 +315,7 @@ def plot_wise_ft_curves(
     (default: all, in order of appearance). Each panel is drawn as :func:`plot_wise_ft_curve`;
     ``method_order`` fixes the method colours.
     """
-    _require(curve_df, ["method", "alpha", "split", "avg_acc", "worst_group_acc"], "curve_df")
+    require_columns(curve_df, ["method", "alpha", "split", "avg_acc", "worst_group_acc"], "curve_df")
     df = split_parts(curve_df)
     chosen = list(splits) if splits is not None else _unique(df["subset"])
     df = df[df["subset"].isin(chosen)]
@@ -754,7 +368,7 @@ def plot_training_curves(
     l.get_label().startswith("_")]`` gives one line per method.
     """
     terms = [t for i, t in enumerate(terms) if i == 0 or t in history_df.columns]
-    _require(history_df, ["method", "step", terms[0]], "history_df")
+    require_columns(history_df, ["method", "step", terms[0]], "history_df")
     if history_df.empty:
         raise ValueError("`history_df` has no rows to plot.")
     methods = _unique(history_df["method"])
