@@ -105,8 +105,13 @@ def random_train_data(loaded: LoadedModel, setting: Setting, n_images: int, seed
 def method_config(method: str, batch_size: int) -> FinetuneConfig:
     regularised = method.startswith("star")
     return FinetuneConfig(
-        method="star" if regularised else "flyp", epochs=1, batch_size=batch_size, lr=1e-5,
-        reg_weight=0.5 if regularised else 0.0, diminishing=False, progress=False,
+        method="star" if regularised else "flyp",
+        epochs=1,
+        batch_size=batch_size,
+        lr=1e-5,
+        reg_weight=0.5 if regularised else 0.0,
+        diminishing=False,
+        progress=False,
     )
 
 
@@ -164,7 +169,8 @@ def bench_setting(setting: Setting, device: torch.device, steps: int, warmup: in
         indices = torch.arange(step * setting.batch_size, (step + 1) * setting.batch_size)
         state.step = step  # the step's draws (crops, captions, descriptions) follow it
         for method in METHODS:
-            def one_step() -> None:
+
+            def one_step(method: str = method, indices: torch.Tensor = indices, step: int = step) -> None:
                 if method == "star_online":
                     online_teacher_forward(teacher, loaded, data, indices, device, step)
                 training_step(loaded, state, data, indices, configs[method], configs[method].reg_weight, device)
@@ -178,8 +184,10 @@ def bench_setting(setting: Setting, device: torch.device, steps: int, warmup: in
 
 
 def table(rows: Sequence[tuple[Setting, Times, float]], device: torch.device, clock: str) -> str:
-    header = (f"{'model':<16} {'batch':>5} {'px':>4}  {'method':<12} {'wall s (median)':>15} {'min':>8} {'max':>8} "
-              f"{'cpu s (median)':>14} {'min':>8} {'max':>8} {'images/s':>9}")
+    header = (
+        f"{'model':<16} {'batch':>5} {'px':>4}  {'method':<12} {'wall s (median)':>15} {'min':>8} {'max':>8} "
+        f"{'cpu s (median)':>14} {'min':>8} {'max':>8} {'images/s':>9}"
+    )
     lines = [header, "-" * len(header)]
     for setting, times, _ in rows:
         size = 32 if setting.name == "tiny" else 224
@@ -220,11 +228,18 @@ def stub_model(image_size: int) -> LoadedModel:
     config["vision_cfg"] |= {"image_size": image_size, "patch_size": image_size}  # one patch per image
     torch.manual_seed(0)
     model = open_clip.CLIP(**config)
-    return LoadedModel(model, open_clip.get_tokenizer("ViT-B-16"), image_size,
-                       open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    return LoadedModel(
+        model,
+        open_clip.get_tokenizer("ViT-B-16"),
+        image_size,
+        open_clip.OPENAI_DATASET_MEAN,
+        open_clip.OPENAI_DATASET_STD,
+    )
 
 
-def model_only_step(loaded: LoadedModel, config: FinetuneConfig, texts: Sequence[str], batch_size: int) -> Callable[[], None]:
+def model_only_step(
+    loaded: LoadedModel, config: FinetuneConfig, texts: Sequence[str], batch_size: int
+) -> Callable[[], None]:
     """The stub's forward (images and the distinct texts, trimmed), loss, backward and AdamW step, nothing else."""
     from starft_pipeline.engine import encode_text_trimmed
     from starft_pipeline.losses import clip_contrastive_loss
@@ -261,6 +276,7 @@ def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_
         for step in range(warmup + steps):
             state.step = step
             indices = torch.arange((step % 4) * batch_size, (step % 4 + 1) * batch_size)
+
             def one_step(state=state, indices=indices, config=config) -> None:
                 training_step(loaded, state, data, indices, config, config.reg_weight, device)
 
@@ -282,8 +298,10 @@ def bench_host(steps: int, warmup: int, image_size: int, batch_size: int = HOST_
 
 
 def host_report(medians: dict[str, dict[str, float]], image_size: int, batch_size: int = HOST_BATCH) -> str:
-    title = (f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
-             f"{image_size} px, background pool):")
+    title = (
+        f"host-side time per step (stub towers, batch {batch_size}, {len(IMAGENET_CLASSNAMES)} classes, "
+        f"{image_size} px, background pool):"
+    )
     lines = [title]
     for method, parts in medians.items():
         ms = {part: 1e3 * value for part, value in parts.items()}
@@ -327,8 +345,11 @@ def main() -> None:
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"unknown --models {unknown}; choose from {sorted(SETTINGS)}")
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps after {args.warmup} warm-up round(s)", flush=True)
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps after {args.warmup} warm-up round(s)",
+        flush=True,
+    )
     host = bench_host(args.steps, max(1, args.warmup), args.host_px)
     print(host_report(host, args.host_px), flush=True)
     if args.host_only:

@@ -173,12 +173,17 @@ def star_online_section(check: Check) -> None:
             continue
         loaded = create_model(ModelSpec(architecture=check.setting.architecture), device=check.device)
         teacher = OnlineTeacher(copy.deepcopy(loaded), check.device, resolve_precision("auto", check.device))
-        data = dataclasses.replace(random_train_data(loaded, check.setting, 2 * check.setting.batch_size), teacher=teacher)
+        data = dataclasses.replace(
+            random_train_data(loaded, check.setting, 2 * check.setting.batch_size), teacher=teacher
+        )
         if compiled:
             compile_towers(loaded.model)
         config = dataclasses.replace(
             method_config("star_online", check.setting.batch_size),
-            precision="auto", tf32=True, compile=False, teacher_mode="online",
+            precision="auto",
+            tf32=True,
+            compile=False,
+            teacher_mode="online",
         )
         warmup = check.compiled_warmup if compiled else check.warmup
         report_train(check, f"star_online {label}", train_throughput(check, loaded, data, config, warmup), online=True)
@@ -217,15 +222,25 @@ def imagenet_tree(dry: bool) -> Tree:
     return Tree(train, val, shards, size)
 
 
-def loader_throughput(tree: Tree, batch_size: int, decode: str, num_workers: int, seconds: float,
-                      device: torch.device) -> float:
+def loader_throughput(
+    tree: Tree, batch_size: int, decode: str, num_workers: int, seconds: float, device: torch.device
+) -> float:
     """Images per second out of ``shards.shard_batches`` (on ``device`` for GPU decode, pinned host memory
     otherwise), the train shards read round after round in one loader for about ``seconds``; the first
     batches (worker start-up) are not counted."""
     rounds = 50  # rows repeat: one loader for every round, no worker restart between them
     rows = np.tile(np.arange(len(tree.train)), rounds)
-    batches = shard_batches(tree.shards, tree.train, tree.image_size, batch_size, num_workers=num_workers,
-                            pin_memory=True, rows=rows, decode=decode, device=device)
+    batches = shard_batches(
+        tree.shards,
+        tree.train,
+        tree.image_size,
+        batch_size,
+        num_workers=num_workers,
+        pin_memory=True,
+        rows=rows,
+        decode=decode,
+        device=device,
+    )
     counted, started = 0, None
     for number, (images, _) in enumerate(batches):
         images = images.to(device, non_blocking=True)
@@ -273,8 +288,11 @@ def evaluation_section(check: Check) -> None:
     ]
     repeats = 1 if check.dry else EVAL_REPEATS  # the val images, read this many times (one split)
     split = dataclasses.replace(
-        tree.val, paths=tree.val.paths * repeats, labels=np.tile(tree.val.labels, repeats),
-        places=np.tile(tree.val.places, repeats), groups=np.tile(tree.val.groups, repeats),
+        tree.val,
+        paths=tree.val.paths * repeats,
+        labels=np.tile(tree.val.labels, repeats),
+        places=np.tile(tree.val.places, repeats),
+        groups=np.tile(tree.val.groups, repeats),
     )
     names = tuple(f"class {label}" for label in range(int(split.labels.max()) + 1))
     task = EvalTask("imagenet_like", names, ("a photo of a {}.",), 1, names, (1,) * len(names))
@@ -285,8 +303,11 @@ def evaluation_section(check: Check) -> None:
     synchronise(check.device)
     images_per_s = len(split) / (time.perf_counter() - started)
     assert all(len(labels) == len(split) for labels in predictions.values())
-    print(f"evaluation {len(entries)} models, one pass {'':<7} {images_per_s:9.1f} img/s   "
-          f"({len(entries) * images_per_s:.1f} model-images/s, {len(split)} images)", flush=True)
+    print(
+        f"evaluation {len(entries)} models, one pass {'':<7} {images_per_s:9.1f} img/s   "
+        f"({len(entries) * images_per_s:.1f} model-images/s, {len(split)} images)",
+        flush=True,
+    )
 
 
 #: Each section's estimated seconds on one H200 (printed; the total must stay under gpu_check.sh's 480 s).
@@ -321,12 +342,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("gpu_check: no CUDA device; use --dry to check the script on the CPU")
     check = Check(device, setting, steps, warmup, args.compiled_warmup, args.peak_tflops, args.dry, started)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"gpu_check: {name}, torch {torch.__version__}, {setting.architecture} batch {setting.batch_size}, "
-          f"precision {resolve_precision('auto', device)}, TF32 on, {steps} timed steps, peak {args.peak_tflops:g} TFLOP/s",
-          flush=True)
-    print("gpu_check: budget per section on one H200 ≈ "
-          + ", ".join(f"{name.removesuffix('_section')} {s} s" for name, s in SECTION_BUDGETS_S.items())
-          + f" (total ≈ {sum(SECTION_BUDGETS_S.values())} s; stops starting work at {TIME_BUDGET_S:.0f} s)", flush=True)
+    print(
+        f"gpu_check: {name}, torch {torch.__version__}, {setting.architecture} batch {setting.batch_size}, "
+        f"precision {resolve_precision('auto', device)}, TF32 on, {steps} timed steps, peak {args.peak_tflops:g} TFLOP/s",
+        flush=True,
+    )
+    print(
+        "gpu_check: budget per section on one H200 ≈ "
+        + ", ".join(f"{name.removesuffix('_section')} {s} s" for name, s in SECTION_BUDGETS_S.items())
+        + f" (total ≈ {sum(SECTION_BUDGETS_S.values())} s; stops starting work at {TIME_BUDGET_S:.0f} s)",
+        flush=True,
+    )
     for section in SECTIONS:
         section_started = time.perf_counter()
         try:
@@ -335,7 +361,10 @@ def main(argv: list[str] | None = None) -> None:
             if check.dry:
                 raise  # the dry run is the test that keeps this script working
             skipped(section.__name__, f"{type(error).__name__}: {error}")
-        print(f"  ({section.__name__.removesuffix('_section')}: {time.perf_counter() - section_started:.1f} s)", flush=True)
+        print(
+            f"  ({section.__name__.removesuffix('_section')}: {time.perf_counter() - section_started:.1f} s)",
+            flush=True,
+        )
     print(f"gpu_check: done in {time.perf_counter() - started:.0f} s", flush=True)
 
 

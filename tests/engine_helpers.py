@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from starft_pipeline.descriptions import DescriptionPool
+from starft_pipeline.heads import ClassifierHead
 from starft_pipeline.models import LoadedModel, ModelSpec, create_model
 from starft_pipeline.training import FinetuneConfig, TrainData
 
@@ -23,7 +24,7 @@ BACKGROUNDS = ("grass", "water", "sand", "snow")
 TINY_ARCHITECTURE = "starft-tiny-vit"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_model(init_seed: int) -> LoadedModel:
     return create_model(ModelSpec(architecture=TINY_ARCHITECTURE, init_seed=init_seed))
 
@@ -67,21 +68,29 @@ def tiny_train_data(n_images: int = 32, image_size: int = 32, dim: int = 128, se
 
 
 def tiny_config(**overrides) -> FinetuneConfig:
-    values = dict(method="star", epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, reg_weight=0.5,
-                  diminishing=False, confounder_types=("synthetic_background",), progress=False)
+    values = dict(
+        method="star",
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=1,
+        reg_weight=0.5,
+        diminishing=False,
+        confounder_types=("synthetic_background",),
+        progress=False,
+    )
     return FinetuneConfig(**(values | overrides))
 
 
-def tiny_head(dim: int = 128) -> "ClassifierHead":
-    from starft_pipeline.heads import ClassifierHead
-
+def tiny_head(dim: int = 128) -> ClassifierHead:
     generator = torch.Generator().manual_seed(1)
     weight = 10.0 * F.normalize(torch.randn(len(CLASS_NAMES), dim, generator=generator), dim=-1)
     return ClassifierHead(weight, torch.zeros(len(CLASS_NAMES)), CLASS_NAMES)
 
 
-def train_tiny(n_images: int = 16, context=None, checkpoints=None, on_epoch_end=None, sgd_lr: float | None = None,
-               **overrides):
+def train_tiny(
+    n_images: int = 16, context=None, checkpoints=None, on_epoch_end=None, sgd_lr: float | None = None, **overrides
+):
     """Fine-tune the tiny model on tiny data with ``tiny_config(**overrides)``; returns the TrainState.
 
     ``sgd_lr`` swaps AdamW for plain SGD at a constant rate: updated weights then compare cleanly
@@ -117,16 +126,20 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str, runs: dict[s
 
     from starft_pipeline.distributed import init_from_env
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     context, _ = init_from_env(torch.device("cpu"))
     try:
         for name, overrides in runs.items():
             state = train_tiny(context=context, **overrides)
             if context.is_main:
-                result = {"weights": state.model.state_dict(), "gradients": last_gradients(state),
-                          "losses": [h["loss"] for h in state.history]}
+                result = {
+                    "weights": state.model.state_dict(),
+                    "gradients": last_gradients(state),
+                    "losses": [h["loss"] for h in state.history],
+                }
                 torch.save(result, f"{out_dir}/{name}.pt")
     finally:
         dist.destroy_process_group()

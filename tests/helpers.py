@@ -11,10 +11,24 @@ from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SPECS = {
-    "synthetic": {"name": "tiny_finetune", "object_ids": [0, 1, 2], "background_ids": [5, 1, 2],
-                  "train_per_class": 24, "val_per_group": 2, "test_per_group": 3, "correlation": 0.9},
-    "waterbirds_like": {"name": "tiny_wb", "object_ids": [4, 5], "background_ids": [5, 1],
-                        "train_per_class": 8, "val_per_group": 2, "test_per_group": 3, "correlation": 0.75},
+    "synthetic": {
+        "name": "tiny_finetune",
+        "object_ids": [0, 1, 2],
+        "background_ids": [5, 1, 2],
+        "train_per_class": 24,
+        "val_per_group": 2,
+        "test_per_group": 3,
+        "correlation": 0.9,
+    },
+    "waterbirds_like": {
+        "name": "tiny_wb",
+        "object_ids": [4, 5],
+        "background_ids": [5, 1],
+        "train_per_class": 8,
+        "val_per_group": 2,
+        "test_per_group": 3,
+        "correlation": 0.75,
+    },
 }
 
 
@@ -72,13 +86,21 @@ def stage_tiny(data_root: Path, params: dict[str, Any] | None = None) -> dict[st
     from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
     from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
 
-    templates = {name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
-                 for name in ("prompt_templates", "spurious_templates")}
+    templates = {
+        name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
+        for name in ("prompt_templates", "spurious_templates")
+    }
     params = params or tiny_parameters(data_root)
     params["teacher"]["model"]["pretrained"] = None  # random init: independent of the committed weights
     metadata = prepare_datasets(params["datasets"])
     index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
     document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
     record, cache = build_teacher_cache(metadata, index, document, params["teacher"])
-    return {"params": params, "dataset_metadata": metadata, "dataset_index": index, "descriptions": document,
-            "teacher_model": record, "teacher_cache": cache}
+    return {
+        "params": params,
+        "dataset_metadata": metadata,
+        "dataset_index": index,
+        "descriptions": document,
+        "teacher_model": record,
+        "teacher_cache": cache,
+    }

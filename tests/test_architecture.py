@@ -56,8 +56,10 @@ def package_graph() -> dict[str, set[str]]:
     """Our modules → our modules they import (names that are not modules of ours are dropped)."""
     paths = sorted(SOURCE.rglob("*.py"))
     ours = {module_name(path) for path in paths}
-    return {module_name(path): {name for name in imported_modules(path) if name in ours} - {module_name(path)}
-            for path in paths}
+    return {
+        module_name(path): {name for name in imported_modules(path) if name in ours} - {module_name(path)}
+        for path in paths
+    }
 
 
 def kedro_imports() -> dict[str, list[str]]:
@@ -82,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if target.startswith(node + "."):  # a package importing its own submodule
                 continue
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -102,7 +104,9 @@ def test_the_library_never_imports_kedro():
 
 def test_the_library_never_imports_the_app():
     graph = package_graph()
-    upward = {module: sorted(t for t in targets if is_app(t)) for module, targets in graph.items() if not is_app(module)}
+    upward = {
+        module: sorted(t for t in targets if is_app(t)) for module, targets in graph.items() if not is_app(module)
+    }
     upward = {module: targets for module, targets in upward.items() if targets}
     assert not upward, f"library modules import the Kedro app: {upward}"
 

@@ -19,10 +19,10 @@ from starft_pipeline.dataset_index import data_identity
 from starft_pipeline.descriptions import descriptions_document, expand_pools, flatten_descriptions
 from starft_pipeline.io_utils import atomic_path, atomic_write_json
 from starft_pipeline.kedro_io import TensorBundleDataset
+from starft_pipeline.models import ModelSpec
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_finetuned
 from starft_pipeline.pipelines.finetune.nodes import finetune_method
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache, release_teacher_parts
-from starft_pipeline.models import ModelSpec
 from starft_pipeline.teacher import FeatureParts, StaleCacheError, TeacherCache, expected_fingerprint
 from starft_pipeline.tensor_bundle import DamagedFileError, TensorBundle
 
@@ -37,10 +37,15 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def recorded() -> dict[str, Any]:
     """A dataset index, descriptions, the teacher's record and a cache that fits them (no data, no model run)."""
     classes = ["cat", "dog"]
-    index = {"finetune_dataset": "d", "datasets": {"d": {"class_names": classes, "templates": ["a photo of a {c}."],
-                                                        "metadata_fingerprint": "rows-1"}}}
-    document = descriptions_document(expand_pools(classes, {"background": ["a {c} on grass."]}, ["background"]),
-                                     classes, "offline", {})
+    index = {
+        "finetune_dataset": "d",
+        "datasets": {
+            "d": {"class_names": classes, "templates": ["a photo of a {c}."], "metadata_fingerprint": "rows-1"}
+        },
+    }
+    document = descriptions_document(
+        expand_pools(classes, {"background": ["a {c} on grass."]}, ["background"]), classes, "offline", {}
+    )
     spec = {"architecture": "starft-tiny-vit", "pretrained": None}
     identity = ModelSpec(**spec).identity()
     value = expected_fingerprint(identity, index, flatten_descriptions(document, classes))
@@ -77,16 +82,27 @@ def test_a_stale_teacher_cache_stops_finetuning(recorded: dict[str, Any]) -> Non
     descriptions = json.loads(json.dumps(recorded["descriptions"]))
     descriptions["descriptions"]["background"]["cat"] = ["a cat on snow."]
     params = {"method": "star", "epochs": 1, "device": "cpu"}
-    with pytest.raises(StaleCacheError, match=r"computed from other model weights, prompts, descriptions or data.*"
-                                              r"Rerun `kedro run --pipeline=teacher`"):
-        finetune_method(pd.DataFrame(), recorded["dataset_index"], descriptions, recorded["teacher_model"],
-                        recorded["teacher_cache"], params)
+    with pytest.raises(
+        StaleCacheError,
+        match=r"computed from other model weights, prompts, descriptions or data.*"
+        r"Rerun `kedro run --pipeline=teacher`",
+    ):
+        finetune_method(
+            pd.DataFrame(),
+            recorded["dataset_index"],
+            descriptions,
+            recorded["teacher_model"],
+            recorded["teacher_cache"],
+            params,
+        )
 
 
 def test_evaluation_refuses_weights_from_another_teacher_cache(recorded: dict[str, Any]) -> None:
     weights = TensorBundle({}, {"method": "flyp", "teacher_fingerprint": "0123456789abcdef"})
     with pytest.raises(StaleCacheError) as error:
-        evaluate_finetuned(weights, pd.DataFrame(), recorded["dataset_index"], recorded["teacher_model"], {"splits": ["test"]})
+        evaluate_finetuned(
+            weights, pd.DataFrame(), recorded["dataset_index"], recorded["teacher_model"], {"splits": ["test"]}
+        )
     message = str(error.value)
     assert "the flyp weights were fine-tuned from the teacher cache 0123456789abcdef" in message
     assert f"the current teacher cache is {recorded['teacher_model']['fingerprint']}" in message
@@ -96,8 +112,11 @@ def test_evaluation_refuses_weights_from_another_teacher_cache(recorded: dict[st
 def test_evaluation_refuses_a_teacher_computed_on_other_data(recorded: dict[str, Any]) -> None:
     teacher_model = {**recorded["teacher_model"], "data": {"d": "rows-0"}}
     weights = TensorBundle({}, {"method": "star", "teacher_fingerprint": teacher_model["fingerprint"]})
-    with pytest.raises(StaleCacheError, match=r"computed from other data than the current dataset index.*"
-                                              r"Rerun `kedro run --pipeline=teacher`, then finetune"):
+    with pytest.raises(
+        StaleCacheError,
+        match=r"computed from other data than the current dataset index.*"
+        r"Rerun `kedro run --pipeline=teacher`, then finetune",
+    ):
         evaluate_finetuned(weights, pd.DataFrame(), recorded["dataset_index"], teacher_model, {"splits": ["test"]})
 
 
@@ -146,8 +165,9 @@ def _failing_writer(path_holder: list[Path]) -> Any:
     return write
 
 
-def test_a_failed_write_keeps_the_previous_file_and_leaves_no_debris(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _bundle_file(tmp_path)
     before = path.read_bytes()
     written: list[Path] = []

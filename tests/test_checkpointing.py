@@ -96,7 +96,10 @@ def _start(checkpoint_dir: Path, out_file: Path, *pause: str) -> subprocess.Pope
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, str(HELPER), str(checkpoint_dir), str(out_file), *pause],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
 
 
@@ -120,7 +123,10 @@ def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
 
     resumed = subprocess.run(
         [sys.executable, str(HELPER), str(killed_dir), str(tmp_path / "resumed.safetensors")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed" in resumed.stderr and "at epoch 1" in resumed.stderr

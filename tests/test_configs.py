@@ -25,10 +25,15 @@ class _Toy:
         check_fields(self, "toy.")
 
 
-@pytest.mark.parametrize(("config", "block"), [
-    (FinetuneConfig, "finetune"), (PretrainConfig, "pretrain"),
-    (CheckpointConfig, "finetune checkpoint"), (LinearProbeConfig, "linear_probe"),
-])
+@pytest.mark.parametrize(
+    ("config", "block"),
+    [
+        (FinetuneConfig, "finetune"),
+        (PretrainConfig, "pretrain"),
+        (CheckpointConfig, "finetune checkpoint"),
+        (LinearProbeConfig, "linear_probe"),
+    ],
+)
 def test_an_unknown_key_is_named_with_the_known_ones(config: type, block: str) -> None:
     with pytest.raises(ValueError, match=rf"unknown {block} parameter\(s\) \['bogus'\]; known: \[") as error:
         config.from_params({"bogus": 1})
@@ -36,17 +41,22 @@ def test_an_unknown_key_is_named_with_the_known_ones(config: type, block: str) -
 
 
 def test_lists_become_tuples_and_excluded_keys_are_skipped() -> None:
-    toy = config_from_params(_Toy, {"names": ["x", "y"], "crop": [0.8, 1.0], "device": "cpu"}, "toy", exclude=["device"])
+    toy = config_from_params(
+        _Toy, {"names": ["x", "y"], "crop": [0.8, 1.0], "device": "cpu"}, "toy", exclude=["device"]
+    )
     assert toy == _Toy(names=("x", "y"), crop=(0.8, 1.0))
     assert config_from_params(_Toy, None, "toy") == _Toy()
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"steps": 0}, "toy.steps must be >= 1, got 0"),
-    ({"share": 1.0}, "toy.share must be < 1, got 1.0"),
-    ({"threads": 0}, "toy.threads must be >= 1, got 0"),
-    ({"crop": (0.9, 0.5)}, r"toy.crop_scale must satisfy 0 < low <= high <= 1, got \[0.9, 0.5\]"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"steps": 0}, "toy.steps must be >= 1, got 0"),
+        ({"share": 1.0}, "toy.share must be < 1, got 1.0"),
+        ({"threads": 0}, "toy.threads must be >= 1, got 0"),
+        ({"crop": (0.9, 0.5)}, r"toy.crop_scale must satisfy 0 < low <= high <= 1, got \[0.9, 0.5\]"),
+    ],
+)
 def test_a_field_checks_its_own_range(values: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _Toy(**values)

@@ -21,12 +21,12 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "llm"))
-from fake_messages_server import FakeMessagesServer, Reply, auto_answer  # noqa: E402
-from helpers import PROJECT_ROOT, tiny_parameters  # noqa: E402
+from fake_messages_server import FakeMessagesServer, Reply, auto_answer
 
-from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets  # noqa: E402
-from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions  # noqa: E402
-from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache  # noqa: E402
+from helpers import PROJECT_ROOT, tiny_parameters
+from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
+from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
+from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
 
 pytestmark = pytest.mark.slow
 WAIT_S = 240
@@ -63,8 +63,14 @@ generate_descriptions(inputs["index"], {}, inputs["descriptions"])
 
 def _child(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=PROJECT_ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> None:
@@ -74,7 +80,9 @@ def _kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> None:
         while not ready():
             if process.poll() is not None or time.monotonic() > deadline:
                 output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-                pytest.fail(f"the child ended or stalled before the kill point (rc {process.returncode}):\n{output[-4000:]}")
+                pytest.fail(
+                    f"the child ended or stalled before the kill point (rc {process.returncode}):\n{output[-4000:]}"
+                )
             time.sleep(0.05)
     finally:
         if process.poll() is None:
@@ -92,8 +100,10 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data_root = tmp_path_factory.mktemp("crash") / "data"
     params = tiny_parameters(data_root)
     params["teacher"]["model"]["pretrained"] = None
-    templates = {name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
-                 for name in ("prompt_templates", "spurious_templates")}
+    templates = {
+        name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
+        for name in ("prompt_templates", "spurious_templates")
+    }
     metadata = prepare_datasets(params["datasets"])
     index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
     document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
@@ -122,8 +132,9 @@ def test_a_killed_teacher_run_resumes_from_its_finished_splits(
     assert caplog.text.count("teacher: encoded") == len(splits) - 1
     assert finished[0].stat().st_mtime_ns == stamp  # not rewritten
 
-    _, uninterrupted = build_teacher_cache(metadata, tiny_inputs["index"], tiny_inputs["descriptions"],
-                                           {**teacher, "work_dir": None})
+    _, uninterrupted = build_teacher_cache(
+        metadata, tiny_inputs["index"], tiny_inputs["descriptions"], {**teacher, "work_dir": None}
+    )
     assert resumed.metadata == uninterrupted.metadata
     assert all(torch.equal(resumed.tensors[key], uninterrupted.tensors[key]) for key in uninterrupted.tensors)
 
@@ -135,8 +146,13 @@ def _descriptions_params(server_url: str, cache_dir: Path) -> dict[str, Any]:
         "pinned_file": None,
         "cache_dir": str(cache_dir),
         "credentials_file": None,
-        "anthropic": {"base_url": server_url, "n_descriptions": 3, "max_concurrency": 1, "http_max_retries": 0,
-                      "timeout_s": 300},
+        "anthropic": {
+            "base_url": server_url,
+            "n_descriptions": 3,
+            "max_concurrency": 1,
+            "http_max_retries": 0,
+            "timeout_s": 300,
+        },
     }
 
 
@@ -146,14 +162,22 @@ def test_a_killed_descriptions_run_keeps_every_finished_answer(tmp_path: Path, m
     cache_dir = tmp_path / "cache"
     key = "test-sentinel-key-crash-1"
     with FakeMessagesServer() as server:
-        stall = auto_answer({"tools": [{"input_schema": {"properties": {"descriptions": {"maxItems": 3}}}}],
-                             "messages": [{"content": 'Class name: "cactus"'}]})
+        stall = auto_answer(
+            {
+                "tools": [{"input_schema": {"properties": {"descriptions": {"maxItems": 3}}}}],
+                "messages": [{"content": 'Class name: "cactus"'}],
+            }
+        )
         server.enqueue_for('Class name: "cactus"', Reply(body=stall.body, delay_s=120))
         inputs = tmp_path / "inputs.json"
         inputs.write_text(json.dumps({"index": index, "descriptions": _descriptions_params(server.url, cache_dir)}))
         child = _child(DESCRIPTIONS_CHILD, str(inputs), env={"ANTHROPIC_API_KEY": key})
-        _kill_when(child, lambda: len(server.requests_matching('Class name: "cactus"')) == 1
-                   and len(list(cache_dir.glob("*.json"))) == 2)
+        _kill_when(
+            child,
+            lambda: (
+                len(server.requests_matching('Class name: "cactus"')) == 1 and len(list(cache_dir.glob("*.json"))) == 2
+            ),
+        )
         assert len(list(cache_dir.glob("*.json"))) == 2  # apple and bench were answered and kept
         asked_before = len(server.requests)
 

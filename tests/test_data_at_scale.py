@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
 
+from engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
 from starft_pipeline.data import load_split_images, normalise_images, read_image_folder, split_of
 from starft_pipeline.distributed import DistContext, all_gather_rows, shard_rows
 from starft_pipeline.imagenet_like import write_imagenet_like

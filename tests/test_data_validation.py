@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from starft_pipeline.data import GroupSplit, check_groups_present, load_image
+from starft_pipeline.dataset_index import dataset_entry
+from starft_pipeline.images import to_rgb
 from starft_pipeline.metadata import (
     MAX_LISTED,
     METADATA_COLUMNS,
@@ -31,8 +33,6 @@ from starft_pipeline.metadata import (
     read_metadata,
     require_split_rows,
 )
-from starft_pipeline.dataset_index import dataset_entry
-from starft_pipeline.images import to_rgb
 from starft_pipeline.pipelines.class_names.nodes import data_quality_metrics, prepare_checked_datasets
 
 SKIP = DataChecks(bad_data="skip", source="datasets.mine")
@@ -71,6 +71,7 @@ def _good_rows(n: int = 6) -> list[dict[str, Any]]:
 
 # --- columns and file format -------------------------------------------------------------------------
 
+
 def test_missing_column_names_the_column_and_file(tmp_path: Path) -> None:
     root = _dataset(tmp_path, _good_rows(), columns=["img_id", "img_filename", "y", "split", "place_filename"])
     with pytest.raises(DataError) as error:
@@ -99,9 +100,15 @@ def test_extra_columns_are_kept_with_a_warning_or_refused(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
         frame = read_metadata(root, STRICT).frame
     assert "note" in frame.columns
-    assert "extra column(s) ['note', 'Unnamed: 0'] are kept but not used (datasets.mine.extra_columns: ignore)" in caplog.text
-    with pytest.raises(DataError, match=r"unexpected column\(s\) \['note', 'Unnamed: 0'\]; remove them, or set "
-                                        r"`datasets.mine.extra_columns: ignore`"):
+    assert (
+        "extra column(s) ['note', 'Unnamed: 0'] are kept but not used (datasets.mine.extra_columns: ignore)"
+        in caplog.text
+    )
+    with pytest.raises(
+        DataError,
+        match=r"unexpected column\(s\) \['note', 'Unnamed: 0'\]; remove them, or set "
+        r"`datasets.mine.extra_columns: ignore`",
+    ):
         read_metadata(root, DataChecks(extra_columns="error", source="datasets.mine"))
 
 
@@ -109,10 +116,14 @@ def test_extra_columns_are_kept_with_a_warning_or_refused(tmp_path: Path, caplog
     ("content", "message"),
     [
         (b"", "is empty; it needs a header line"),
-        (b"img_id,img_filename,y,split,place,place_filename\n0,a.png,0,0,0,\n1,b.png,0,0,0,,extra,cells\n",
-         "is not a well-formed CSV file"),
-        ("img_id,img_filename,y,split,place,place_filename\n0,caf\u00e9.png,0,0,0,\n".encode("latin-1"),
-         "is not UTF-8 text"),
+        (
+            b"img_id,img_filename,y,split,place,place_filename\n0,a.png,0,0,0,\n1,b.png,0,0,0,,extra,cells\n",
+            "is not a well-formed CSV file",
+        ),
+        (
+            "img_id,img_filename,y,split,place,place_filename\n0,caf\u00e9.png,0,0,0,\n".encode("latin-1"),
+            "is not UTF-8 text",
+        ),
     ],
     ids=["empty", "ragged", "latin-1"],
 )
@@ -136,15 +147,30 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 # --- bad rows ------------------------------------------------------------------------------------------
 
 BAD_ROWS = {
-    "unknown_split": (_row(10, "images/10.png", split=7), "line 8 (img_id 10, 'images/10.png'): unknown split code 7; use 0=train, 1=val, 2=test"),
-    "label_text": (_row(10, "images/10.png", y="bird"), "line 8 (img_id 10, 'images/10.png'): column 'y' holds 'bird', not an integer"),
+    "unknown_split": (
+        _row(10, "images/10.png", split=7),
+        "line 8 (img_id 10, 'images/10.png'): unknown split code 7; use 0=train, 1=val, 2=test",
+    ),
+    "label_text": (
+        _row(10, "images/10.png", y="bird"),
+        "line 8 (img_id 10, 'images/10.png'): column 'y' holds 'bird', not an integer",
+    ),
     "label_empty": (_row(10, "images/10.png", y=""), "column 'y' holds '', not an integer"),
     "label_fraction": (_row(10, "images/10.png", y="1.5"), "column 'y' holds '1.5', not an integer"),
-    "label_negative": (_row(10, "images/10.png", y=-1), "label_out_of_range: line 8 (img_id 10, 'images/10.png'): column 'y' is -1; labels and places count from 0"),
-    "place_negative": (_row(10, "images/10.png", place=-2), "place_out_of_range: line 8 (img_id 10, 'images/10.png'): column 'place' is -2"),
+    "label_negative": (
+        _row(10, "images/10.png", y=-1),
+        "label_out_of_range: line 8 (img_id 10, 'images/10.png'): column 'y' is -1; labels and places count from 0",
+    ),
+    "place_negative": (
+        _row(10, "images/10.png", place=-2),
+        "place_out_of_range: line 8 (img_id 10, 'images/10.png'): column 'place' is -2",
+    ),
     "split_text": (_row(10, "images/10.png", split="train"), "column 'split' holds 'train', not an integer"),
     "empty_filename": (_row(10, "   "), "column 'img_filename' is empty"),
-    "duplicate_id": (_row(3, "images/10.png"), "duplicate_img_id: line 8 (img_id 3, 'images/10.png'): img_id 3 is also on line 5"),
+    "duplicate_id": (
+        _row(3, "images/10.png"),
+        "duplicate_img_id: line 8 (img_id 3, 'images/10.png'): img_id 3 is also on line 5",
+    ),
 }
 
 
@@ -161,7 +187,9 @@ def test_a_bad_row_is_named_with_its_line_and_the_way_out(tmp_path: Path, case: 
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
-def test_a_bad_row_is_skipped_and_reported_under_skip(tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_row_is_skipped_and_reported_under_skip(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     bad, _ = BAD_ROWS[case]
     root = _dataset(tmp_path, [*_good_rows(), bad])
     with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
@@ -183,11 +211,14 @@ def test_the_error_lists_at_most_five_rows_per_reason(tmp_path: Path) -> None:
 
 def test_labels_beyond_the_class_names_name_the_data_set_and_span() -> None:
     rows = pd.DataFrame([_row(i, f"{i}.png", y=y) for i, y in enumerate([0, 1, 5])])
-    with pytest.raises(DataError, match=r"data set 'mine': labels span 0..5 but 2 class names are configured .*labels must be 0..1"):
+    with pytest.raises(
+        DataError, match=r"data set 'mine': labels span 0..5 but 2 class names are configured .*labels must be 0..1"
+    ):
         dataset_entry(rows, ["cat", "dog"], ["any"], ["a photo of a {c}."], "mine")
 
 
 # --- files and images -------------------------------------------------------------------------------
+
 
 def test_a_missing_image_file_is_named_with_a_hint(tmp_path: Path) -> None:
     root = _dataset(tmp_path, _good_rows())
@@ -196,7 +227,10 @@ def test_a_missing_image_file_is_named_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(DataError) as error:
         read_metadata(root, STRICT)
     message = str(error.value)
-    assert f"missing_file: line 8 (img_id 6, 'images/gone.png'): image file '{root / 'images/gone.png'}' does not exist" in message
+    assert (
+        f"missing_file: line 8 (img_id 6, 'images/gone.png'): image file '{root / 'images/gone.png'}' does not exist"
+        in message
+    )
     assert "the name has leading/trailing spaces" in message
 
 
@@ -209,17 +243,23 @@ def test_corrupt_and_truncated_images_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError) as error:
         read_metadata(root, DataChecks(check_images="decode", source="datasets.mine"))
     message = str(error.value)
-    assert "unreadable_image: line 6 (img_id 4, 'images/junk.png')" in message and "cannot identify image file" in message
+    assert (
+        "unreadable_image: line 6 (img_id 4, 'images/junk.png')" in message and "cannot identify image file" in message
+    )
     assert "unreadable_image: line 7 (img_id 5, 'images/cut.png')" in message and "truncated" in message
     # headers only: the truncated file passes the check, and decoding it later names it
     checked = read_metadata(root, DataChecks(check_images="header", bad_data="skip", source="datasets.mine"))
     assert [issue.img_filename for issue in checked.skipped] == ["images/junk.png"]
-    with pytest.raises(DataError, match=r"image file '.*cut.png' cannot be decoded \(OSError: .*truncated.*\). Replace it"):
+    with pytest.raises(
+        DataError, match=r"image file '.*cut.png' cannot be decoded \(OSError: .*truncated.*\). Replace it"
+    ):
         load_image(root / "images" / "cut.png", 8)
 
 
 def test_an_image_removed_after_the_check_is_named_at_load_time(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"image file '.*gone.png' does not exist \(it was listed in the data set's metadata\)"):
+    with pytest.raises(
+        DataError, match=r"image file '.*gone.png' does not exist \(it was listed in the data set's metadata\)"
+    ):
         load_image(tmp_path / "gone.png", 8)
 
 
@@ -228,17 +268,19 @@ def test_an_image_removed_after_the_check_is_named_at_load_time(tmp_path: Path) 
     [
         ("gray", "L", 128, (128, 128, 128)),
         ("bilevel", "1", 1, (255, 255, 255)),
-        ("gray_alpha", "LA", (0, 0), (255, 255, 255)),          # fully transparent → white background
+        ("gray_alpha", "LA", (0, 0), (255, 255, 255)),  # fully transparent → white background
         ("rgba_transparent", "RGBA", (255, 0, 0, 0), (255, 255, 255)),
         ("rgba_half", "RGBA", (255, 0, 0, 128), (255, 127, 127)),
         ("rgba_opaque", "RGBA", (255, 0, 0, 255), (255, 0, 0)),
         ("cmyk", "CMYK", (0, 255, 255, 0), (255, 0, 0)),
-        ("gray16", "I;16", 32896, (128, 128, 128)),              # 16-bit: / 257, not clipped to white
+        ("gray16", "I;16", 32896, (128, 128, 128)),  # 16-bit: / 257, not clipped to white
         ("int32", "I", 1000, (4, 4, 4)),
         ("float", "F", 100.0, (100, 100, 100)),
     ],
 )
-def test_every_image_mode_becomes_rgb(tmp_path: Path, name: str, mode: str, color: Any, expected: tuple[int, ...]) -> None:
+def test_every_image_mode_becomes_rgb(
+    tmp_path: Path, name: str, mode: str, color: Any, expected: tuple[int, ...]
+) -> None:
     suffix = ".tif" if mode in ("I", "F", "CMYK") else ".png"
     path = _image(tmp_path / f"{name}{suffix}", mode, (8, 8), color)
     image = load_image(path, 8)
@@ -255,8 +297,17 @@ def test_a_palette_image_with_a_transparent_colour_is_composited(tmp_path: Path)
     assert to_rgb(Image.open(tmp_path / "p.png")).mode == "RGB"
 
 
-UNUSUAL_NAMES = ["with space.png", "caf\u00e9 \u65e5\u672c.png", "NA.png", "null", "1e5.png", "comma, quote\".png",
-                 "#hash.png", "sub dir/nested.png", "-dash.png"]
+UNUSUAL_NAMES = [
+    "with space.png",
+    "caf\u00e9 \u65e5\u672c.png",
+    "NA.png",
+    "null",
+    "1e5.png",
+    'comma, quote".png',
+    "#hash.png",
+    "sub dir/nested.png",
+    "-dash.png",
+]
 
 
 def test_unusual_file_names_are_read_verbatim_and_load(tmp_path: Path) -> None:
@@ -270,6 +321,7 @@ def test_unusual_file_names_are_read_verbatim_and_load(tmp_path: Path) -> None:
 
 # --- splits and groups --------------------------------------------------------------------------------
 
+
 def test_an_empty_split_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _dataset(tmp_path, [_row(i, f"images/{i}.png", split=0) for i in range(3)])
     with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
@@ -279,25 +331,34 @@ def test_an_empty_split_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixtu
 
 def test_no_usable_rows_left_is_an_error(tmp_path: Path) -> None:
     root = _dataset(tmp_path, [_row(i, f"images/{i}.png", split=5) for i in range(3)])
-    with pytest.raises(DataError, match=r"no usable rows left \(3 bad: 3 unknown_split\); the data set datasets.mine needs"):
+    with pytest.raises(
+        DataError, match=r"no usable rows left \(3 bad: 3 unknown_split\); the data set datasets.mine needs"
+    ):
         read_metadata(root, SKIP)
 
 
 def test_a_finetune_dataset_without_train_rows_is_named() -> None:
     metadata = pd.DataFrame({"dataset": ["mine", "mine"], "split": [1, 2]})
-    with pytest.raises(DataError, match=r"data set 'mine' has no train rows \(split code 0\), but fine-tuning needs them"):
+    with pytest.raises(
+        DataError, match=r"data set 'mine' has no train rows \(split code 0\), but fine-tuning needs them"
+    ):
         require_split_rows(metadata, "mine", "train", "fine-tuning")
 
 
 def _split(groups: list[int]) -> GroupSplit:
     groups_array = np.asarray(groups)
-    return GroupSplit("test", tuple(Path(f"{i}.png") for i in groups), groups_array // 2, groups_array % 2, groups_array)
+    return GroupSplit(
+        "test", tuple(Path(f"{i}.png") for i in groups), groups_array // 2, groups_array % 2, groups_array
+    )
 
 
 def test_a_group_without_samples_stops_evaluation_or_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     names = ["cat on land", "cat on water", "dog on land", "dog on water"]
-    with pytest.raises(DataError, match=r"mine/test: group\(s\) \['dog on land'\] have no samples.*"
-                                        r"`evaluation.allow_empty_groups: true`"):
+    with pytest.raises(
+        DataError,
+        match=r"mine/test: group\(s\) \['dog on land'\] have no samples.*"
+        r"`evaluation.allow_empty_groups: true`",
+    ):
         check_groups_present(_split([0, 1, 3, 3]), names, "mine/test", allow_empty=False)
     with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
         assert check_groups_present(_split([0, 1, 3, 3]), names, "mine/test", allow_empty=True) == ["dog on land"]
@@ -313,23 +374,37 @@ def test_an_empty_group_is_reported_with_n_zero_when_allowed() -> None:
         train_group_counts = (10, 5, 5, 10)
 
     y = np.array([0, 0, 1, 1])
-    report = split_report("m", "mine/test", y, y, np.array([0, 1, 3, 3]), Layout(), "generic",
-                          BootstrapSettings(n_resamples=20), allow_empty_groups=True)
+    report = split_report(
+        "m",
+        "mine/test",
+        y,
+        y,
+        np.array([0, 1, 3, 3]),
+        Layout(),
+        "generic",
+        BootstrapSettings(n_resamples=20),
+        allow_empty_groups=True,
+    )
     empty = [row for row in report["groups"] if row["n"] == 0]
     assert len(empty) == 1 and report["results"][0]["worst_group_acc"] == 1.0
 
 
 # --- the class_names stage: skipped-items report and MLflow counts ------------------------------------
 
+
 def test_the_stage_reports_skipped_rows_and_counts_them(tmp_path: Path) -> None:
-    root = _dataset(tmp_path / "mine", [*_good_rows(), _row(10, "images/gone.png"), _row(11, "images/3.png", split=4)],
-                    images=False)
+    root = _dataset(
+        tmp_path / "mine", [*_good_rows(), _row(10, "images/gone.png"), _row(11, "images/3.png", split=4)], images=False
+    )
     for row in _good_rows():
         _image(root / row["img_filename"])
     config = {"mine": {"root": str(root), "generate": None, "bad_data": "skip"}}
     metadata, skipped = prepare_checked_datasets(config)
     assert len(metadata) == 6
-    assert skipped[["dataset", "line", "reason"]].values.tolist() == [["mine", 8, "missing_file"], ["mine", 9, "unknown_split"]]
+    assert skipped[["dataset", "line", "reason"]].values.tolist() == [
+        ["mine", 8, "missing_file"],
+        ["mine", 9, "unknown_split"],
+    ]
     metrics = data_quality_metrics(metadata, skipped)
     assert metrics["mine.skipped"]["value"] == 2.0  # logged as data.mine.skipped (the catalog's prefix)
     assert metrics["mine.skipped.missing_file"]["value"] == 1.0
@@ -377,7 +452,9 @@ def test_valid_tables_round_trip_in_img_id_order(rows: list[dict[str, Any]], dat
         assert checked.frame[column].dtype == np.int64
 
 
-def _with_corruptions(rows: list[dict[str, Any]], picks: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+def _with_corruptions(
+    rows: list[dict[str, Any]], picks: list[tuple[int, str]]
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """Row 0 becomes id 0 (so the duplicate corruption has a first); corrupted rows by file line."""
     rows = [{**rows[0], "img_id": 0}, *rows[1:]]
     corrupted = {}
@@ -390,8 +467,12 @@ def _with_corruptions(rows: list[dict[str, Any]], picks: list[tuple[int, str]]) 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=_valid_rows, picks=st.lists(st.tuples(st.integers(0, 24), st.sampled_from(sorted(_CORRUPTIONS))), max_size=8))
-def test_corrupted_rows_are_exactly_the_skipped_or_named_ones(rows: list[dict[str, Any]], picks: list[tuple[int, str]]) -> None:
+@given(
+    rows=_valid_rows, picks=st.lists(st.tuples(st.integers(0, 24), st.sampled_from(sorted(_CORRUPTIONS))), max_size=8)
+)
+def test_corrupted_rows_are_exactly_the_skipped_or_named_ones(
+    rows: list[dict[str, Any]], picks: list[tuple[int, str]]
+) -> None:
     rows, corrupted = _with_corruptions(rows, picks)
     with tempfile.TemporaryDirectory() as folder:
         root = _write(folder, rows, list(range(len(rows))))
@@ -401,7 +482,9 @@ def test_corrupted_rows_are_exactly_the_skipped_or_named_ones(rows: list[dict[st
             with pytest.raises(DataError) as error:
                 read_metadata(root, NO_FILES)
     assert {issue.line: issue.reason for issue in checked.skipped} == corrupted
-    assert sorted(checked.frame["img_id"]) == sorted(row["img_id"] for i, row in enumerate(rows) if i + 2 not in corrupted)
+    assert sorted(checked.frame["img_id"]) == sorted(
+        row["img_id"] for i, row in enumerate(rows) if i + 2 not in corrupted
+    )
     if error is not None:
         message = str(error.value)
         assert f"{len(corrupted)} of {len(rows)} row(s) are unusable" in message

@@ -19,7 +19,9 @@ def test_unknown_pool_is_named():
 
 
 def test_flatten_and_select_keep_rows_aligned():
-    document = descriptions_document(expand_pools(["ring", "star"], POOLS, ["background", "texture"]), ["ring", "star"], "offline", {})
+    document = descriptions_document(
+        expand_pools(["ring", "star"], POOLS, ["background", "texture"]), ["ring", "star"], "offline", {}
+    )
     pool = flatten_descriptions(document, ["ring", "star"])
     assert len(pool.texts) == 6
     texture = pool.select(["texture"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "llm"))
-from fake_messages_server import SENTINEL_KEY, FakeMessagesServer  # noqa: E402
-from helpers import copy_project, kedro_env  # noqa: E402
+from fake_messages_server import SENTINEL_KEY, FakeMessagesServer
+
+from helpers import copy_project, kedro_env
 
 pytestmark = pytest.mark.slow
 

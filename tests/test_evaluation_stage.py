@@ -14,8 +14,8 @@ from kedro.pipeline import Node, Pipeline
 from matplotlib.figure import Figure
 
 from helpers import PROJECT_ROOT, tiny_parameters
-from starft_pipeline.metadata import DataError
 from starft_pipeline.dataset_index import dataset_entry
+from starft_pipeline.metadata import DataError
 from starft_pipeline.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
@@ -24,8 +24,8 @@ from starft_pipeline.metrics import (
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
-from starft_pipeline.training import METHODS
 from starft_pipeline.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
+from starft_pipeline.training import METHODS
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split
 
@@ -135,7 +135,9 @@ def test_collect_results_orders_columns_and_metrics_include_intervals() -> None:
     assert list(results.columns) == list(REPORT_COLUMNS)
     assert len(results) == 2 and len(groups) == 8 and len(classes) == 4
     metrics = nodes.results_metrics(results.assign(method=["m", "ft+wise"]))
-    assert {"m.wb.test.worst_group_acc", "m.wb.test.worst_group_acc_ci_low", "m.wb.test.headline_avg_acc"} <= set(metrics)
+    assert {"m.wb.test.worst_group_acc", "m.wb.test.worst_group_acc_ci_low", "m.wb.test.headline_avg_acc"} <= set(
+        metrics
+    )
     assert "ft_wise.wb.test.avg_acc" in metrics  # MLflow refuses "+" in metric names
 
 
@@ -190,8 +192,15 @@ def _group_rows() -> list[dict]:
         for dataset, n_groups in (("synthetic", 9), ("waterbirds_like", 4)):
             for split in ("val", "test"):
                 rows += [
-                    {"method": method, "split": f"{dataset}/{split}", "group": g, "group_name": f"g{g}",
-                     "n": 5, "acc": (g + 1) / (n_groups + 1), "dataset": dataset}
+                    {
+                        "method": method,
+                        "split": f"{dataset}/{split}",
+                        "group": g,
+                        "group_name": f"g{g}",
+                        "n": 5,
+                        "acc": (g + 1) / (n_groups + 1),
+                        "dataset": dataset,
+                    }
                     for g in range(n_groups)
                 ]
     return rows
@@ -210,8 +219,15 @@ def test_per_model_and_comparison_charts() -> None:
 
 
 def test_training_curves_have_a_panel_per_loss_term() -> None:
-    flyp = pd.DataFrame({"epoch": [0, 0, 1], "step": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "contrastive": [3.0, 2.0, 1.5],
-                         "method": "flyp"})
+    flyp = pd.DataFrame(
+        {
+            "epoch": [0, 0, 1],
+            "step": [1, 2, 3],
+            "loss": [3.0, 2.0, 1.5],
+            "contrastive": [3.0, 2.0, 1.5],
+            "method": "flyp",
+        }
+    )
     star = flyp.assign(regulariser=[0.1, 0.05, 0.02], method="star")
     fig = nodes.plot_training({"training_terms": ["loss", "contrastive", "regulariser"]}, flyp, star)
     assert [ax.get_ylabel() for ax in fig.axes] == ["training loss", "contrastive loss", "regulariser (KL)"]
@@ -223,13 +239,18 @@ def test_wise_ft_figure_follows_the_sweep_contract() -> None:
     curve = pd.DataFrame(
         [
             {"method": m, "alpha": a, "dataset": d, "split": s, "avg_acc": 0.5 + a / 4, "worst_group_acc": 0.4 - a / 8}
-            for m in ("flyp", "star") for a in (0.0, 0.5, 1.0) for d in ("synthetic", "waterbirds_like")
+            for m in ("flyp", "star")
+            for a in (0.0, 0.5, 1.0)
+            for d in ("synthetic", "waterbirds_like")
             for s in ("val", "test")
         ]
     )
     fig = nodes.plot_wise_ft(curve, {"wise_ft_annotate_alphas": [0.0, 1.0]})
     assert [ax.get_title() for ax in fig.axes] == [
-        "synthetic/val", "synthetic/test", "waterbirds_like/val", "waterbirds_like/test"
+        "synthetic/val",
+        "synthetic/test",
+        "waterbirds_like/val",
+        "waterbirds_like/test",
     ]
     assert len(fig.axes[0].get_lines()) == 2
     assert sorted({text.get_text() for text in fig.axes[0].texts}) == ["α=0", "α=1"]
@@ -246,10 +267,19 @@ def test_every_model_gets_a_chart_and_the_reports_are_wired() -> None:
     assert {f"evaluation.plot_group_accuracy_{model}" for model in ("zero_shot", *METHODS)} <= names
     one_pass = next(node for node in evaluation.nodes if node.name == "evaluation.evaluate_models")
     assert [name for name in one_pass.inputs if name.endswith(".weights")] == [f"{m}.weights" for m in METHODS]
-    assert {f"{model}.evaluation" for model in ("zero_shot", *METHODS, "wise_ft")} | {WISE_FT_CURVE} == set(one_pass.outputs)
+    assert {f"{model}.evaluation" for model in ("zero_shot", *METHODS, "wise_ft")} | {WISE_FT_CURVE} == set(
+        one_pass.outputs
+    )
     outputs = evaluation.all_outputs()
-    assert {"results", "group_results", "class_results", "results_markdown", "dataset_checks",
-            "group_accuracy_comparison_plot", "training_curves_plot"} <= outputs
+    assert {
+        "results",
+        "group_results",
+        "class_results",
+        "results_markdown",
+        "dataset_checks",
+        "group_accuracy_comparison_plot",
+        "training_curves_plot",
+    } <= outputs
     training = next(node for node in evaluation.nodes if node.name == "plot_training_curves")
     assert [name for name in training.inputs if name.endswith(".history")] == [f"{m}.history" for m in METHODS]
 

@@ -8,14 +8,22 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import PROJECT_ROOT
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_mode_runs_every_section():
     env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry"], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for method in ("flyp", "star_cached", "star_online"):

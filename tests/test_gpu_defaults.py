@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import PROJECT_ROOT
 
+from helpers import PROJECT_ROOT
 from starft_pipeline.engine import Encoders, configure_tf32, resolve_precision
 from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 from starft_pipeline.training import FinetuneConfig

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     CLASS_NAMES,
     single_thread,
@@ -15,10 +16,9 @@ from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     tiny_train_data,
     train_tiny,
 )
-
+from starft_pipeline.augment import apply_crops, crop_boxes
 from starft_pipeline.engine import Encoders, encode_text_trimmed, token_lengths
 from starft_pipeline.models import fill_template
-from starft_pipeline.augment import apply_crops, crop_boxes
 from starft_pipeline.training import (
     descriptions_by_class,
     draw_captions,
@@ -34,8 +34,12 @@ def per_image_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """The reference: each image cropped and resized with F.interpolate (the step's former code)."""
     size = images.shape[-1]
     out = [
-        F.interpolate(image[None, :, top : top + side, left : left + side], size=(size, size), mode="bilinear",
-                      align_corners=False)[0]
+        F.interpolate(
+            image[None, :, top : top + side, left : left + side],
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         for image, (top, left, side) in zip(images.float(), boxes.tolist())
     ]
     return torch.stack(out)
@@ -76,8 +80,11 @@ def test_the_text_table_holds_every_caption_and_description_once_with_its_length
             assert torch.equal(table.tokens[row], loaded.tokenizer([fill_template(template, name)])[0])
     for index, text in enumerate(data.descriptions.texts):
         assert torch.equal(table.tokens[int(table.description_rows[index])], loaded.tokenizer([text])[0])
-    ends = (table.tokens == loaded.model.text_eos_id).int().argmax(dim=-1) if loaded.model.text_pool_type == "eos" \
+    ends = (
+        (table.tokens == loaded.model.text_eos_id).int().argmax(dim=-1)
+        if loaded.model.text_pool_type == "eos"
         else table.tokens.argmax(dim=-1)
+    )
     assert torch.equal(table.lengths, ends + 1)
     assert len(table.tokens) == len(CLASS_NAMES) * len(templates) + len(data.descriptions.texts)
 

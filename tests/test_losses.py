@@ -27,8 +27,12 @@ def test_contrastive_loss_is_symmetric_in_the_two_directions():
     image = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     text = torch.tensor([[1.0, 0.0], [1.0, 1.0]]) * torch.tensor([[1.0], [1.0]])
     logits = 2.0 * image @ text.T  # [[2, 2], [1, 2]]
-    expected_i2t = (-(logits[0, 0] - torch.logsumexp(logits[0], 0)) - (logits[1, 1] - torch.logsumexp(logits[1], 0))) / 2
-    expected_t2i = (-(logits[0, 0] - torch.logsumexp(logits[:, 0], 0)) - (logits[1, 1] - torch.logsumexp(logits[:, 1], 0))) / 2
+    expected_i2t = (
+        -(logits[0, 0] - torch.logsumexp(logits[0], 0)) - (logits[1, 1] - torch.logsumexp(logits[1], 0))
+    ) / 2
+    expected_t2i = (
+        -(logits[0, 0] - torch.logsumexp(logits[:, 0], 0)) - (logits[1, 1] - torch.logsumexp(logits[:, 1], 0))
+    ) / 2
     # by hand: rows: [2,2] → log 2 = 0.693147; [1,2] → log(1+e^-1) = 0.313262 → i2t = 0.503205
     assert expected_i2t.item() == pytest.approx((math.log(2) + math.log(1 + math.exp(-1))) / 2, abs=1e-6)
     loss = clip_contrastive_loss(image, text, torch.tensor(2.0))
@@ -64,7 +68,9 @@ def test_unmasked_kl_by_hand_and_direction():
 
 def test_single_class_batch_gives_zero():
     logits = torch.randn(4, 4)
-    assert spuriosity_alignment_loss(logits, logits.flip(0), torch.zeros(4, dtype=torch.long)).item() == pytest.approx(0.0, abs=1e-7)
+    assert spuriosity_alignment_loss(logits, logits.flip(0), torch.zeros(4, dtype=torch.long)).item() == pytest.approx(
+        0.0, abs=1e-7
+    )
 
 
 def test_star_regulariser_uses_the_teacher_scale_for_both():

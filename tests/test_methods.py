@@ -74,7 +74,9 @@ def test_linear_probe_chooses_c_on_val_and_prefers_the_smaller_c_on_ties():
     labels = torch.arange(3).repeat(20)
     centres = torch.eye(3)
     features = torch.nn.functional.normalize(centres[labels] + 0.05 * torch.randn(60, 3, generator=generator), dim=1)
-    head, sweep = select_linear_probe(features, labels, features, labels, ["a", "b", "c"], LinearProbeConfig(c_grid=(10.0, 1.0)))
+    head, sweep = select_linear_probe(
+        features, labels, features, labels, ["a", "b", "c"], LinearProbeConfig(c_grid=(10.0, 1.0))
+    )
     assert list(sweep["C"]) == [1.0, 10.0] and (sweep["val_acc"] == 1.0).all()
     assert head.class_names == ("a", "b", "c") and head.weight.shape == (3, 3)
     assert (head.logits(features).argmax(1) == labels).all()
@@ -95,12 +97,18 @@ def test_linear_probe_parameters_are_validated():
 def test_head_restriction_and_lookup_by_class_names():
     head = ClassifierHead(torch.arange(6.0).reshape(3, 2), torch.tensor([0.0, 1.0, 2.0]), ("a", "b", "c"))
     sub = head_for_classes({"imagenet": head}, ["c", "a"])
-    assert torch.equal(sub.weight, torch.tensor([[4.0, 5.0], [0.0, 1.0]])) and torch.equal(sub.bias, torch.tensor([2.0, 0.0]))
+    assert torch.equal(sub.weight, torch.tensor([[4.0, 5.0], [0.0, 1.0]])) and torch.equal(
+        sub.bias, torch.tensor([2.0, 0.0])
+    )
     assert head_for_classes({"imagenet": head}, ["landbird", "waterbird"]) is None
 
 
 def test_weights_bundle_round_trip_separates_towers_and_head():
-    state = {"visual.w": torch.ones(2), "classification_head.weight": torch.eye(2), "classification_head.bias": torch.zeros(2)}
+    state = {
+        "visual.w": torch.ones(2),
+        "classification_head.weight": torch.eye(2),
+        "classification_head.bias": torch.zeros(2),
+    }
     bundle = weights_bundle(state, "synthetic", ["a", "b"], {"method": "ft"})
     assert set(bundle.tensors) == {"visual.w", "head/synthetic/weight", "head/synthetic/bias"}
     towers, heads = split_heads(bundle.tensors, bundle.metadata)
@@ -150,7 +158,9 @@ def staged(tmp_path_factory):
 
 
 def _shared(staged):
-    return [staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")]
+    return [
+        staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
+    ]
 
 
 def _run_method(staged, method):
@@ -163,7 +173,9 @@ def _run_method(staged, method):
 
 def _evaluate(staged, method, weights):
     evaluation = {"splits": ["test"], "device": "cpu", "bootstrap": {"n_resamples": 10}}
-    return evaluate_weights(method, weights, staged["dataset_metadata"], staged["dataset_index"], staged["teacher_model"], evaluation)
+    return evaluate_weights(
+        method, weights, staged["dataset_metadata"], staged["dataset_index"], staged["teacher_model"], evaluation
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)

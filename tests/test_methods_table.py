@@ -30,8 +30,15 @@ INDEX = {
 def _results(seed_offset: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     results = pd.DataFrame(
         [
-            {"method": m, "split": "toy/test", "n": 40, "avg_acc": a + seed_offset, "worst_group_acc": w + seed_offset,
-             "adjusted_avg_acc": a, "mean_group_acc": a}
+            {
+                "method": m,
+                "split": "toy/test",
+                "n": 40,
+                "avg_acc": a + seed_offset,
+                "worst_group_acc": w + seed_offset,
+                "adjusted_avg_acc": a,
+                "mean_group_acc": a,
+            }
             for m, a, w in (("zero_shot", 0.9, 0.8), ("flyp", 0.8, 0.5))
         ]
     )
@@ -134,7 +141,10 @@ def test_a_value_and_a_key_below_it_conflict():
 def test_params_merge_into_the_seed_overrides_key_by_key():
     seeds = {"star": {"finetune": {"seed": 1}}, "flyp": {"finetune": {"seed": 1}}}
     extra = parse_overrides(["star.finetune.reg_weight=2"])
-    assert merged(seeds, extra) == {"star": {"finetune": {"seed": 1, "reg_weight": 2}}, "flyp": {"finetune": {"seed": 1}}}
+    assert merged(seeds, extra) == {
+        "star": {"finetune": {"seed": 1, "reg_weight": 2}},
+        "flyp": {"finetune": {"seed": 1}},
+    }
     assert seeds["star"]["finetune"] == {"seed": 1}  # inputs untouched
 
 

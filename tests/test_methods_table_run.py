@@ -22,8 +22,19 @@ def table_project(full_run_project: Path, tmp_path_factory: pytest.TempPathFacto
     project = tmp_path_factory.mktemp("methods_table") / "project"
     shutil.copytree(full_run_project, project, symlinks=True)
     command = [
-        sys.executable, "-m", "starft_pipeline.methods_table", "--seeds", "0", "1", "--skip-upstream",
-        "--methods", "star", "--name", "star_check", "--params", "star.finetune.epochs=1",
+        sys.executable,
+        "-m",
+        "starft_pipeline.methods_table",
+        "--seeds",
+        "0",
+        "1",
+        "--skip-upstream",
+        "--methods",
+        "star",
+        "--name",
+        "star_check",
+        "--params",
+        "star.finetune.epochs=1",
     ]
     completed = subprocess.run(command, cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=1800)
     if completed.returncode != 0:

@@ -90,9 +90,7 @@ def test_toy_split_by_hand() -> None:
 def test_accepts_lists_bools_and_integral_floats() -> None:
     y_true, y_pred, groups = make_split(TOY_SIZES, TOY_CORRECT)
     a = group_robust_metrics(y_true, y_pred, groups, 4, WB)
-    b = group_robust_metrics(
-        y_true.astype(float).tolist(), y_pred.astype(bool), groups.tolist(), 4, list(WB)
-    )
+    b = group_robust_metrics(y_true.astype(float).tolist(), y_pred.astype(bool), groups.tolist(), 4, list(WB))
     assert a == b
 
 

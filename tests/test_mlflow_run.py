@@ -59,8 +59,10 @@ def test_reports_are_written(full_run_project: Path) -> None:
     assert list(results.columns)[: len(RESULTS_COLUMNS)] == list(RESULTS_COLUMNS)
     assert list(results.columns) == list(REPORT_COLUMNS)
     assert set(MODELS) <= set(results["method"])
-    assert (results[[c for c in CI_COLUMNS if c.endswith("_low")]].to_numpy()
-            <= results[[c for c in CI_COLUMNS if c.endswith("_high")]].to_numpy()).all()
+    assert (
+        results[[c for c in CI_COLUMNS if c.endswith("_low")]].to_numpy()
+        <= results[[c for c in CI_COLUMNS if c.endswith("_high")]].to_numpy()
+    ).all()
     index = json.loads((full_run_project / "data/02_intermediate/dataset_index.json").read_text())
     # zero-shot transfer: every model is evaluated on every configured data set
     for model in MODELS:
@@ -114,7 +116,7 @@ def test_every_stage_left_its_mark_in_the_run(run, full_run_project: Path) -> No
 
 
 def test_the_run_records_the_teacher_fingerprint(run, full_run_project: Path, tmp_path: Path) -> None:
-    client, found = run
+    _, found = run
     local = download_artifacts(
         run_id=found.info.run_id,
         artifact_path="teacher/teacher_fingerprint.json",

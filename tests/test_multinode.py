@@ -53,16 +53,37 @@ def _tiny_project(root: Path) -> Path:
 
 def _kedro(project: Path, args: list[str]) -> None:
     kedro = Path(sys.executable).with_name("kedro")
-    completed = subprocess.run([str(kedro), *args], cwd=project, env=kedro_env() | ONE_THREAD, capture_output=True, text=True,
-                               timeout=TIMEOUT_S)
+    completed = subprocess.run(
+        [str(kedro), *args],
+        cwd=project,
+        env=kedro_env() | ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
 
 
 def _torchrun_node(project: Path, port: int, log: Path) -> subprocess.Popen:
     """One of two nodes (1 process each); c10d assigns the node ranks in arrival order. Output to ``log``."""
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback", "-m", "kedro", "run", STAGES]
+    command = [
+        str(torchrun),
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "loopback",
+        "-m",
+        "kedro",
+        "run",
+        STAGES,
+    ]
     env = kedro_env() | ONE_THREAD | {"GLOO_SOCKET_IFNAME": "lo"}
     with log.open("w") as output:
         return subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -104,7 +125,10 @@ def test_the_teacher_and_evaluation_are_sharded_and_the_probe_fitted_on_one_rank
         assert sorted(by_rank) == [0, 1], split
         assert all(share > 0 for _, share in by_rank.values()), (split, by_rank)
         assert sum(share for _, share in by_rank.values()) == by_rank[0][0], (split, by_rank)
-    assert sorted(rank for rank in (0, 1) for log in logs if f"one pass over 4 splits (rank {rank} of 2)" in log) == [0, 1]
+    assert sorted(rank for rank in (0, 1) for log in logs if f"one pass over 4 splits (rank {rank} of 2)" in log) == [
+        0,
+        1,
+    ]
     assert sorted("linear probe C=" in log for log in logs) == [False, True]
 
 
@@ -115,7 +139,9 @@ def test_two_nodes_report_the_metrics_of_one_process(two_runs) -> None:
         expected, got = (pd.read_csv(project / "data/08_reporting" / table) for project in (single, multi))
         pd.testing.assert_frame_equal(got, expected, obj=table)
     for method in METHODS:
-        expected, got = (TensorBundle.load(project / f"data/06_models/{method}.safetensors") for project in (single, multi))
+        expected, got = (
+            TensorBundle.load(project / f"data/06_models/{method}.safetensors") for project in (single, multi)
+        )
         assert expected.tensors.keys() == got.tensors.keys()
         for key, tensor in expected.tensors.items():
             torch.testing.assert_close(got.tensors[key], tensor, rtol=0, atol=WEIGHTS_ATOL, msg=f"{method}: {key}")

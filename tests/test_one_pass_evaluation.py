@@ -31,8 +31,10 @@ def _perturbed(staged: dict, method: str, seed: int, with_head: bool) -> TensorB
     fine-tuning data set if asked: a stand-in for fine-tuning that costs nothing."""
     generator = torch.Generator().manual_seed(seed)
     state = state_dict_copy(create_model(ModelSpec(**staged["teacher_model"]["spec"])).model)
-    state = {key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
-             for key, value in state.items()}
+    state = {
+        key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+        for key, value in state.items()
+    }
     metadata = {"method": method, "teacher_fingerprint": staged["teacher_model"]["fingerprint"]}
     if not with_head:
         return TensorBundle(state, metadata)
@@ -47,10 +49,17 @@ def _perturbed(staged: dict, method: str, seed: int, with_head: bool) -> TensorB
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
     staged = stage_tiny(tmp_path_factory.mktemp("data"))
-    staged["weights"] = {"ft": _perturbed(staged, "ft", 1, with_head=True), "flyp": _perturbed(staged, "flyp", 2, with_head=False)}
+    staged["weights"] = {
+        "ft": _perturbed(staged, "ft", 1, with_head=True),
+        "flyp": _perturbed(staged, "flyp", 2, with_head=False),
+    }
     staged["evaluation"] = {
-        "splits": ["val", "test"], "device": "cpu", "batch_size": 7, "bootstrap": {"n_resamples": 20},
-        "models": ["ft", "flyp"], "wise_ft": {"methods": ["ft"], "alphas": [0.0, 0.5, 1.0], "alpha": 0.5},
+        "splits": ["val", "test"],
+        "device": "cpu",
+        "batch_size": 7,
+        "bootstrap": {"n_resamples": 20},
+        "models": ["ft", "flyp"],
+        "wise_ft": {"methods": ["ft"], "alphas": [0.0, 0.5, 1.0], "alpha": 0.5},
     }
     return staged
 
@@ -86,8 +95,10 @@ def test_one_pass_equals_the_per_model_evaluation(staged, one_pass, method) -> N
 
 def test_wise_ft_alphas_equal_their_interpolated_models_evaluated_alone(staged, one_pass) -> None:
     cache = TeacherCache.from_bundle(staged["teacher_cache"])
-    heads = {name: zero_shot_linear_head(cache.class_features[name], cache.logit_scale, entry["class_names"])
-             for name, entry in staged["dataset_index"]["datasets"].items()}
+    heads = {
+        name: zero_shot_linear_head(cache.class_features[name], cache.logit_scale, entry["class_names"])
+        for name, entry in staged["dataset_index"]["datasets"].items()
+    }
     zero_shot = state_dict_copy(create_model(ModelSpec(**staged["teacher_model"]["spec"])).model)
     theta_zs = zero_shot_counterpart(zero_shot, heads, staged["weights"]["ft"])
     curve = one_pass["wise_ft_curve"]
@@ -148,7 +159,7 @@ def test_lazy_bundle_reads_nothing_until_used(tmp_path) -> None:
     lazy = LazyTensorBundle(tmp_path / "w.safetensors")
     assert not lazy.exists()
     with pytest.raises(FileNotFoundError, match="w.safetensors"):
-        lazy.tensors
+        _ = lazy.tensors
     TensorBundle({"a": torch.ones(2)}, {"method": "ft"}).save(tmp_path / "w.safetensors")
     assert lazy.exists() and lazy.metadata == {"method": "ft"} and torch.equal(lazy.tensors["a"], torch.ones(2))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 
-import pandas as pd
 import pytest
 import torch
 
@@ -89,7 +88,9 @@ def test_batches_are_balanced_and_a_pass_covers_the_corpus():
         assert sorted(pairs.tolist()) == sorted(list(range(36)) * 2)  # every pair twice
     seen = torch.cat(batches).tolist()
     assert sorted(seen) == list(range(config.corpus_size))
-    assert not torch.equal(batch_indices(corpus, config, 0), batch_indices(corpus, config, per_pass))  # new pass, new order
+    assert not torch.equal(
+        batch_indices(corpus, config, 0), batch_indices(corpus, config, per_pass)
+    )  # new pass, new order
 
 
 def _named(caption: str, names) -> list[str]:

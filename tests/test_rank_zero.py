@@ -22,7 +22,12 @@ def _identity(value):
 
 @pytest.mark.parametrize(
     ("env", "rank"),
-    [({}, 0), ({"WORLD_SIZE": "1", "RANK": "0"}, 0), ({"WORLD_SIZE": "2", "RANK": "1"}, 1), ({"WORLD_SIZE": "4", "RANK": "0"}, 0)],
+    [
+        ({}, 0),
+        ({"WORLD_SIZE": "1", "RANK": "0"}, 0),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, 1),
+        ({"WORLD_SIZE": "4", "RANK": "0"}, 0),
+    ],
 )
 def test_launch_rank_reads_torchrun_variables(monkeypatch, env, rank):
     for name in ("WORLD_SIZE", "RANK"):
@@ -65,8 +70,12 @@ def test_other_ranks_hold_tensor_bundles_by_reference_and_copy_the_rest(monkeypa
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    catalog = DataCatalog({"cache": TensorBundleDataset(filepath=str(tmp_path / "cache.safetensors")),
-                           "out": JSONDataset(filepath=str(tmp_path / "out.json"))})
+    catalog = DataCatalog(
+        {
+            "cache": TensorBundleDataset(filepath=str(tmp_path / "cache.safetensors")),
+            "out": JSONDataset(filepath=str(tmp_path / "out.json")),
+        }
+    )
     pipeline = Pipeline([Node(_identity, "raw", "cache", name="cache"), Node(_identity, "raw2", "out", name="out")])
     RankZeroOutputsHooks().before_pipeline_run({}, pipeline, catalog)
     bundle, report = TensorBundle({"image/x": torch.zeros(3, 2)}, {}), {"a": [1]}
@@ -92,8 +101,9 @@ def test_a_secondary_rank_run_writes_no_output_and_no_mlflow_run(tmp_path):
     project = copy_project(tmp_path / "project")
     kedro = Path(sys.executable).with_name("kedro")
     env = kedro_env() | {"WORLD_SIZE": "2", "RANK": "1"}
-    completed = subprocess.run([str(kedro), "run", "--pipeline=class_names"], cwd=project, env=env,
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [str(kedro), "run", "--pipeline=class_names"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
     assert not list((project / "data").glob("0[2-8]_*/*")), "a secondary rank wrote a catalog output"
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

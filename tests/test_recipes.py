@@ -68,12 +68,25 @@ def _persisted(catalog: DataCatalog, name: str) -> bool:
 def test_imagenet_environment_is_the_papers_recipe():
     params = _loader("imagenet")["parameters"]
     star = params["star"]["finetune"]
-    assert (star["epochs"], star["batch_size"], star["lr"], star["weight_decay"], star["warmup_steps"]) == (10, 512, 1e-5, 0.1, 500)
+    assert (star["epochs"], star["batch_size"], star["lr"], star["weight_decay"], star["warmup_steps"]) == (
+        10,
+        512,
+        1e-5,
+        0.1,
+        500,
+    )
     assert (star["reg_weight"], star["diminishing"], star["confounder_types"]) == (0.5, True, ["background"])
     assert params["kl"]["finetune"] | {"method": "star"} == star
-    assert params["teacher"]["model"] | {"init_seed": 0} == {"architecture": "ViT-B-16", "pretrained": "openai", "allow_download": False, "init_seed": 0}
+    assert params["teacher"]["model"] | {"init_seed": 0} == {
+        "architecture": "ViT-B-16",
+        "pretrained": "openai",
+        "allow_download": False,
+        "init_seed": 0,
+    }
     assert params["class_names"]["finetune_dataset"] == "imagenet"
-    assert {"imagenet", "imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet", "waterbirds"} <= set(params["datasets"])
+    assert {"imagenet", "imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet", "waterbirds"} <= set(
+        params["datasets"]
+    )
     assert params["class_names"]["datasets"]["imagenet"]["templates"] == "openai_imagenet"
     waterbirds = params["class_names"]["datasets"]["waterbirds"]
     assert waterbirds["templates"] == "waterbirds" and waterbirds["mapping"] == {0: "landbird", 1: "waterbird"}
@@ -83,7 +96,9 @@ def test_openai_imagenet_templates_are_the_80_prompts():
     templates = _prompt_templates()
     assert len(templates["openai_imagenet"]) == 80 and len(set(templates["openai_imagenet"])) == 80
     assert all("{c}" in template for template in templates["openai_imagenet"])
-    assert templates["openai_imagenet"][0] == "a bad photo of a {c}." and templates["waterbirds"] == ["This is a picture of a {c}."]
+    assert templates["openai_imagenet"][0] == "a bad photo of a {c}." and templates["waterbirds"] == [
+        "This is a picture of a {c}."
+    ]
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -129,7 +144,10 @@ def test_missing_roots_are_errors_naming_the_parameter_or_skipped_when_optional(
     with pytest.raises(DataError, match=r"datasets.sketch.roots.test: .* is not a directory"):
         read_image_folder_splits({"test": tmp_path / "absent"}, source="datasets.sketch.roots")
     with caplog.at_level(logging.WARNING):
-        assert read_image_folder_splits({"test": tmp_path / "absent"}, optional=True, source="datasets.sketch.roots") is None
+        assert (
+            read_image_folder_splits({"test": tmp_path / "absent"}, optional=True, source="datasets.sketch.roots")
+            is None
+        )
     assert "skipping it" in caplog.text
     with pytest.raises(DataError, match="no images"):
         (tmp_path / "empty" / "n01").mkdir(parents=True)
@@ -186,8 +204,16 @@ def _waterbirds_tree(root: Path) -> None:
                 for copy in range(2):
                     name = f"{y:03d}.{'Landbird' if y == 0 else 'Waterbird'}/img_{split}_{place}_{copy}.jpg"
                     _image(root / name, value=40 + 100 * y + 50 * place)
-                    rows.append({"img_id": len(rows) + 1, "img_filename": name, "y": y, "split": split,
-                                 "place": place, "place_filename": f"/x/{place}.jpg"})
+                    rows.append(
+                        {
+                            "img_id": len(rows) + 1,
+                            "img_filename": name,
+                            "y": y,
+                            "split": split,
+                            "place": place,
+                            "place_filename": f"/x/{place}.jpg",
+                        }
+                    )
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
 
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from starft_pipeline.figures import plot_group_accuracy, plot_training_curves, plot_wise_ft_curve
+from starft_pipeline.markdown import markdown_table
 from starft_pipeline.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
     group_robust_metrics,
 )
-from starft_pipeline.figures import plot_group_accuracy, plot_training_curves, plot_wise_ft_curve
-from starft_pipeline.markdown import markdown_table
 from starft_pipeline.results import GROUP_COLUMNS, RESULTS_COLUMNS, group_rows, mean_std_table, results_rows
 
 
@@ -48,7 +48,13 @@ def assert_png_not_blank(fig: Figure, path: Path) -> None:
 def test_results_rows_columns(toy_metrics) -> None:
     row = results_rows("FLYP", "test", toy_metrics)
     assert list(row) == [
-        "method", "split", "n", "avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc",
+        "method",
+        "split",
+        "n",
+        "avg_acc",
+        "worst_group_acc",
+        "adjusted_avg_acc",
+        "mean_group_acc",
     ]
     assert list(row) == list(RESULTS_COLUMNS)
     assert row["n"] == 12
@@ -76,9 +82,7 @@ def test_group_rows_columns(toy_metrics) -> None:
 
 
 def test_markdown_table_literal() -> None:
-    df = pd.DataFrame(
-        {"method": ["FLYP", "Star|FT"], "n": [10, 200], "acc": [0.5, float("nan")], "x": [0.8, 1.0]}
-    )
+    df = pd.DataFrame({"method": ["FLYP", "Star|FT"], "n": [10, 200], "acc": [0.5, float("nan")], "x": [0.8, 1.0]})
     expected = (
         "| method   |   n |  acc |    x |\n"
         "| -------- | --: | ---: | ---: |\n"
@@ -90,11 +94,7 @@ def test_markdown_table_literal() -> None:
 
 def test_markdown_table_callable_format_and_index() -> None:
     df = pd.DataFrame({"acc": [0.873]}, index=pd.Index(["StarFT"], name="method"))
-    expected = (
-        "| method |   acc |\n"
-        "| ------ | ----: |\n"
-        "| StarFT | 87.3% |\n"
-    )
+    expected = "| method |   acc |\n| ------ | ----: |\n| StarFT | 87.3% |\n"
     assert markdown_table(df, lambda v: f"{100 * v:.1f}%", index=True) == expected
 
 
@@ -110,9 +110,15 @@ def test_mean_std_table() -> None:
     )
     out = mean_std_table(df, metrics=["avg_acc", "worst_group_acc"])
     assert list(out.columns) == [
-        "method", "split", "n_seeds",
-        "avg_acc", "avg_acc_mean", "avg_acc_std",
-        "worst_group_acc", "worst_group_acc_mean", "worst_group_acc_std",
+        "method",
+        "split",
+        "n_seeds",
+        "avg_acc",
+        "avg_acc_mean",
+        "avg_acc_std",
+        "worst_group_acc",
+        "worst_group_acc_mean",
+        "worst_group_acc_std",
     ]
     assert out["method"].tolist() == ["FLYP", "StarFT"]
     assert out["n_seeds"].tolist() == [3, 1]
@@ -136,8 +142,14 @@ def group_frame(methods: list[str], split: str = "test") -> pd.DataFrame:
     for i, method in enumerate(methods):
         for g, name in enumerate(WATERBIRDS_GROUP_NAMES):
             rows.append(
-                {"method": method, "split": split, "group": g, "group_name": name, "n": 10,
-                 "acc": 0.5 + 0.1 * g - 0.05 * i}
+                {
+                    "method": method,
+                    "split": split,
+                    "group": g,
+                    "group_name": name,
+                    "n": 10,
+                    "acc": 0.5 + 0.1 * g - 0.05 * i,
+                }
             )
     return pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
 
@@ -181,8 +193,9 @@ def curve_frame(methods: list[str]) -> pd.DataFrame:
     rows = []
     for i, method in enumerate(methods):
         for a in (0.0, 0.5, 1.0):
-            rows.append({"method": method, "alpha": a, "avg_acc": 0.8 + 0.05 * a,
-                         "worst_group_acc": 0.4 + (0.2 - 0.1 * i) * a})
+            rows.append(
+                {"method": method, "alpha": a, "avg_acc": 0.8 + 0.05 * a, "worst_group_acc": 0.4 + (0.2 - 0.1 * i) * a}
+            )
     return pd.DataFrame(rows)
 
 

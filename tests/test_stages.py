@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -20,8 +21,6 @@ from starft_pipeline.teacher import StaleCacheError, TeacherCache, check_fresh
 from starft_pipeline.tensor_bundle import TensorBundle
 from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
 
-import yaml
-
 
 def _yaml(relative: str):
     return yaml.safe_load((PROJECT_ROOT / relative).read_text())
@@ -34,7 +33,9 @@ def staged(tmp_path_factory):
     params = tiny_parameters(root)
     metadata = prepare_datasets(params["datasets"])
     index = build_dataset_index(metadata, _yaml("conf/base/templates/prompt_templates.yml"), params["class_names"])
-    document, _ = generate_descriptions(index, _yaml("conf/base/templates/spurious_templates.yml"), params["descriptions"])
+    document, _ = generate_descriptions(
+        index, _yaml("conf/base/templates/spurious_templates.yml"), params["descriptions"]
+    )
     params["teacher"]["model"]["pretrained"] = None  # random init keeps this test independent of the committed weights
     record, bundle = build_teacher_cache(metadata, index, document, params["teacher"])
     return params, metadata, index, document, record, bundle
@@ -80,16 +81,22 @@ def _train_data(staged, config):
 
     names = index["datasets"]["synthetic"]["class_names"]
     data = train_data_from_cache(
-        load_split_images(split, loaded.image_size), torch.tensor(split.labels), names,
-        flatten_descriptions(document, names), cache.image_features["synthetic/train"],
-        cache.description_features, cache.logit_scale, config,
+        load_split_images(split, loaded.image_size),
+        torch.tensor(split.labels),
+        names,
+        flatten_descriptions(document, names),
+        cache.image_features["synthetic/train"],
+        cache.description_features,
+        cache.logit_scale,
+        config,
     )
     return loaded, data
 
 
 def test_star_finetune_moves_both_towers(staged):
-    config = FinetuneConfig(method="star", epochs=2, batch_size=16, lr=1e-3, diminishing=False,
-                            confounder_types=("synthetic_background",))
+    config = FinetuneConfig(
+        method="star", epochs=2, batch_size=16, lr=1e-3, diminishing=False, confounder_types=("synthetic_background",)
+    )
     loaded, data = _train_data(staged, config)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     state = finetune(loaded, data, config, torch.device("cpu"))

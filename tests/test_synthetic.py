@@ -64,7 +64,7 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_world_has_six_distinct_objects_and_backgrounds() -> None:
     assert len(OBJECTS) == len(set(OBJECTS)) == 6
     assert len(BACKGROUNDS) == len(set(BACKGROUNDS)) == 6
-    assert "water" in WATER_BACKGROUNDS and LAND_BACKGROUNDS | WATER_BACKGROUNDS == set(BACKGROUNDS)
+    assert "water" in WATER_BACKGROUNDS and set(BACKGROUNDS) == LAND_BACKGROUNDS | WATER_BACKGROUNDS
 
 
 @pytest.mark.parametrize("size", [16, 32, 48])

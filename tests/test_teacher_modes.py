@@ -42,17 +42,26 @@ def cached_data(teacher) -> TrainData:
     with torch.no_grad():
         image = encode_images(teacher.model, normalise_images(data.images, teacher.image_mean, teacher.image_std))
         text = encode_texts(teacher.model, teacher.tokenizer, data.descriptions.texts)
-    return dataclasses.replace(data, teacher_image=image, teacher_descriptions=text,
-                               teacher_scale=float(logit_scale(teacher.model).detach()))
+    return dataclasses.replace(
+        data, teacher_image=image, teacher_descriptions=text, teacher_scale=float(logit_scale(teacher.model).detach())
+    )
 
 
 def regulariser_and_gradients(data: TrainData, config: FinetuneConfig) -> tuple[float, dict[str, torch.Tensor]]:
     """R on one whole batch of a fresh student (init seed 1), and R's gradient for every student parameter."""
     student = tiny_model(1)
     device = torch.device("cpu")
-    batch = StepBatch(student, Encoders(student.model, device), data, torch.arange(N_IMAGES), config,
-                      reg_weight=0.5, generator=torch.Generator().manual_seed(3), device=device,
-                      rows=BatchRows.whole(N_IMAGES))
+    batch = StepBatch(
+        student,
+        Encoders(student.model, device),
+        data,
+        torch.arange(N_IMAGES),
+        config,
+        reg_weight=0.5,
+        generator=torch.Generator().manual_seed(3),
+        device=device,
+        rows=BatchRows.whole(N_IMAGES),
+    )
     _, losses = contrastive_losses(batch)
     names, params = zip(*student.model.named_parameters())
     grads = torch.autograd.grad(losses["regulariser"], params, allow_unused=True)
@@ -118,8 +127,9 @@ def test_view_cache_is_written_once_and_reused(teacher, cached_data, tmp_path, m
     again = load_or_build_views(teacher, cached_data.images, config, "fp", torch.device("cpu"), tmp_path)
     assert torch.equal(again.boxes, first.boxes) and torch.equal(again.features, first.features)
     with pytest.raises(AssertionError, match="reused"):  # another seed is another file
-        load_or_build_views(teacher, cached_data.images, dataclasses.replace(config, seed=1), "fp",
-                            torch.device("cpu"), tmp_path)
+        load_or_build_views(
+            teacher, cached_data.images, dataclasses.replace(config, seed=1), "fp", torch.device("cpu"), tmp_path
+        )
 
 
 def test_view_boxes_come_from_the_seed():
@@ -176,16 +186,25 @@ def test_the_loop_logs_the_warning_once_and_the_schedule(caplog):
 
     with caplog.at_level(logging.INFO, logger="starft_pipeline.training"):
         train_tiny(n_images=16, epochs=1, diminishing=True)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "starft_pipeline.training"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "starft_pipeline.training"
+    ]
     assert len(warnings) == 1 and "λ_e is 0 in every epoch" in warnings[0]
     assert "star: λ_e per epoch [0.0] (teacher_mode cached)" in caplog.text
 
 
 def test_a_class_without_descriptions_is_an_error():
     pool = tiny_pool()
-    data = train_data_from_cache(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 2] * 2),
-                                 ("circle", "square", "triangle"), dataclasses.replace(pool, labels=(0,) * len(pool.texts)),
-                                 torch.zeros(6, 4), torch.zeros(len(pool.texts), 4), 10.0, tiny_config())
+    data = train_data_from_cache(
+        torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
+        torch.tensor([0, 1, 2] * 2),
+        ("circle", "square", "triangle"),
+        dataclasses.replace(pool, labels=(0,) * len(pool.texts)),
+        torch.zeros(6, 4),
+        torch.zeros(len(pool.texts), 4),
+        10.0,
+        tiny_config(),
+    )
     from starft_pipeline.training import check_train_data
 
     with pytest.raises(ValueError, match=r"no descriptions for class\(es\) \['square', 'triangle'\]"):
@@ -203,9 +222,12 @@ def test_finetune_node_runs_each_teacher_mode(tmp_path, monkeypatch):
 
     staged = stage_tiny(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # the views file goes to data/04_feature/teacher_views/ under the project root
-    shared = [staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")]
-    base = staged["params"]["star"]["finetune"] | dict(epochs=1, diminishing=False, batch_size=16, device="cpu",
-                                                        progress=False, checkpoint={"enabled": False})
+    shared = [
+        staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
+    ]
+    base = staged["params"]["star"]["finetune"] | dict(
+        epochs=1, diminishing=False, batch_size=16, device="cpu", progress=False, checkpoint={"enabled": False}
+    )
     regulariser = {}
     for mode in ("cached", "online", "cached_views"):
         weights, history = finetune_method(*shared, base | {"teacher_mode": mode, "teacher_views": 2})

@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import copy_project, kedro_env, project_parameters
 from kedro.pipeline import Node, Pipeline
 from kedro.validation import ParameterValidationError
 
+from helpers import copy_project, kedro_env, project_parameters
 from starft_pipeline import hooks
 from starft_pipeline.class_names import ClassNameError, check_labels_named
 from starft_pipeline.llm import LLMSettings

@@ -3,7 +3,6 @@ evaluation of every α is tested in test_one_pass_evaluation.py)."""
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
@@ -42,7 +41,9 @@ def test_alpha_quarter_weights_the_zero_shot_side_three_to_one():
 
 
 def test_dtype_of_the_finetuned_weights_is_kept():
-    mixed = interpolate_weights({"w": torch.zeros(2, dtype=torch.float16)}, {"w": torch.ones(2, dtype=torch.float16)}, 0.5)
+    mixed = interpolate_weights(
+        {"w": torch.zeros(2, dtype=torch.float16)}, {"w": torch.ones(2, dtype=torch.float16)}, 0.5
+    )
     assert mixed["w"].dtype == torch.float16 and torch.equal(mixed["w"], torch.full((2,), 0.5, dtype=torch.float16))
 
 
@@ -68,7 +69,9 @@ def test_alpha_grid_is_sorted_and_checked():
 
 def test_learned_heads_are_interpolated_with_the_zero_shot_head():
     learned = ClassifierHead(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([1.0, -1.0]), ("b", "a"))
-    finetuned = TensorBundle({"visual.w": torch.ones(2)} | head_tensors({"d": learned}), {"method": "ft"} | head_metadata({"d": learned}))
+    finetuned = TensorBundle(
+        {"visual.w": torch.ones(2)} | head_tensors({"d": learned}), {"method": "ft"} | head_metadata({"d": learned})
+    )
     zero_shot_head = ClassifierHead(torch.tensor([[10.0, 0.0], [0.0, 10.0]]), torch.zeros(2), ("a", "b"))
     zero_shot = zero_shot_counterpart({"visual.w": torch.zeros(2)}, {"d": zero_shot_head}, finetuned)
     # the zero-shot rows follow the learned head's class order (b, a)
@@ -85,8 +88,14 @@ def test_learned_heads_are_interpolated_with_the_zero_shot_head():
 
 
 def _settings(alphas, splits, alpha=0.5):
-    return wise_settings({"splits": ["val", "test"], "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha,
-                                                                 "splits": splits}}, ["flyp"], ["flyp"])
+    return wise_settings(
+        {
+            "splits": ["val", "test"],
+            "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha, "splits": splits},
+        },
+        ["flyp"],
+        ["flyp"],
+    )
 
 
 def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
@@ -94,14 +103,27 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
     settings = _settings([1.0, 0.0, 0.5], ["val", "test"])
     models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, settings, ["val", "test"])
     assert [(key, float(bundle.tensors["w"][0]), splits) for key, bundle, splits in models] == [
-        ("flyp+wise@0", 0.0, ("val", "test")), ("flyp+wise@0.5", 0.5, ("val", "test")), ("flyp+wise@1", 1.0, ("val", "test"))
+        ("flyp+wise@0", 0.0, ("val", "test")),
+        ("flyp+wise@0.5", 0.5, ("val", "test")),
+        ("flyp+wise@1", 1.0, ("val", "test")),
     ]
     narrower = _settings([0.0, 1.0], ["test"])  # a narrower sweep: the chosen α is evaluated on its own
     models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, narrower, ["val", "test"])
     assert [(key, splits) for key, _, splits in models][-1] == ("flyp+wise", ("val", "test"))
-    rows = {key: {"results": [{"method": "flyp+wise", "dataset": "d", "split": f"d/{split}",
-                               **dict.fromkeys(CURVE_COLUMNS[4:], float(bundle.tensors["w"][0]))} for split in splits]}
-            for key, bundle, splits in models}
+    rows = {
+        key: {
+            "results": [
+                {
+                    "method": "flyp+wise",
+                    "dataset": "d",
+                    "split": f"d/{split}",
+                    **dict.fromkeys(CURVE_COLUMNS[4:], float(bundle.tensors["w"][0])),
+                }
+                for split in splits
+            ]
+        }
+        for key, bundle, splits in models
+    }
     curve, chosen = wise_outputs(narrower, rows, ["val", "test"])
     assert list(curve["alpha"]) == [0.0, 1.0] and list(curve["split"]) == ["test", "test"]
     assert [row["avg_acc"] for row in chosen["results"]] == [0.5, 0.5]

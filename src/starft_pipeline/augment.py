@@ -50,10 +50,3 @@ def apply_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     # F.interpolate's order: horizontal mix of each source row, then vertical mix of the two rows.
     horizontal = wcol0[:, None, None, :] * columns(col0) + wcol1[:, None, None, :] * columns(col1)
     return wrow0[:, None, :, None] * rows(horizontal, row0) + wrow1[:, None, :, None] * rows(horizontal, row1)
-
-
-def random_resized_crop(
-    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
-    """Light augmentation as in the official code: a square crop of 90–100% area, resized back."""
-    return apply_crops(images, crop_boxes(len(images), images.shape[-1], scale, generator))

@@ -60,7 +60,7 @@ class CheckpointConfig:
     keep_last: bool = False
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> "CheckpointConfig":
+    def from_params(cls, params: Mapping[str, Any] | None) -> CheckpointConfig:
         return config_from_params(cls, params, "finetune checkpoint")
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,8 +125,9 @@ def apply_payload(state: Resumable, payload: Mapping[str, Any]) -> None:
 class Checkpointer:
     """Saves ``<directory>/last.pt`` after each epoch and resumes from it (see the module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str], keep_last: bool = False,
-                 identity: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], keep_last: bool = False, identity: Mapping[str, Any] | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.identity = dict(identity or {})
@@ -161,7 +162,10 @@ class Checkpointer:
         if payload.get("format_version") != FORMAT_VERSION or payload.get("fingerprint") != run_key:
             logger.warning(
                 "checkpoint %s was written by another configuration (fingerprint %s, this run %s); "
-                "not resuming it, starting fresh", self.path, payload.get("fingerprint"), run_key,
+                "not resuming it, starting fresh",
+                self.path,
+                payload.get("fingerprint"),
+                run_key,
             )
             return False
         apply_payload(state, payload)

@@ -71,7 +71,9 @@ def names_from_mapping(
         )
     unused = sorted(set(by_label) - set(range(present[-1] + 1)))
     if unused:
-        raise ClassNameError(f"{source}: mapping names label(s) {unused} that are not in the data (labels 0..{present[-1]})")
+        raise ClassNameError(
+            f"{source}: mapping names label(s) {unused} that are not in the data (labels 0..{present[-1]})"
+        )
     return check_class_names([clean_class_name(by_label[label]) for label in range(present[-1] + 1)], source)
 
 
@@ -84,9 +86,7 @@ def _metadata_lines(metadata_file: Path) -> dict[str, int]:
     return {str(value).strip(): position + 2 for position, value in enumerate(ids)}
 
 
-def check_labels_named(
-    rows: pd.DataFrame, mapping: Mapping[int | str, str], parameter: str, limit: int = 5
-) -> None:
+def check_labels_named(rows: pd.DataFrame, mapping: Mapping[int | str, str], parameter: str, limit: int = 5) -> None:
     """Raise when a row's label ``y`` has no name in ``mapping``, naming the file, line and img_id of the
     first ``limit`` such rows and the parameter to extend (``rows`` has ``y``, ``img_id``, ``img_filename``
     and the data set's ``root``, which holds its ``metadata.csv``)."""
@@ -108,7 +108,8 @@ def check_labels_named(
     more = f" and {len(unnamed) - len(places)} more row(s)" if len(unnamed) > len(places) else ""
     raise ClassNameError(
         f"label(s) {labels} have no name in {parameter} (it names {sorted(named)}): "
-        + "; ".join(places) + more
+        + "; ".join(places)
+        + more
         + f". Fix the label in the file (labels are 0..C-1), or add the class to {parameter}, "
         f"e.g. {{{labels[0]}: <name>}}"
     )

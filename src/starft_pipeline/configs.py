@@ -38,7 +38,9 @@ def known_keys(cls: type) -> set[str]:
     return {field.name for field in dataclasses.fields(cls)}
 
 
-def reject_unknown_keys(params: Mapping[str, Any], known: Iterable[str], block: str, exclude: Iterable[str] = ()) -> None:
+def reject_unknown_keys(
+    params: Mapping[str, Any], known: Iterable[str], block: str, exclude: Iterable[str] = ()
+) -> None:
     """``ValueError: unknown <block> parameter(s) [...]; known: [...]`` when ``params`` has a key outside ``known``."""
     known = set(known)
     unknown = sorted(set(params) - known - set(exclude))

@@ -165,7 +165,9 @@ def check_groups_present(split: GroupSplit, group_names: Sequence[str], label: s
             "and mean-over-groups accuracy (the adjusted average is renormalised over the groups present)."
         )
     if empty:
-        logger.warning("%s: group(s) %s have no samples; reported with n = 0 (evaluation.allow_empty_groups)", label, empty)
+        logger.warning(
+            "%s: group(s) %s have no samples; reported with n = 0 (evaluation.allow_empty_groups)", label, empty
+        )
     return empty
 
 
@@ -221,9 +223,7 @@ def load_split_images(split: GroupSplit, image_size: int, num_workers: int = 0, 
     return torch.cat([images for images, *_ in loader])
 
 
-def normalise_images(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
+def normalise_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, 3, H, W) → float, scaled to [0, 1] and standardised with the model's mean/std."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)

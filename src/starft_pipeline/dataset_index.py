@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from .data import GroupSplit, group_counts
-from .metadata import SPLIT_CODES, DataError
 from .evaluate import EvalTask, default_group_names
 from .io_utils import fingerprint
+from .metadata import SPLIT_CODES, DataError
 from .metrics import CONVENTIONS
 from .models import fill_template
 

@@ -27,9 +27,7 @@ def expand_pools(
     """Fill every template of each chosen pool with every class name."""
     unknown = [kind for kind in confounder_types if kind not in pools]
     if unknown:
-        raise DescriptionsError(
-            f"confounder type(s) {unknown} have no template pool; available pools: {sorted(pools)}"
-        )
+        raise DescriptionsError(f"confounder type(s) {unknown} have no template pool; available pools: {sorted(pools)}")
     return {
         kind: {name: [fill_template(template, name) for template in pools[kind]] for name in class_names}
         for kind in confounder_types
@@ -58,7 +56,7 @@ class DescriptionPool:
     labels: tuple[int, ...]
     kinds: tuple[str, ...]
 
-    def select(self, confounder_types: Sequence[str]) -> "DescriptionPool":
+    def select(self, confounder_types: Sequence[str]) -> DescriptionPool:
         """The sub-pool of the given confounder types (a method may use fewer than the cache holds)."""
         missing = sorted(set(confounder_types) - set(self.kinds))
         if missing:

@@ -142,7 +142,7 @@ class BatchRows:
     context: DistContext = SINGLE_PROCESS
 
     @classmethod
-    def whole(cls, batch_size: int) -> "BatchRows":
+    def whole(cls, batch_size: int) -> BatchRows:
         rows = torch.arange(batch_size)
         return cls(rows, rows)
 

@@ -294,6 +294,10 @@ class EpochMeter:
 def progress_bar(total: int, description: str, enabled: bool, initial: int = 0, leave: bool = True) -> tqdm:
     """A tqdm bar (a context manager) that tqdm disables when stderr is not a terminal; ``enabled=False`` always."""
     return tqdm(
-        total=total, initial=initial, desc=description, leave=leave, dynamic_ncols=True,
+        total=total,
+        initial=initial,
+        desc=description,
+        leave=leave,
+        dynamic_ncols=True,
         disable=None if enabled else True,
     )

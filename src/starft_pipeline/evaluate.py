@@ -14,12 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import GroupSplit
+from .data import GroupSplit, normalise_images
 from .distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
 from .heads import ClassifierHead, head_for_classes
 from .metrics import GroupMetrics, group_robust_metrics
 from .models import LoadedModel, encode_images, zero_shot_head
-from .data import normalise_images
 from .streaming import split_batches
 
 
@@ -72,7 +71,7 @@ def split_metrics(predictions: np.ndarray, split: GroupSplit, task: EvalTask) ->
 
 
 def default_group_names(class_names: Sequence[str], place_names: Sequence[str]) -> tuple[str, ...]:
-    """"<class> on <place>" for g = y · n_places + place."""
+    """ "<class> on <place>" for g = y · n_places + place."""
     return tuple(f"{name} on {place}" for name in class_names for place in place_names)
 
 
@@ -151,16 +150,23 @@ def _predict(features: torch.Tensor, classifier: ClassifierHead | torch.Tensor) 
 
 
 def _local_predictions(
-    base: LoadedModel, entries: Sequence[ModelUnderTest], target: SplitToEvaluate,
-    classifiers: _Classifiers, settings: PassSettings,
+    base: LoadedModel,
+    entries: Sequence[ModelUnderTest],
+    target: SplitToEvaluate,
+    classifiers: _Classifiers,
+    settings: PassSettings,
 ) -> dict[str, torch.Tensor]:
     """This rank's rows of ``target``: each image decoded once, then classified by every model."""
     rows = shard_rows(len(target.split), settings.context)
     heads = {entry.key: classifiers(entry, target.task) for entry in entries}
     predictions = {entry.key: torch.empty(len(rows), dtype=torch.int64) for entry in entries}
     batches = split_batches(
-        target.split, base.image_size, settings.batch_size, num_workers=settings.num_workers,
-        pin_memory=settings.device.type == "cuda", rows=rows,
+        target.split,
+        base.image_size,
+        settings.batch_size,
+        num_workers=settings.num_workers,
+        pin_memory=settings.device.type == "cuda",
+        rows=rows,
     )
     for images, index in batches:
         pixels = normalise_images(images.to(settings.device, non_blocking=True), base.image_mean, base.image_std)
@@ -199,4 +205,3 @@ def one_pass_predictions(
         for key, part in local.items():
             results[(key, target.dataset, target.split_name)] = all_gather_rows(part, settings.context).numpy()
     return results
-

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs
     from matplotlib.figure import Figure
 
 
-
 def _listed_colors(name: str) -> list[Any]:
     """The colours of a qualitative (listed) matplotlib colormap such as ``tab10``."""
     import matplotlib

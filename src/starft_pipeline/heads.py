@@ -43,7 +43,7 @@ class ClassifierHead:
         weight = self.weight.to(features.device, features.dtype)
         return features @ weight.T + self.bias.to(features.device, features.dtype)
 
-    def restrict(self, class_names: Sequence[str]) -> "ClassifierHead":
+    def restrict(self, class_names: Sequence[str]) -> ClassifierHead:
         """The rows of ``class_names``, in that order (e.g. ImageNet-R's 200 of ImageNet's 1000 classes)."""
         position = {name: row for row, name in enumerate(self.class_names)}
         missing = [name for name in class_names if name not in position]
@@ -53,9 +53,7 @@ class ClassifierHead:
         return ClassifierHead(self.weight[rows], self.bias[rows], tuple(class_names))
 
 
-def zero_shot_linear_head(
-    class_features: torch.Tensor, scale: float, class_names: Sequence[str]
-) -> ClassifierHead:
+def zero_shot_linear_head(class_features: torch.Tensor, scale: float, class_names: Sequence[str]) -> ClassifierHead:
     """The zero-shot classifier as a linear head: ``τ₀ · class features``, zero bias."""
     weight = float(scale) * class_features.float()
     return ClassifierHead(weight, torch.zeros(weight.shape[0]), tuple(class_names))

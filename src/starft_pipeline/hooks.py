@@ -27,7 +27,9 @@ _RUNTIME_PARAM = re.compile(r"runtime_params:\s*([A-Za-z_][\w.]*)")
 
 def parameter_paths(pipelines: Iterable[Pipeline]) -> set[str]:
     """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``)."""
-    return {name[len(_PARAMS):] for pipeline in pipelines for name in pipeline.all_inputs() if name.startswith(_PARAMS)}
+    return {
+        name[len(_PARAMS) :] for pipeline in pipelines for name in pipeline.all_inputs() if name.startswith(_PARAMS)
+    }
 
 
 def runtime_parameter_names(conf_source: str | Path | None) -> set[str]:
@@ -115,7 +117,11 @@ class RankZeroOutputsHooks:
             return
         for name in sorted(pipeline.all_outputs()):
             catalog[name] = MemoryDataset(copy_mode=_memory_copy_mode(catalog, name))
-        logger.info("torchrun rank %d: the run's %d outputs stay in memory; rank 0 writes them", rank, len(pipeline.all_outputs()))
+        logger.info(
+            "torchrun rank %d: the run's %d outputs stay in memory; rank 0 writes them",
+            rank,
+            len(pipeline.all_outputs()),
+        )
 
 
 def _memory_copy_mode(catalog: Any, name: str) -> str | None:

@@ -27,7 +27,12 @@ HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 BACKGROUND = (255, 255, 255)
 #: Errors PIL raises for files it cannot decode.
 DECODE_ERRORS = (
-    OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+    OSError,
+    ValueError,
+    SyntaxError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
 
 

@@ -37,7 +37,7 @@ class LazyTensorBundle(TensorBundle):
     methods in ``evaluation.models`` must exist): ``exists()`` asks without reading.
     """
 
-    def __init__(self, path: str | Path) -> None:  # noqa: D107 - no dataclass fields of its own
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._bundle: TensorBundle | None = None
 

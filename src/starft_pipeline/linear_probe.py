@@ -36,13 +36,17 @@ class LinearProbeConfig:
     max_iter: int = 1000
 
     def __post_init__(self) -> None:
-        if not self.c_grid or any(not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0) for c in self.c_grid):
-            raise ValueError(f"linear_probe.c_grid must be a non-empty list of positive numbers, got {list(self.c_grid)}")
+        if not self.c_grid or any(
+            not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0) for c in self.c_grid
+        ):
+            raise ValueError(
+                f"linear_probe.c_grid must be a non-empty list of positive numbers, got {list(self.c_grid)}"
+            )
         if self.max_iter < 1:
             raise ValueError(f"linear_probe.max_iter must be >= 1, got {self.max_iter}")
 
     @classmethod
-    def from_params(cls, params: Mapping | None) -> "LinearProbeConfig":
+    def from_params(cls, params: Mapping | None) -> LinearProbeConfig:
         config = config_from_params(cls, params, "linear_probe")
         return dataclasses.replace(config, c_grid=tuple(float(c) for c in config.c_grid))
 
@@ -103,15 +107,30 @@ def select_linear_probe(
     """Fit one probe per C; keep the best val accuracy (ties: the smaller C). Returns it and the sweep."""
     has_val = val_features is not None and len(val_features) > 0
     if len(config.c_grid) > 1 and not has_val:
-        raise ValueError("the linear probe chooses C on the val split, which is empty; add val rows or give one linear_probe.c_grid value")
+        raise ValueError(
+            "the linear probe chooses C on the val split, which is empty; add val rows or give one linear_probe.c_grid value"
+        )
     rows, best, best_acc = [], None, -1.0
     for step, c in enumerate(sorted(config.c_grid), start=1):
         head = head_from_logistic_regression(
             fit_logistic_regression(train_features.numpy(), train_labels.numpy(), c, config.max_iter), class_names
         )
-        val_acc = accuracy(head, val_features, val_labels) if val_features is not None and val_labels is not None and has_val else float("nan")
+        val_acc = (
+            accuracy(head, val_features, val_labels)
+            if val_features is not None and val_labels is not None and has_val
+            else float("nan")
+        )
         train_loss = mean_log_loss(head, train_features, train_labels)
-        rows.append({"epoch": 0, "step": step, "C": c, "loss": train_loss, "train_acc": accuracy(head, train_features, train_labels), "val_acc": val_acc})
+        rows.append(
+            {
+                "epoch": 0,
+                "step": step,
+                "C": c,
+                "loss": train_loss,
+                "train_acc": accuracy(head, train_features, train_labels),
+                "val_acc": val_acc,
+            }
+        )
         if best is None or val_acc > best_acc:
             best, best_acc = head, val_acc
         logger.info("linear probe C=%g: train loss %.4f, val acc %.4f", c, train_loss, val_acc)

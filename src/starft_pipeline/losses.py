@@ -23,9 +23,7 @@ def clip_contrastive_loss(
     """
     logits_per_image = logit_scale * image_features @ text_features.T
     targets = torch.arange(image_features.shape[0], device=image_features.device)
-    return 0.5 * (
-        F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)
-    )
+    return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets))
 
 
 def head_cross_entropy(

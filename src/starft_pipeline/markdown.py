@@ -50,16 +50,12 @@ def markdown_table(
     headers = [str(c) for c in frame.columns]
     columns = [[_format_cell(v, float_format) for v in frame[c].tolist()] for c in frame.columns]
     numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        for c in frame.columns
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
     ]
     widths = [max([len(h), 3, *(len(v) for v in col)]) for h, col in zip(headers, columns, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(w) if num else cell.ljust(w)
-            for cell, w, num in zip(cells, widths, numeric, strict=True)
-        ]
+        padded = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(cells, widths, numeric, strict=True)]
         return "| " + " | ".join(padded) + " |"
 
     rules = [("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric, strict=True)]
@@ -73,7 +69,7 @@ _METRIC_LEGEND = (
     "- `avg_acc`: plain accuracy over the split.",
     "- `worst_group_acc`: the lowest per-group accuracy (group g = y · n_places + place).",
     "- `adjusted_avg_acc`: per-group accuracy weighted by the **training** split's group proportions "
-    "(WILDS `adj_acc_avg`; what Waterbirds papers call \"average\").",
+    '(WILDS `adj_acc_avg`; what Waterbirds papers call "average").',
     "- `mean_group_acc`: the unweighted mean over groups (a different number, not the adjusted average).",
     "- `headline_avg_acc`: the average the data set's convention reports "
     "(waterbirds: `adjusted_avg_acc`; celeba and generic: `avg_acc`).",
@@ -94,9 +90,7 @@ def _with_ci(results: pd.DataFrame, metric: str) -> list[str]:
     ]
 
 
-def comparison_markdown(
-    results: pd.DataFrame, confidence: float | None = None, notes: Sequence[str] = ()
-) -> str:
+def comparison_markdown(results: pd.DataFrame, confidence: float | None = None, notes: Sequence[str] = ()) -> str:
     """``results.md``: the comparison table in percent (with bootstrap intervals), a legend and notes.
 
     ``results`` has the ``results.csv`` columns (at least :data:`RESULTS_COLUMNS`); intervals,

@@ -96,7 +96,9 @@ class RowIssue:
     detail: str
 
     def describe(self) -> str:
-        where = f"line {self.line} (img_id {self.img_id}, {self.img_filename!r})" if self.line else repr(self.img_filename)
+        where = (
+            f"line {self.line} (img_id {self.img_id}, {self.img_filename!r})" if self.line else repr(self.img_filename)
+        )
         return f"{where}: {self.detail}"
 
 
@@ -136,7 +138,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=False)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty; it needs a header line {list(METADATA_COLUMNS)} and one row per image") from None
+        raise DataError(
+            f"{path} is empty; it needs a header line {list(METADATA_COLUMNS)} and one row per image"
+        ) from None
     except pd.errors.ParserError as error:
         raise DataError(f"{path} is not a well-formed CSV file: {error}") from None
     except UnicodeDecodeError as error:
@@ -163,7 +167,9 @@ def _checked_columns(frame: pd.DataFrame, path: Path, checks: DataChecks) -> pd.
             f"{path}: unexpected column(s) {extra}; remove them, or set `{checks.source}.extra_columns: ignore` to keep them"
         )
     if extra:
-        logger.warning("%s: extra column(s) %s are kept but not used (%s.extra_columns: ignore)", path, extra, checks.source)
+        logger.warning(
+            "%s: extra column(s) %s are kept but not used (%s.extra_columns: ignore)", path, extra, checks.source
+        )
     return frame
 
 
@@ -180,6 +186,7 @@ def _row_issue(row: pd.Series, line: int | None, reason: str, detail: str) -> Ro
 
 def _row_checks(raw: pd.DataFrame, parsed: pd.DataFrame) -> list[tuple[pd.Series, str, Callable[[int], str]]]:
     """(bad-row mask, reason, detail of row i) in the order a row's first problem is reported."""
+
     def not_integer(column: str) -> Callable[[int], str]:
         return lambda i: f"column {column!r} holds {raw[column].iloc[i]!r}, not an integer"
 
@@ -188,8 +195,11 @@ def _row_checks(raw: pd.DataFrame, parsed: pd.DataFrame) -> list[tuple[pd.Series
 
     return [
         *((parsed[column].isna(), "bad_value", not_integer(column)) for column in INTEGER_COLUMNS),
-        (~parsed["split"].isin(list(SPLIT_NAMES)), "unknown_split",
-         lambda i: f"unknown split code {int(parsed['split'].iloc[i])}; use 0=train, 1=val, 2=test"),
+        (
+            ~parsed["split"].isin(list(SPLIT_NAMES)),
+            "unknown_split",
+            lambda i: f"unknown split code {int(parsed['split'].iloc[i])}; use 0=train, 1=val, 2=test",
+        ),
         (parsed["y"] < 0, "label_out_of_range", negative("y")),
         (parsed["place"] < 0, "place_out_of_range", negative("place")),
         (raw["img_filename"].str.strip() == "", "bad_value", lambda i: "column 'img_filename' is empty"),
@@ -212,8 +222,12 @@ def _parse_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[RowIssue]]:
     repeated = (ids.duplicated(keep="first") & ~flagged).to_numpy()
     first_line = {int(value): position + 2 for position, value in ids[~flagged & ~repeated].items()}
     issues += [
-        _row_issue(raw.iloc[i], i + 2, "duplicate_img_id",
-                   f"img_id {int(ids.iloc[i])} is also on line {first_line[int(ids.iloc[i])]}")
+        _row_issue(
+            raw.iloc[i],
+            i + 2,
+            "duplicate_img_id",
+            f"img_id {int(ids.iloc[i])} is also on line {first_line[int(ids.iloc[i])]}",
+        )
         for i in np.flatnonzero(repeated)
     ]
     keep = np.flatnonzero(~flagged & ~repeated)
@@ -279,12 +293,19 @@ def check_image_files(
     if found and checks.bad_data == "error":
         raise DataError(_bad_rows_message(origin, found, checks, len(frame) + len(issues)))
     if found:
-        logger.warning("%s: skipping %d bad row(s) (%s.bad_data: skip): %s", origin, len(found), checks.source,
-                       _reason_counts(found))
+        logger.warning(
+            "%s: skipping %d bad row(s) (%s.bad_data: skip): %s",
+            origin,
+            len(found),
+            checks.source,
+            _reason_counts(found),
+        )
     kept = frame.iloc[keep].drop(columns="_line", errors="ignore").reset_index(drop=True)
     if kept.empty:
-        raise DataError(f"{origin}: no usable rows left ({len(found)} bad: {_reason_counts(found)}); "
-                        f"the data set {checks.source} needs at least one image")
+        raise DataError(
+            f"{origin}: no usable rows left ({len(found)} bad: {_reason_counts(found)}); "
+            f"the data set {checks.source} needs at least one image"
+        )
     _log_empty_splits(kept, origin)
     return CheckedMetadata(kept, tuple(found))
 

@@ -69,13 +69,17 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"--params entry {pair!r} is not of the form dotted.key=value (e.g. star.finetune.reg_weight=2)")
+            raise ValueError(
+                f"--params entry {pair!r} is not of the form dotted.key=value (e.g. star.finetune.reg_weight=2)"
+            )
         *parents, leaf = key.split(".")
         node = overrides
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--params entry {pair!r} sets a key below {part!r}, which another entry sets to a value")
+                raise ValueError(
+                    f"--params entry {pair!r} sets a key below {part!r}, which another entry sets to a value"
+                )
         node[leaf] = yaml.safe_load(raw)
     return overrides
 
@@ -128,7 +132,9 @@ def aggregate(runs: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.
     return mean_std_table(runs, by=("method", "split"), metrics=metrics, percent=True, decimals=1)
 
 
-def table_markdown(table: pd.DataFrame, splits: Iterable[str] | None = None, metrics: Sequence[str] = TABLE_METRICS) -> str:
+def table_markdown(
+    table: pd.DataFrame, splits: Iterable[str] | None = None, metrics: Sequence[str] = TABLE_METRICS
+) -> str:
     """The Markdown table: one row per (method, split), the ``mean ± std`` strings in percent."""
     frame = table if splits is None else table[table["split"].isin(list(splits))]
     columns = ["method", "split", "n_seeds", *metrics]
@@ -238,7 +244,12 @@ def run_seeds(
 
 
 def write_outputs(
-    table: pd.DataFrame, runs: pd.DataFrame, document: str, summary: dict[str, Any], folder: Path, name: str = "methods_table"
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    document: str,
+    summary: dict[str, Any],
+    folder: Path,
+    name: str = "methods_table",
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.csv", folder / f"{name}_runs.csv", folder / f"{name}.md", folder / f"{name}.json"]
@@ -249,7 +260,9 @@ def write_outputs(
     return paths
 
 
-def log_to_mlflow(table: pd.DataFrame, paths: Sequence[Path], summary: Mapping[str, Any], project_path: Path, env: str | None) -> str:
+def log_to_mlflow(
+    table: pd.DataFrame, paths: Sequence[Path], summary: Mapping[str, Any], project_path: Path, env: str | None
+) -> str:
     """One MLflow run holding the table's means and stds and the files; tracking set up by kedro-mlflow."""
     import mlflow
 
@@ -268,13 +281,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
     parser.add_argument("--env", default=None, help="Kedro configuration environment")
     parser.add_argument("--project-path", type=Path, default=Path.cwd(), help="Kedro project root (default: cwd)")
-    parser.add_argument("--skip-upstream", action="store_true", help="reuse the cached class_names/descriptions/teacher outputs")
-    parser.add_argument("--params", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="runtime parameters for every run, e.g. star.finetune.reg_weight=2")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="only these methods (their finetune and evaluation namespaces); default: all")
-    parser.add_argument("--name", default="methods_table",
-                        help="stem of the files in data/08_reporting/ and of the MLflow run (default methods_table)")
+    parser.add_argument(
+        "--skip-upstream", action="store_true", help="reuse the cached class_names/descriptions/teacher outputs"
+    )
+    parser.add_argument(
+        "--params",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime parameters for every run, e.g. star.finetune.reg_weight=2",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only these methods (their finetune and evaluation namespaces); default: all",
+    )
+    parser.add_argument(
+        "--name",
+        default="methods_table",
+        help="stem of the files in data/08_reporting/ and of the MLflow run (default methods_table)",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has duplicates: {args.seeds}")
@@ -284,14 +311,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     command = " ".join(["python -m starft_pipeline.methods_table", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    runs, times = run_seeds(args.seeds, args.project_path.resolve(), args.env, not args.skip_upstream, extra_params,
-                            args.methods)
+    runs, times = run_seeds(
+        args.seeds, args.project_path.resolve(), args.env, not args.skip_upstream, extra_params, args.methods
+    )
     wall_s = time.perf_counter() - started
     table = aggregate(runs)
-    summary = {"name": args.name, "command": command, "seeds": args.seeds, "params": extra_params, "wall_s": round(wall_s, 1),
-               "seed_wall_s": {str(k): round(v, 1) for k, v in times.items()}, "methods": list(dict.fromkeys(runs["method"]))}
-    paths = write_outputs(table, runs, markdown_document(table, command, args.seeds, wall_s), summary,
-                          args.project_path / REPORT_DIR, args.name)
+    summary = {
+        "name": args.name,
+        "command": command,
+        "seeds": args.seeds,
+        "params": extra_params,
+        "wall_s": round(wall_s, 1),
+        "seed_wall_s": {str(k): round(v, 1) for k, v in times.items()},
+        "methods": list(dict.fromkeys(runs["method"])),
+    }
+    paths = write_outputs(
+        table,
+        runs,
+        markdown_document(table, command, args.seeds, wall_s),
+        summary,
+        args.project_path / REPORT_DIR,
+        args.name,
+    )
     run_id = log_to_mlflow(table, paths, summary, args.project_path.resolve(), args.env)
     logger.info("methods table: %s (MLflow run %s), %.1f min", paths[2], run_id, wall_s / 60)
     print(table_markdown(table))

@@ -103,8 +103,7 @@ def _train_counts(train_group_counts: ArrayLike, n_groups: int) -> NDArray[np.fl
     counts = np.asarray(train_group_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.shape[0] != n_groups:
         raise ValueError(
-            f"`train_group_counts` must have one entry per group (n_groups={n_groups}), "
-            f"got shape {counts.shape}."
+            f"`train_group_counts` must have one entry per group (n_groups={n_groups}), got shape {counts.shape}."
         )
     if not np.all(np.isfinite(counts)) or np.any(counts < 0):
         raise ValueError("`train_group_counts` must be finite and non-negative.")
@@ -184,9 +183,7 @@ def _prepare(
     yp = _int_array("y_pred", y_pred)
     g = _int_array("groups", groups)
     if not (yt.shape[0] == yp.shape[0] == g.shape[0]):
-        raise ValueError(
-            f"lengths differ: `y_true` {yt.shape[0]}, `y_pred` {yp.shape[0]}, `groups` {g.shape[0]}."
-        )
+        raise ValueError(f"lengths differ: `y_true` {yt.shape[0]}, `y_pred` {yp.shape[0]}, `groups` {g.shape[0]}.")
     if yt.shape[0] == 0:
         raise ValueError("`y_true` is empty: nothing to evaluate.")
     if n_classes is not None:

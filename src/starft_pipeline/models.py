@@ -44,6 +44,7 @@ def open_clip_with_configs() -> ModuleType:
     open_clip.add_model_config(Path(str(_CONFIG_DIR)))
     return open_clip
 
+
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -168,7 +169,9 @@ def _require_cached(spec: ModelSpec) -> None:
         if (Path(spec.cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)).is_file():
             return
         source = url
-    quick_gelu = f" together with `model.architecture: {spec.architecture}-quickgelu`" if config.get("quick_gelu") else ""
+    quick_gelu = (
+        f" together with `model.architecture: {spec.architecture}-quickgelu`" if config.get("quick_gelu") else ""
+    )
     raise FileNotFoundError(
         f"open_clip weights {spec.architecture}/{spec.pretrained} are not in the local cache "
         f"({spec.cache_dir or 'the default Hugging Face cache'}) and `model.allow_download` is false. "
@@ -261,7 +264,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
 def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
     """Load weights strictly, casting to the model's dtypes (weights may be stored in fp16)."""
     reference = model.state_dict()
-    state_dict = {key: value.to(reference[key].dtype) if key in reference else value for key, value in state_dict.items()}
+    state_dict = {
+        key: value.to(reference[key].dtype) if key in reference else value for key, value in state_dict.items()
+    }
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -320,7 +325,9 @@ def encode_texts(
     """L2-normalised text features of ``texts``; with ``grad`` the graph is kept (training)."""
     with torch.set_grad_enabled(grad):
         chunks = [
-            F.normalize(model.encode_text(tokenizer(list(texts[start : start + batch_size])).to(device)).float(), dim=-1)
+            F.normalize(
+                model.encode_text(tokenizer(list(texts[start : start + batch_size])).to(device)).float(), dim=-1
+            )
             for start in _batches(len(texts), batch_size)
         ]
     return torch.cat(chunks)

@@ -38,9 +38,9 @@ from pydantic import (
 
 from .checkpointing import CheckpointConfig
 from .configs import check_device, field_bounds, field_checks
-from .metadata import DataChecks
 from .linear_probe import LinearProbeConfig
 from .llm import LLMSettings
+from .metadata import DataChecks
 from .metrics import CONVENTIONS
 from .models import ModelSpec
 from .pretraining import PretrainConfig
@@ -71,7 +71,7 @@ def strict(annotation: Any) -> Any:
         return Annotated[parts]
     inner = tuple(arg if arg is Ellipsis else strict(arg) for arg in args)
     if origin in (Union, types.UnionType):
-        return Union[inner]
+        return Union[inner]  # noqa: UP007 (a runtime tuple of types: `X | Y` cannot be built from it)
     return origin[inner if len(inner) > 1 else inner[0]]
 
 
@@ -151,6 +151,7 @@ def _after_check(check: Callable[[dict[str, Any]], Any]) -> Any:
 
 # --- class_names ------------------------------------------------------------------------------------
 
+
 class _DataChecksBase(BaseModel):
     model_config = STRICT
 
@@ -168,7 +169,7 @@ class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
     optional: Annotated[bool, Strict()] = False
 
     @model_validator(mode="after")
-    def _location(self) -> "DatasetParams":
+    def _location(self) -> DatasetParams:
         if self.format == "release" and not self.root:
             raise ValueError("format release needs `root` (the folder holding metadata.csv)")
         if self.format == "image_folder" and not self.roots:
@@ -180,7 +181,9 @@ class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
         from .synthetic import DEFAULT_SPECS, GroupShiftSpec
 
         if isinstance(self.generate, str) and self.generate not in DEFAULT_SPECS:
-            raise ValueError(f"generate is {self.generate!r}; use one of {sorted(DEFAULT_SPECS)}, a spec mapping or null")
+            raise ValueError(
+                f"generate is {self.generate!r}; use one of {sorted(DEFAULT_SPECS)}, a spec mapping or null"
+            )
         if isinstance(self.generate, dict):
             GroupShiftSpec.from_dict(self.generate)
 
@@ -204,7 +207,7 @@ class ClassNamesDatasetParams(BaseModel):
     label_column: Annotated[str, Strict()] | None = None
 
     @model_validator(mode="after")
-    def _source_inputs(self) -> "ClassNamesDatasetParams":
+    def _source_inputs(self) -> ClassNamesDatasetParams:
         needed = {"mapping": ("mapping",), "image_folder": ("image_folder",), "csv": ("csv", "name_column")}
         missing = [key for key in needed.get(self.source, ()) if getattr(self, key) is None]
         if missing:
@@ -218,7 +221,7 @@ class ClassNamesParams(BaseModel):
     datasets: dict[str, ClassNamesDatasetParams]
 
     @model_validator(mode="after")
-    def _finetune_dataset_listed(self) -> "ClassNamesParams":
+    def _finetune_dataset_listed(self) -> ClassNamesParams:
         if self.finetune_dataset not in self.datasets:
             raise ValueError(
                 f"finetune_dataset is {self.finetune_dataset!r}, which has no entry under datasets ({sorted(self.datasets)})"
@@ -227,6 +230,7 @@ class ClassNamesParams(BaseModel):
 
 
 # --- descriptions, teacher ----------------------------------------------------------------------------
+
 
 class DescriptionsParams(BaseModel):
     """``descriptions``; the keys the node indexes directly are required (no silent default)."""
@@ -240,7 +244,7 @@ class DescriptionsParams(BaseModel):
     anthropic: LLMSettings | None = None
 
     @model_validator(mode="after")
-    def _anthropic_settings(self) -> "DescriptionsParams":
+    def _anthropic_settings(self) -> DescriptionsParams:
         if self.provider == "anthropic" and self.anthropic is None:
             raise ValueError("provider anthropic needs the `anthropic` block (model, max_tokens, …)")
         return self

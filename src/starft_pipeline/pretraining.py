@@ -104,7 +104,9 @@ class PretrainConfig:
                 f"(batches are balanced) and at most corpus_size={self.corpus_size}, got {self.batch_size}"
             )
         if self.corpus_size % N_PAIRS:
-            raise ValueError(f"pretrain.corpus_size must be a multiple of {N_PAIRS} (a balanced corpus), got {self.corpus_size}")
+            raise ValueError(
+                f"pretrain.corpus_size must be a multiple of {N_PAIRS} (a balanced corpus), got {self.corpus_size}"
+            )
         if self.object_only_steps >= self.steps:
             raise ValueError(
                 f"pretrain.object_only_steps ({self.object_only_steps}) must be less than pretrain.steps "
@@ -117,7 +119,7 @@ class PretrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "PretrainConfig":
+    def from_params(cls, params: dict[str, Any]) -> PretrainConfig:
         """Build from the ``pretrain`` parameters block; an unknown key is an error that names it."""
         return config_from_params(cls, params, "pretrain")
 
@@ -203,7 +205,9 @@ def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig
     if step < config.object_only_steps:
         return [object_caption(int(corpus.object_ids[i]), rng) for i in indices.tolist()]
     return [
-        synthetic.make_caption(int(corpus.object_ids[i]), int(corpus.background_ids[i]), rng, config.single_concept_prob)
+        synthetic.make_caption(
+            int(corpus.object_ids[i]), int(corpus.background_ids[i]), rng, config.single_concept_prob
+        )
         for i in indices.tolist()
     ]
 
@@ -260,7 +264,12 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             loaded.model.logit_scale.fill_(math.log(config.init_logit_scale))
     corpus = render_corpus(config.corpus_size, config.seed, config.image_size)
     test = eval_corpus(config)
-    logger.info("pretrain: rendered %d training and %d test images in %.1f s", len(corpus), len(test), time.perf_counter() - started)
+    logger.info(
+        "pretrain: rendered %d training and %d test images in %.1f s",
+        len(corpus),
+        len(test),
+        time.perf_counter() - started,
+    )
     optimizer = adamw(loaded.model, config.lr, config.weight_decay)
     scheduler = curriculum_schedule(optimizer, config)
     history: list[dict[str, float]] = []
@@ -268,11 +277,18 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         loaded.model.train()
         record = {"step": step + 1, **training_step(loaded, optimizer, scheduler, corpus, config, step, device)}
         if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            record |= {f"zero_shot_{key}": value for key, value in zero_shot_accuracies(loaded, test, config, device).items()}
+            record |= {
+                f"zero_shot_{key}": value for key, value in zero_shot_accuracies(loaded, test, config, device).items()
+            }
             logger.info(
                 "pretrain step %d/%d: loss %.4f, τ %.1f, zero-shot objects %.3f, backgrounds %.3f, %.0f s",
-                step + 1, config.steps, record["loss"], record["logit_scale"], record["zero_shot_objects"],
-                record["zero_shot_backgrounds"], time.perf_counter() - started,
+                step + 1,
+                config.steps,
+                record["loss"],
+                record["logit_scale"],
+                record["zero_shot_objects"],
+                record["zero_shot_backgrounds"],
+                time.perf_counter() - started,
             )
         history.append(record)
     loaded.model.eval()
@@ -291,7 +307,11 @@ def _labels(corpus: Corpus, concept: str) -> np.ndarray:
 
 
 def zero_shot_predictions(
-    loaded: LoadedModel, features: torch.Tensor, concept: str, config: PretrainConfig, device: torch.device | str = "cpu"
+    loaded: LoadedModel,
+    features: torch.Tensor,
+    concept: str,
+    config: PretrainConfig,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Argmax over the concept's classes (prompt-ensemble head from the current text tower)."""
     prompts = config.object_prompts if concept == "objects" else config.background_prompts
@@ -310,7 +330,9 @@ def zero_shot_accuracies(
     """Zero-shot top-1 on ``test``, objects as classes and backgrounds as classes."""
     features = _image_features(loaded, test, device)
     return {
-        concept: float((zero_shot_predictions(loaded, features, concept, config, device) == _labels(test, concept)).mean())
+        concept: float(
+            (zero_shot_predictions(loaded, features, concept, config, device) == _labels(test, concept)).mean()
+        )
         for concept in CONCEPTS
     }
 
@@ -353,5 +375,9 @@ def stored_weights(
     """The weights as stored (cast to ``dtype``) and the zero-shot report *of those* weights."""
     state = round_weights(result.loaded.model, dtype)
     report = zero_shot_report(result.loaded, result.test, config, resolve_device(config.device))
-    report |= {"train_wall_s": result.wall_s, "stored_dtype": str(dtype).removeprefix("torch."), "config": config.as_dict()}
+    report |= {
+        "train_wall_s": result.wall_s,
+        "stored_dtype": str(dtype).removeprefix("torch."),
+        "config": config.as_dict(),
+    }
     return state, report

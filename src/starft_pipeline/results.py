@@ -70,8 +70,6 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None
         raise ValueError(f"`{name}` lacks column(s) {missing}; it has {list(df.columns)}.")
 
 
-
-
 def mlflow_metric_key(method: str, split: str, metric: str) -> str:
     """``<method>.<dataset>.<split>.<metric>`` with characters MLflow refuses (e.g. ``+``) as ``_``."""
     return re.sub(r"[^\w\-. :/]", "_", f"{method}.{split.replace('/', '.')}.{metric}")
@@ -126,7 +124,11 @@ def ci_columns(ci: Mapping[str, tuple[float, float]]) -> dict[str, float]:
 
 
 def class_rows(
-    method: str, split: str, y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str]
+    method: str,
+    split: str,
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
 ) -> list[dict[str, Any]]:
     """``class_results.csv`` rows, one per class in label order (keys in :data:`CLASS_COLUMNS` order)."""
     acc = per_class_accuracy(y_true, y_pred, len(class_names))
@@ -182,10 +184,23 @@ def split_report(
     """
     n_groups, counts = len(layout.group_names), np.asarray(layout.train_group_counts)
     metrics = group_robust_metrics(
-        y_true, y_pred, groups, n_groups, counts, allow_empty_groups=allow_empty_groups, n_classes=len(layout.class_names)
+        y_true,
+        y_pred,
+        groups,
+        n_groups,
+        counts,
+        allow_empty_groups=allow_empty_groups,
+        n_classes=len(layout.class_names),
     )
     ci = bootstrap_ci(
-        y_true, y_pred, groups, n_groups, counts, bootstrap.n_resamples, bootstrap.confidence, bootstrap.seed,
+        y_true,
+        y_pred,
+        groups,
+        n_groups,
+        counts,
+        bootstrap.n_resamples,
+        bootstrap.confidence,
+        bootstrap.seed,
         allow_empty_groups=allow_empty_groups,
     )
     result = {
@@ -211,7 +226,6 @@ def split_parts(df: pd.DataFrame) -> pd.DataFrame:
     if "dataset" not in out.columns:
         out = out.assign(dataset=labels.map(lambda s: s.rpartition("/")[0]))
     return out
-
 
 
 def mean_std_table(

@@ -164,4 +164,3 @@ def epoch_steps(images: ImageSource, batches: Sequence[torch.Tensor], needed: to
         return
     for batch, _ in zip(batches, images.steps([batch[needed] for batch in batches])):
         yield batch
-

@@ -83,7 +83,7 @@ def _grass(rng: np.random.Generator, size: int) -> np.ndarray:
     blades = _smooth_noise(rng, (size, size), (max(2, size // 8), size))
     patches = _smooth_noise(rng, (size, size), (4, 4))
     img = _tint((70, 145, 45), 22 * blades)
-    img += (patches[:, :, None] * np.array([10, 8, -4], dtype=np.float32))
+    img += patches[:, :, None] * np.array([10, 8, -4], dtype=np.float32)
     return img
 
 
@@ -136,7 +136,7 @@ def _brick(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _forest(rng: np.random.Generator, size: int) -> np.ndarray:
     # Dark blotchy canopy with a few vertical brown trunks.
-    yy, xx = _grid(size)
+    _, xx = _grid(size)
     canopy = _smooth_noise(rng, (size, size), (6, 6))
     img = _tint((32, 72, 38), np.zeros((size, size), np.float32))
     img += canopy[:, :, None] * np.array([10, 18, 8], dtype=np.float32)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .data import GroupSplit, normalise_images
 from .dataset_index import class_prompts, data_identity
 from .descriptions import DescriptionPool
-from .distributed import SINGLE_PROCESS, DistContext, barrier, all_gather_rows, broadcast_from_main, shard_rows
+from .distributed import SINGLE_PROCESS, DistContext, all_gather_rows, barrier, broadcast_from_main, shard_rows
 from .engine import autocast
 from .io_utils import fingerprint
 from .models import LoadedModel, encode_texts, logit_scale, zero_shot_head
@@ -68,7 +68,7 @@ class TeacherCache:
         return TensorBundle(tensors, {"logit_scale": self.logit_scale, "fingerprint": self.fingerprint})
 
     @classmethod
-    def from_bundle(cls, bundle: TensorBundle) -> "TeacherCache":
+    def from_bundle(cls, bundle: TensorBundle) -> TeacherCache:
         def under(prefix: str) -> dict[str, torch.Tensor]:
             return {key[len(prefix) :]: value for key, value in bundle.tensors.items() if key.startswith(prefix)}
 
@@ -227,8 +227,14 @@ def _features_of(
             finished = all_gather_rows(local, context)
             if parts is not None and context.is_main:
                 parts.save(name, finished)
-            logger.info("teacher: encoded %d images of %s (rank %d of %d encoded %d)",
-                        stop - start, name, context.rank, context.world_size, len(share))
+            logger.info(
+                "teacher: encoded %d images of %s (rank %d of %d encoded %d)",
+                stop - start,
+                name,
+                context.rank,
+                context.world_size,
+                len(share),
+            )
         else:
             logger.info(
                 "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder

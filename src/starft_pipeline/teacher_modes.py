@@ -139,7 +139,9 @@ class _ViewStep:
         image = self.source.features[batch.indices[gathered], self.choice[gathered]]
         descriptions = batch.data.teacher_descriptions
         if descriptions is None:
-            raise ValueError("the cached-views teacher needs the descriptions' teacher features (TrainData.teacher_descriptions)")
+            raise ValueError(
+                "the cached-views teacher needs the descriptions' teacher features (TrainData.teacher_descriptions)"
+            )
         text = descriptions[picks[gathered]]
         return TeacherFeatures(to_device(image, batch.device), to_device(text, batch.device))
 
@@ -170,8 +172,16 @@ class CachedViews:
 
 def views_key(teacher_fingerprint: str, config: FinetuneConfig, n_images: int, image_size: int) -> str:
     """What the stored view features depend on: the teacher (weights, data), K, the crop scale, the seed, precision."""
-    return fingerprint(teacher_fingerprint, config.teacher_views, list(config.crop_scale), config.seed,
-                       n_images, image_size, config.precision, VIEWS_VERSION)
+    return fingerprint(
+        teacher_fingerprint,
+        config.teacher_views,
+        list(config.crop_scale),
+        config.seed,
+        n_images,
+        image_size,
+        config.precision,
+        VIEWS_VERSION,
+    )
 
 
 def load_or_build_views(
@@ -212,7 +222,9 @@ def _load_views(path: Path, key: str, n_images: int, views: int) -> tuple[torch.
         return None
     boxes, features = bundle.tensors.get("boxes"), bundle.tensors.get("features")
     if bundle.metadata.get("key") != key or boxes is None or features is None or boxes.shape[:2] != (n_images, views):
-        logger.warning("cached_views: %s is not for these inputs (%d images × %d views); recomputing it", path, n_images, views)
+        logger.warning(
+            "cached_views: %s is not for these inputs (%d images × %d views); recomputing it", path, n_images, views
+        )
         return None
     return boxes, features
 

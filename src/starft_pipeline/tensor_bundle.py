@@ -38,7 +38,7 @@ class TensorBundle:
             save_file(tensors, str(tmp), metadata=header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "TensorBundle":
+    def load(cls, path: str | os.PathLike[str]) -> TensorBundle:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")

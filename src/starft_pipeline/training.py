@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 import torch.nn.functional as F
 
+from .augment import apply_crops, crop_boxes
 from .checkpointing import Checkpointer
 from .configs import bounded, check_crop_scale, check_fields, config_from_params
 from .data import normalise_images
@@ -31,8 +32,8 @@ from .descriptions import DescriptionPool
 from .distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
 from .engine import (
     PRECISIONS,
-    EpochMeter,
     Encoders,
+    EpochMeter,
     Precision,
     accumulate_gradients,
     compile_towers,
@@ -41,7 +42,6 @@ from .engine import (
     to_device,
     token_lengths,
 )
-from .augment import apply_crops, crop_boxes
 from .heads import HEAD_MODULE
 from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
@@ -80,7 +80,9 @@ class FinetuneConfig:
     augment: bool = True
     crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
     seed: int = bounded(0, ge=0)
-    teacher_mode: TeacherMode = "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
+    teacher_mode: TeacherMode = (
+        "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
+    )
     teacher_views: int = bounded(4, ge=1)  # cached_views: K recorded crops per training image
     # GPU and scale (engine, distributed, streaming). The last six leave the result unchanged.
     precision: Precision = "auto"  # bf16 on CUDA, fp32 on the CPU; bf16: autocast (losses in fp32)
@@ -102,14 +104,18 @@ class FinetuneConfig:
 
     def _check_teacher_mode(self) -> None:
         if self.teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"finetune teacher_mode must be one of {', '.join(TEACHER_MODES)}; got {self.teacher_mode!r}")
+            raise ValueError(
+                f"finetune teacher_mode must be one of {', '.join(TEACHER_MODES)}; got {self.teacher_mode!r}"
+            )
         if self.teacher_mode != "cached" and self.method not in REGULARISED_METHODS:
             raise ValueError(
                 f"finetune teacher_mode {self.teacher_mode!r} only applies to the StarFT methods "
                 f"({', '.join(REGULARISED_METHODS)}); method {self.method!r} has no teacher: remove the key"
             )
         if self.teacher_mode == "cached_views" and not self.augment:
-            raise ValueError("finetune teacher_mode cached_views needs augment: true (without crops use teacher_mode: cached)")
+            raise ValueError(
+                "finetune teacher_mode cached_views needs augment: true (without crops use teacher_mode: cached)"
+            )
 
     def _check_scale_options(self) -> None:
         choices = {"precision": PRECISIONS, "data_loading": DATA_LOADING}
@@ -142,7 +148,7 @@ class FinetuneConfig:
         return asdict(self)
 
     @classmethod
-    def from_params(cls, params: dict, exclude: Sequence[str] = ()) -> "FinetuneConfig":
+    def from_params(cls, params: dict, exclude: Sequence[str] = ()) -> FinetuneConfig:
         """Build from a parameters block; an unknown key is an error that names it."""
         return config_from_params(cls, params, "finetune", exclude)
 
@@ -398,7 +404,9 @@ class StepBatch:
 
     def local_pixels(self) -> torch.Tensor:
         """This process's rows of the batch, augmented (crops drawn for the whole batch) and normalised."""
-        return batch_pixels(self.loaded, self.data.images, self.indices, self.config, self.generator, self.rows.local, self.device)
+        return batch_pixels(
+            self.loaded, self.data.images, self.indices, self.config, self.generator, self.rows.local, self.device
+        )
 
     def text_table(self) -> TextTable:
         return text_table(self.loaded, self.data, self.config.caption_templates, self.device)
@@ -566,7 +574,12 @@ def check_train_data(data: TrainData, config: FinetuneConfig) -> None:
     if config.regularised:
         check_descriptions_cover(data)
     teacher_image = data.teacher_image
-    if config.regularised and data.teacher is None and teacher_image is not None and len(teacher_image) != len(data.images):
+    if (
+        config.regularised
+        and data.teacher is None
+        and teacher_image is not None
+        and len(teacher_image) != len(data.images)
+    ):
         raise ValueError(
             f"teacher cache has {len(teacher_image)} train image features but the split has "
             f"{len(data.images)} images; rerun the teacher stage"
@@ -670,8 +683,13 @@ def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: F
     summary = state.history[-1]
     logger.info(
         "%s epoch %d/%d: loss %.4f, λ_e %.3f, %.1f images/s, peak memory %.0f MB",
-        config.method, state.epoch + 1, config.epochs, summary["epoch_loss"], reg_weight,
-        summary["epoch_images_per_s"], summary["peak_memory_mb"],
+        config.method,
+        state.epoch + 1,
+        config.epochs,
+        summary["epoch_loss"],
+        reg_weight,
+        summary["epoch_images_per_s"],
+        summary["peak_memory_mb"],
     )
 
 
@@ -698,8 +716,12 @@ def finetune(
         for warning in regulariser_warnings(data, config):
             logger.warning(warning)
         if config.method in REGULARISED_METHODS:
-            logger.info("%s: λ_e per epoch %s (teacher_mode %s)", config.method,
-                        [round(w, 4) for w in regulariser_schedule(config)], config.teacher_mode)
+            logger.info(
+                "%s: λ_e per epoch %s (teacher_mode %s)",
+                config.method,
+                [round(w, 4) for w in regulariser_schedule(config)],
+                config.teacher_mode,
+            )
     torch.manual_seed(config.seed)
     state = state or setup_state(loaded, config, len(data.images), device, context)
     run_key = checkpoints.fingerprint(config.result_dict(), state.model, len(data.images)) if checkpoints else ""

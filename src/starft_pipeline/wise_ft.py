@@ -55,7 +55,9 @@ def zero_shot_counterpart(
     _, heads = split_heads(finetuned.tensors, finetuned.metadata)
     missing = sorted(set(heads) - set(zero_shot_heads))
     if missing:
-        raise KeyError(f"no zero-shot head for the learned head(s) of {missing}; the teacher cache lacks those data sets")
+        raise KeyError(
+            f"no zero-shot head for the learned head(s) of {missing}; the teacher cache lacks those data sets"
+        )
     matched = {dataset: zero_shot_heads[dataset].restrict(head.class_names) for dataset, head in heads.items()}
     return dict(zero_shot_state) | head_tensors(matched)
 

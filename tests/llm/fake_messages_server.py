@@ -199,15 +199,13 @@ class FakeMessagesServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
                     body: Any = json.loads(raw)
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
-                request = RecordedRequest(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+                request = RecordedRequest("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 if self.path.split("?")[0] != "/v1/messages":
                     self._send(status_reply(404, error_type="not_found_error"))
                     return
@@ -229,7 +227,7 @@ class FakeMessagesServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (keep test output quiet)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

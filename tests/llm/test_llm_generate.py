@@ -32,7 +32,9 @@ def _all_text(cache_dir: Path) -> str:
     return "\n".join(path.read_text(encoding="utf-8") for path in sorted(cache_dir.iterdir()))
 
 
-def test_normal_answer_and_request_shape(fake_server: FakeMessagesServer, make_settings, tmp_path: Path, caplog) -> None:
+def test_normal_answer_and_request_shape(
+    fake_server: FakeMessagesServer, make_settings, tmp_path: Path, caplog
+) -> None:
     caplog.set_level(logging.DEBUG)  # the SDK and httpx2 debug logs too
     settings = make_settings(confounder_types=["background", "texture"], max_concurrency=2)
     result = generate_descriptions(CLASSES, settings, tmp_path, api_key=SENTINEL_KEY)
@@ -107,7 +109,9 @@ def test_malformed_json_body_is_retried(fake_server: FakeMessagesServer, make_se
     assert "malformed JSON body" in caplog.text
 
 
-def test_malformed_json_every_time_is_a_clear_error(fake_server: FakeMessagesServer, make_settings, tmp_path: Path) -> None:
+def test_malformed_json_every_time_is_a_clear_error(
+    fake_server: FakeMessagesServer, make_settings, tmp_path: Path
+) -> None:
     fake_server.enqueue(malformed_reply(), malformed_reply())
     with pytest.raises(DescriptionGenerationError, match="landbird.*malformed JSON body"):
         generate_descriptions(["landbird"], make_settings(max_validation_attempts=2), tmp_path, api_key=SENTINEL_KEY)
@@ -132,7 +136,9 @@ def test_wrong_count_is_reasked_with_the_validation_error(
     assert result.usage["requests"] == 2 and result.usage["input_tokens"] == 200
 
 
-def test_text_answer_without_tool_call_is_reasked(fake_server: FakeMessagesServer, make_settings, tmp_path: Path) -> None:
+def test_text_answer_without_tool_call_is_reasked(
+    fake_server: FakeMessagesServer, make_settings, tmp_path: Path
+) -> None:
     fake_server.enqueue(text_reply("Here are some ideas: ..."))
     generate_descriptions(["landbird"], make_settings(), tmp_path, api_key=SENTINEL_KEY)
     follow_up = fake_server.requests[1].messages
@@ -224,7 +230,9 @@ def test_cached_rerun_sends_nothing_and_needs_no_key(
     }
     assert all(record["cached"] for record in again.records)
     # a setting that shapes the answer changes the keys: everything is asked again
-    generate_descriptions(CLASSES, make_settings(confounder_types=["background"], n_descriptions=4), tmp_path, SENTINEL_KEY)
+    generate_descriptions(
+        CLASSES, make_settings(confounder_types=["background"], n_descriptions=4), tmp_path, SENTINEL_KEY
+    )
     assert len(fake_server.requests) == sent + 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
 from starft_pipeline.llm import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -20,7 +21,6 @@ from starft_pipeline.llm import (
 )
 from starft_pipeline.llm.cache import cache_key
 from starft_pipeline.llm.prompts import render_prompt, strip_control_characters, submit_tool
-
 
 # --- settings -----------------------------------------------------------------------------------
 
@@ -61,7 +61,7 @@ def test_settings_are_frozen_and_extendable() -> None:
     settings = LLMSettings.from_params(
         {"confounder_types": ["background", "weather"], "confounder_hints": {"weather": "rain, fog, snow"}}
     )
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):  # frozen
         settings.model = "other"  # type: ignore[misc]
     assert "rain, fog, snow" in render_prompt(settings, "goldfish", "weather")
     assert "a weather cue" not in render_prompt(settings, "goldfish", "weather")

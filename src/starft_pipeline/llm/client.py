@@ -356,12 +356,13 @@ def _run_jobs(
             raise
 
     step = max(1, len(jobs) // 10)
-    with client, ThreadPoolExecutor(
-        max_workers=min(settings.max_concurrency, len(jobs)), thread_name_prefix="llm-descriptions"
-    ) as pool:
-        futures: dict[Future[dict[str, Any] | None], DescriptionJob] = {
-            pool.submit(work, job): job for job in jobs
-        }
+    with (
+        client,
+        ThreadPoolExecutor(
+            max_workers=min(settings.max_concurrency, len(jobs)), thread_name_prefix="llm-descriptions"
+        ) as pool,
+    ):
+        futures: dict[Future[dict[str, Any] | None], DescriptionJob] = {pool.submit(work, job): job for job in jobs}
         try:
             for future in as_completed(futures):
                 job = futures[future]

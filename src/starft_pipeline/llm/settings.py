@@ -115,7 +115,9 @@ class LLMSettings(BaseModel):
         try:
             slots = template_slots(value)
         except ValueError as err:
-            raise ValueError(f"prompt_template is not a valid format string ({err}); write literal braces as {{{{ }}}}") from err
+            raise ValueError(
+                f"prompt_template is not a valid format string ({err}); write literal braces as {{{{ }}}}"
+            ) from err
         missing = REQUIRED_TEMPLATE_SLOTS - slots
         if missing:
             raise ValueError(f"prompt_template lacks the slot(s) {sorted('{' + s + '}' for s in missing)}")
@@ -137,9 +139,7 @@ class LLMSettings(BaseModel):
         params = dict(params or {})
         unknown = sorted(set(params) - set(cls.model_fields))
         if unknown:
-            raise LLMSettingsError(
-                f"unknown LLM setting(s) {unknown}; allowed keys: {sorted(cls.model_fields)}"
-            )
+            raise LLMSettingsError(f"unknown LLM setting(s) {unknown}; allowed keys: {sorted(cls.model_fields)}")
         try:
             return cls(**params)
         except ValidationError as err:

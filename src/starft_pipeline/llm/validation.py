@@ -42,9 +42,7 @@ def validate_descriptions(raw: Any, class_name: str, n: int, max_chars: int) -> 
     ``n`` distinct texts is invalid, more are cut to the first ``n``.
     """
     if not isinstance(raw, list):
-        raise InvalidAnswerError(
-            f"'descriptions' must be a list of strings, got {type(raw).__name__}"
-        )
+        raise InvalidAnswerError(f"'descriptions' must be a list of strings, got {type(raw).__name__}")
     class_pattern = re.compile(re.escape(class_name), re.IGNORECASE)
     problems: list[str] = []
     kept: list[str] = []
@@ -97,12 +95,12 @@ def extract_tool_input(message: Any) -> Any:
         raise InvalidAnswerError(
             "the answer was cut off at max_tokens; write shorter descriptions (or raise max_tokens)"
         )
-    blocks = [block for block in (getattr(message, "content", None) or []) if getattr(block, "type", None) == "tool_use"]
+    blocks = [
+        block for block in (getattr(message, "content", None) or []) if getattr(block, "type", None) == "tool_use"
+    ]
     calls = [block for block in blocks if getattr(block, "name", None) == TOOL_NAME]
     if not calls:
-        raise InvalidAnswerError(
-            f"the answer did not call the {TOOL_NAME} tool (stop_reason {stop_reason!r})"
-        )
+        raise InvalidAnswerError(f"the answer did not call the {TOOL_NAME} tool (stop_reason {stop_reason!r})")
     tool_input = getattr(calls[0], "input", None)
     if not isinstance(tool_input, dict) or "descriptions" not in tool_input:
         raise InvalidAnswerError(f"the {TOOL_NAME} call has no 'descriptions' field")

@@ -13,6 +13,7 @@ import pandas as pd
 from starft_pipeline import class_names as names
 from starft_pipeline import synthetic
 from starft_pipeline.data import read_image_folder_splits
+from starft_pipeline.dataset_index import dataset_entry
 from starft_pipeline.metadata import (
     CheckedMetadata,
     DataChecks,
@@ -23,7 +24,6 @@ from starft_pipeline.metadata import (
     require_split_rows,
     skipped_table,
 )
-from starft_pipeline.dataset_index import dataset_entry
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ def _ensure_generated(name: str, root: Path, generate: Any) -> None:
     """Write the synthetic data set when the parameters ask for one (idempotent)."""
     if generate is None:
         return
-    spec = synthetic.DEFAULT_SPECS[generate] if isinstance(generate, str) else synthetic.GroupShiftSpec.from_dict(generate)
+    spec = (
+        synthetic.DEFAULT_SPECS[generate] if isinstance(generate, str) else synthetic.GroupShiftSpec.from_dict(generate)
+    )
     synthetic.write_group_shift_dataset(spec, root)
     logger.info("data set %r: synthetic images in %s", name, root)
 

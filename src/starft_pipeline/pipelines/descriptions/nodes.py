@@ -78,7 +78,11 @@ def generate_descriptions(
         settings: dict[str, Any] = {"confounder_types": confounder_types}
     elif provider == "anthropic":
         table, usage, review = _from_anthropic(class_names, confounder_types, descriptions)
-        settings = {"confounder_types": confounder_types, "anthropic": dict(descriptions["anthropic"]), "records": review}
+        settings = {
+            "confounder_types": confounder_types,
+            "anthropic": dict(descriptions["anthropic"]),
+            "records": review,
+        }
     else:
         raise DescriptionsError(f"descriptions.provider is {provider!r}; use 'offline' or 'anthropic'")
     document = descriptions_document(table, class_names, provider, settings)

@@ -12,9 +12,6 @@ import pandas as pd
 from starft_pipeline.data import check_groups_present, load_split_images
 from starft_pipeline.dataset_index import dataset_info, dataset_split, eval_task
 from starft_pipeline.evaluate import SplitToEvaluate, zero_shot_predictions
-from starft_pipeline.heads import head_for_classes, split_heads
-from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
 from starft_pipeline.figures import (
     message_figure,
     plot_group_accuracy_comparison,
@@ -22,7 +19,10 @@ from starft_pipeline.figures import (
     plot_training_curves,
     plot_wise_ft_curves,
 )
+from starft_pipeline.heads import head_for_classes, split_heads
 from starft_pipeline.markdown import comparison_markdown
+from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
+from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.results import (
     CLASS_COLUMNS,
     GROUP_COLUMNS,
@@ -34,7 +34,6 @@ from starft_pipeline.results import (
 )
 from starft_pipeline.teacher import check_trained_from
 from starft_pipeline.tensor_bundle import TensorBundle
-
 from starft_pipeline.training import METHODS
 
 if TYPE_CHECKING:
@@ -82,15 +81,26 @@ def report_rows(
         label = f"{target.dataset}/{target.split_name}"
         convention = dataset_info(dataset_index, target.dataset).get("convention", "generic")
         report = split_report(
-            method, label, target.split.labels, predictions[(target.dataset, target.split_name)],
-            target.split.groups, target.task, convention, bootstrap, allow_empty,
+            method,
+            label,
+            target.split.labels,
+            predictions[(target.dataset, target.split_name)],
+            target.split.groups,
+            target.task,
+            convention,
+            bootstrap,
+            allow_empty,
         )
         for table, part in report.items():
             rows[table].extend({**row, "dataset": target.dataset} for row in part)
         result = report["results"][0]
         logger.info(
             "%s on %s: avg %.3f, worst-group %.3f, adjusted avg %.3f",
-            method, label, result["avg_acc"], result["worst_group_acc"], result["adjusted_avg_acc"],
+            method,
+            label,
+            result["avg_acc"],
+            result["worst_group_acc"],
+            result["adjusted_avg_acc"],
         )
     return rows
 
@@ -118,7 +128,10 @@ def evaluate_weights(
     targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, list(evaluation["splits"]))
     predictions = {
         (target.dataset, target.split_name): zero_shot_predictions(
-            loaded, load_split_images(target.split, loaded.image_size), target.task, device,
+            loaded,
+            load_split_images(target.split, loaded.image_size),
+            target.task,
+            device,
             head=head_for_classes(heads, target.task.class_names),
         )
         for target in targets
@@ -127,7 +140,10 @@ def evaluate_weights(
 
 
 def evaluate_zero_shot(
-    dataset_metadata: pd.DataFrame, dataset_index: dict[str, Any], teacher_model: dict[str, Any], evaluation: dict[str, Any]
+    dataset_metadata: pd.DataFrame,
+    dataset_index: dict[str, Any],
+    teacher_model: dict[str, Any],
+    evaluation: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
     return evaluate_weights(ZERO_SHOT, None, dataset_metadata, dataset_index, teacher_model, evaluation)
 

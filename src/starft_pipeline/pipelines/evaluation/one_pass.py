@@ -57,7 +57,7 @@ def selected_weights(evaluation: dict[str, Any], weights: Sequence[Any]) -> dict
         raise FileNotFoundError(
             f"evaluation.models selects {missing} but their weights do not exist: {files}. Train them with "
             f"`kedro run --pipelines=finetune --namespaces={','.join(missing)}`, or evaluate only the models that "
-            f"exist ({present or 'none'}): `kedro run --pipelines=evaluation --params \"evaluation.models=[{','.join(present)}]\"`"
+            f'exist ({present or "none"}): `kedro run --pipelines=evaluation --params "evaluation.models=[{",".join(present)}]"`'
         )
     return {method: by_method[method] for method in METHODS if method in selected}
 
@@ -100,9 +100,16 @@ def evaluate_models(
 
     all_splits = list(dict.fromkeys([*splits, *settings["splits"]]))
     targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, all_splits)
-    pass_settings = PassSettings(device, int(evaluation.get("batch_size", 256)), int(evaluation.get("num_workers", 0)), context)
-    logger.info("evaluation: %d models in one pass over %d splits (rank %d of %d)",
-                len(entries), len(targets), context.rank, context.world_size)
+    pass_settings = PassSettings(
+        device, int(evaluation.get("batch_size", 256)), int(evaluation.get("num_workers", 0)), context
+    )
+    logger.info(
+        "evaluation: %d models in one pass over %d splits (rank %d of %d)",
+        len(entries),
+        len(targets),
+        context.rank,
+        context.world_size,
+    )
     predictions = one_pass_predictions(base, entries, targets, pass_settings)
 
     def rows_of(entry: ModelUnderTest) -> dict[str, list[dict[str, Any]]]:

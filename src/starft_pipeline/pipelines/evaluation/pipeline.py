@@ -8,8 +8,6 @@ from kedro.pipeline import Node, Pipeline
 
 from starft_pipeline.training import METHODS
 
-from .one_pass import evaluate_models, evaluation_outputs
-from .wise_ft import WISE_FT
 from .nodes import (
     ZERO_SHOT,
     check_dataset_conventions,
@@ -21,6 +19,8 @@ from .nodes import (
     results_metrics,
     results_report,
 )
+from .one_pass import evaluate_models, evaluation_outputs
+from .wise_ft import WISE_FT
 
 SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache", "params:evaluation"]
 #: The WiSE-FT sweep's output (columns method, alpha, dataset, split, avg_acc, worst_group_acc, …).
@@ -46,8 +46,11 @@ def model_chart(model: str) -> Pipeline:
     """One model's per-group chart. Its node sits in the one-pass node's namespace: in the model's
     own, it would follow a node outside it (Kedro calls such a namespace interrupted)."""
     node = Node(
-        plot_method_groups, f"{model}.evaluation", f"{model}.group_accuracy_plot",
-        name=f"plot_group_accuracy_{model}", namespace=ONE_PASS_NAMESPACE,
+        plot_method_groups,
+        f"{model}.evaluation",
+        f"{model}.group_accuracy_plot",
+        name=f"plot_group_accuracy_{model}",
+        namespace=ONE_PASS_NAMESPACE,
     )
     return Pipeline([node], tags=["evaluation", model])
 
@@ -91,9 +94,7 @@ def with_wise_ft_plot(pipeline: Pipeline) -> Pipeline:
     """``pipeline`` plus the WiSE-FT figure when ``pipeline`` produces the sweep (``wise_ft_curve``)."""
     if WISE_FT_CURVE not in pipeline.all_outputs():
         return pipeline
-    plot = Node(
-        plot_wise_ft, [WISE_FT_CURVE, "params:reporting"], "wise_ft_curve_plot", name="plot_wise_ft_curve"
-    )
+    plot = Node(plot_wise_ft, [WISE_FT_CURVE, "params:reporting"], "wise_ft_curve_plot", name="plot_wise_ft_curve")
     return pipeline + Pipeline([plot], tags="evaluation")
 
 

@@ -22,7 +22,16 @@ from starft_pipeline.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counte
 
 logger = logging.getLogger(__name__)
 WISE_FT = "wise_ft"
-CURVE_COLUMNS = ("method", "alpha", "dataset", "split", "avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc")
+CURVE_COLUMNS = (
+    "method",
+    "alpha",
+    "dataset",
+    "split",
+    "avg_acc",
+    "worst_group_acc",
+    "adjusted_avg_acc",
+    "mean_group_acc",
+)
 DEFAULT_ALPHAS = tuple(round(0.1 * step, 1) for step in range(11))
 
 
@@ -37,8 +46,13 @@ def zero_shot_heads(teacher_cache: TensorBundle, dataset_index: dict[str, Any]) 
 
 def curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [
-        {**{key: row[key] for key in CURVE_COLUMNS[4:]}, "method": method, "alpha": alpha,
-         "dataset": row["dataset"], "split": row["split"].split("/")[-1]}
+        {
+            **{key: row[key] for key in CURVE_COLUMNS[4:]},
+            "method": method,
+            "alpha": alpha,
+            "dataset": row["dataset"],
+            "split": row["split"].split("/")[-1],
+        }
         for row in evaluation["results"]
     ]
 
@@ -53,9 +67,12 @@ def wise_settings(evaluation: dict[str, Any], known: list[str], evaluated: list[
     skipped = [method for method in listed if method not in evaluated]
     if skipped:
         logger.info("WiSE-FT: %s not swept (not in evaluation.models)", skipped)
-    return {"methods": [method for method in listed if method in evaluated],
-            "alphas": alpha_grid(wise.get("alphas", DEFAULT_ALPHAS)),
-            "alpha": alpha_grid([wise.get("alpha", 0.5)])[0], "splits": list(wise.get("splits", evaluation["splits"]))}
+    return {
+        "methods": [method for method in listed if method in evaluated],
+        "alphas": alpha_grid(wise.get("alphas", DEFAULT_ALPHAS)),
+        "alpha": alpha_grid([wise.get("alpha", 0.5)])[0],
+        "splits": list(wise.get("splits", evaluation["splits"])),
+    }
 
 
 def sweep_key(method: str, alpha: float) -> str:
@@ -79,8 +96,10 @@ def wise_models(
 ) -> list[tuple[str, TensorBundle, tuple[str, ...]]]:
     """(key, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
     zero_shot = zero_shot_counterpart(zero_shot_state, heads, finetuned)
-    models = [(sweep_key(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
-              for alpha in settings["alphas"]]
+    models = [
+        (sweep_key(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
+        for alpha in settings["alphas"]
+    ]
     key = chosen_key(method, settings, evaluation_splits)
     if key == f"{method}+wise":
         models.append((key, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
@@ -98,7 +117,11 @@ def wise_outputs(
             curve.extend(curve_rows(method, alpha, rows_by_key[sweep_key(method, alpha)]))
         for table, part in rows_by_key[chosen_key(method, settings, evaluation_splits)].items():
             chosen.setdefault(table, []).extend(part)
-        logger.info("WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise",
-                    method, len(settings["alphas"]), settings["alpha"], method)
+        logger.info(
+            "WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise",
+            method,
+            len(settings["alphas"]),
+            settings["alpha"],
+            method,
+        )
     return pd.DataFrame(curve, columns=list(CURVE_COLUMNS)), chosen
-

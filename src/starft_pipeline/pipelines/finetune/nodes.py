@@ -37,7 +37,10 @@ EPOCH_TERMS = ("epoch_loss", "epoch_time_s", "epoch_images_per_s", "peak_memory_
 
 
 def _finetune_task(
-    dataset_index: dict[str, Any], descriptions: dict[str, Any], teacher_model: dict[str, Any], teacher_cache: TensorBundle
+    dataset_index: dict[str, Any],
+    descriptions: dict[str, Any],
+    teacher_model: dict[str, Any],
+    teacher_cache: TensorBundle,
 ) -> tuple[str, list[str], DescriptionPool, TeacherCache]:
     """The fine-tuning data set, its class names, its description pool and the teacher cache,
     checked against the current model, prompts, descriptions and data."""
@@ -57,7 +60,9 @@ def _initial_head(
         return zero_shot_linear_head(cache.class_features[dataset], cache.logit_scale, class_names)
     if config.head_init == "linear_probe":
         if linear_probe is None:
-            raise ValueError(f"method {config.method!r} starts from the linear probe's head; give the node its linear_probe")
+            raise ValueError(
+                f"method {config.method!r} starts from the linear probe's head; give the node its linear_probe"
+            )
         return split_heads(linear_probe.tensors, linear_probe.metadata)[1][dataset]
     return None
 
@@ -77,7 +82,11 @@ def fit_linear_probe(
     """
     config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
     context, _ = init_from_env(resolve_device(finetune_params.get("device", "auto")))
-    probe = _fit_probe(dataset_metadata, dataset_index, descriptions, teacher_model, teacher_cache, config) if context.is_main else None
+    probe = (
+        _fit_probe(dataset_metadata, dataset_index, descriptions, teacher_model, teacher_cache, config)
+        if context.is_main
+        else None
+    )
     return broadcast_from_main(probe, context)
 
 
@@ -92,8 +101,12 @@ def _fit_probe(
     dataset, class_names, _, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
     train, val = (dataset_split(dataset_metadata, dataset_index, dataset, split) for split in ("train", "val"))
     head, sweep = select_linear_probe(
-        cache.image_features[f"{dataset}/train"], torch.tensor(train.labels),
-        cache.image_features.get(f"{dataset}/val"), torch.tensor(val.labels), class_names, config,
+        cache.image_features[f"{dataset}/train"],
+        torch.tensor(train.labels),
+        cache.image_features.get(f"{dataset}/val"),
+        torch.tensor(val.labels),
+        class_names,
+        config,
     )
     metadata = {"config": config.as_dict(), "sweep": sweep.to_dict("records"), "teacher_fingerprint": cache.fingerprint}
     return TensorBundle(head_tensors({dataset: head}), metadata | head_metadata({dataset: head}))
@@ -138,8 +151,9 @@ def finetune_method(
         prepare_head_training(loaded.model, head)
     split = dataset_split(dataset_metadata, dataset_index, dataset, "train")
     data = train_data_from_cache(
-        images=train_images(split, loaded.image_size, config.data_loading, config.memory_limit_gb,
-                            config.num_workers, config.pin_memory),
+        images=train_images(
+            split, loaded.image_size, config.data_loading, config.memory_limit_gb, config.num_workers, config.pin_memory
+        ),
         labels=torch.from_numpy(split.labels),
         class_names=class_names,
         pool=pool,
@@ -149,15 +163,19 @@ def finetune_method(
         config=config,
     )
     # online / cached_views: the frozen zero-shot model, created from the teacher stage's spec.
-    data.teacher = teacher_source(config, lambda: create_model(spec, device=device), data.images,
-                                  cache.fingerprint, device, write=context.is_main)
+    data.teacher = teacher_source(
+        config, lambda: create_model(spec, device=device), data.images, cache.fingerprint, device, write=context.is_main
+    )
     checkpoints = checkpointer_from_config(
-        CheckpointConfig.from_params(finetune_params.get("checkpoint")), config.method,
+        CheckpointConfig.from_params(finetune_params.get("checkpoint")),
+        config.method,
         identity={"teacher_cache": cache.fingerprint, "dataset": dataset},
     )
     state = finetune(loaded, data, config, device, checkpoints=checkpoints, context=context)
     weights = weights_bundle(
-        state_dict_copy(state.model), dataset, class_names,
+        state_dict_copy(state.model),
+        dataset,
+        class_names,
         {"method": config.method, "config": config.as_dict(), "teacher_fingerprint": cache.fingerprint},
     )
     history = pd.DataFrame(state.history).assign(method=config.method)

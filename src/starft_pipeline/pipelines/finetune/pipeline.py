@@ -36,7 +36,9 @@ def method_pipeline(method: str) -> Pipeline:
     template = Pipeline(
         [*_method_nodes(method), Node(loss_curve_metrics, "history", "loss_curve", name="log_loss_curve")]
     )
-    shared = set(SHARED_INPUTS) | ({PROBE} if method != PROBE_METHOD and HEAD_INIT.get(method) == "linear_probe" else set())
+    shared = set(SHARED_INPUTS) | (
+        {PROBE} if method != PROBE_METHOD and HEAD_INIT.get(method) == "linear_probe" else set()
+    )
     return Pipeline(template, namespace=method, inputs=shared, tags=["finetune", method])
 
 

@@ -20,8 +20,12 @@ def pretrain_world_model(pretrain_params: dict[str, Any]) -> tuple[TensorBundle,
     state, report = stored_weights(result, config)
     accuracy = {concept: report[concept]["accuracy"] for concept in CONCEPTS}
     logger.info("pretrain: zero-shot accuracy of the stored weights %s after %.0f s", accuracy, result.wall_s)
-    metadata = {"architecture": config.architecture, "made_by": "kedro run --pipeline=pretrain",
-                "pretrain": config.as_dict(), "zero_shot_accuracy": accuracy}
+    metadata = {
+        "architecture": config.architecture,
+        "made_by": "kedro run --pipeline=pretrain",
+        "pretrain": config.as_dict(),
+        "zero_shot_accuracy": accuracy,
+    }
     return TensorBundle(state, metadata), pd.DataFrame(result.history), report
 
 

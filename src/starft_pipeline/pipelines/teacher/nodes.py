@@ -7,11 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.dataset_index import all_splits, data_identity
+from starft_pipeline.dataset_index import all_splits, data_identity, dataset_info
 from starft_pipeline.descriptions import flatten_descriptions
 from starft_pipeline.distributed import init_from_env
 from starft_pipeline.models import ModelSpec, create_model, resolve_device
-from starft_pipeline.dataset_index import dataset_info
 from starft_pipeline.teacher import (
     DEFAULT_PART_ROWS,
     DEFAULT_WORK_DIR,
@@ -66,13 +65,21 @@ def build_teacher_cache(
         shards=teacher.get("shards"),
         decode=teacher.get("decode", "cpu"),
     )
-    logger.info("teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts))
-    record = {"spec": teacher["model"], "identity": identity, "fingerprint": fingerprint_value,
-              "data": dict(data_identity(dataset_index))}
+    logger.info(
+        "teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts)
+    )
+    record = {
+        "spec": teacher["model"],
+        "identity": identity,
+        "fingerprint": fingerprint_value,
+        "data": dict(data_identity(dataset_index)),
+    }
     return record, cache.to_bundle()
 
 
-def release_teacher_parts(teacher_model: dict[str, Any], dataset_index: dict[str, Any], teacher: dict[str, Any]) -> None:
+def release_teacher_parts(
+    teacher_model: dict[str, Any], dataset_index: dict[str, Any], teacher: dict[str, Any]
+) -> None:
     """Remove the per-split parts once the teacher cache holding them is saved (runs after that node)."""
     parts = _feature_parts(teacher, teacher_model["identity"], dataset_index)  # every precision's key is released
     if parts is not None:
