@@ -44,7 +44,7 @@ class Resumable(Protocol):
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int
     step: int
-    history: list[dict[str, float]]
+    history: list[dict[str, float | torch.Tensor]]  # all floats once read (checkpoints follow an epoch's end)
 
 
 CHECKPOINT_FILE = "last.pt"

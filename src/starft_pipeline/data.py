@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -171,7 +172,7 @@ def check_groups_present(split: GroupSplit, group_names: Sequence[str], label: s
     return empty
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
+def load_image(path: Path | IO[bytes], image_size: int) -> torch.Tensor:
     """Decode one image as RGB uint8 (3, S, S): shorter side resized to S, centre-cropped (CLIP's preprocessing).
 
     Any PIL mode is accepted (:mod:`starft_pipeline.images`); a file that cannot be decoded is a

@@ -24,11 +24,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -204,10 +207,10 @@ def all_gather_rows(local: torch.Tensor, context: DistContext) -> torch.Tensor:
     return torch.cat([part[: int(count.item())] for part, count in zip(parts, counts)]).to(local.device)
 
 
-def broadcast_from_main(value: object, context: DistContext) -> object:
+def broadcast_from_main(value: T, context: DistContext) -> T:
     """Rank 0's ``value`` (any picklable object) on every rank: work done once, on rank 0, shared."""
     if not context.enabled:
         return value
-    box = [value if context.is_main else None]
+    box: list[Any] = [value if context.is_main else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return box[0]  # rank 0's value, of rank 0's type

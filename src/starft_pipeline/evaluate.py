@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from .heads import ClassifierHead, head_for_classes
 from .metrics import GroupMetrics, group_robust_metrics
 from .models import LoadedModel, encode_images, zero_shot_head
 from .streaming import split_batches
+
+if TYPE_CHECKING:
+    import open_clip
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class ModelUnderTest:
     heads by data set (none: zero-shot everywhere), ``splits`` the split names it is evaluated on."""
 
     key: str
-    model: torch.nn.Module
+    model: open_clip.CLIP
     heads: Mapping[str, ClassifierHead] = field(default_factory=dict)
     splits: tuple[str, ...] = ()
 
@@ -128,7 +132,8 @@ class _Classifiers:
     zero-shot head, built once per (model, class names, templates) and shared by every split."""
 
     def __init__(self, base: LoadedModel, device: torch.device) -> None:
-        self.base, self.device, self._zero_shot = base, device, {}
+        self.base, self.device = base, device
+        self._zero_shot: dict[tuple[str, tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
 
     def __call__(self, entry: ModelUnderTest, task: EvalTask) -> ClassifierHead | torch.Tensor:
         learned = head_for_classes(entry.heads, task.class_names)

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
@@ -124,7 +124,7 @@ class RankZeroOutputsHooks:
         )
 
 
-def _memory_copy_mode(catalog: Any, name: str) -> str | None:
+def _memory_copy_mode(catalog: Any, name: str) -> Literal["assign"] | None:
     """``"assign"`` for an output the catalog stores as a tensor bundle (read-only consumers), else the default."""
     from .kedro_io import TensorBundleDataset
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -60,7 +61,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_rgb(path: str | Path) -> Image.Image:
+def decode_rgb(path: str | Path | IO[bytes]) -> Image.Image:
     """Decode the whole file (its first frame) as ``RGB``; PIL's errors propagate (see :data:`DECODE_ERRORS`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

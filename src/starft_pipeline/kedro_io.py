@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from kedro.io import AbstractDataset
 
 from .tensor_bundle import TensorBundle
@@ -49,13 +50,22 @@ class LazyTensorBundle(TensorBundle):
             self._bundle = TensorBundle.load(self.path)
         return self._bundle
 
-    @property  # type: ignore[override]
-    def tensors(self) -> dict:
+    # Properties standing in for TensorBundle's fields, so settable as those are (on the bundle read).
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
         return self._read().tensors
 
-    @property  # type: ignore[override]
+    @tensors.setter
+    def tensors(self, value: dict[str, torch.Tensor]) -> None:
+        self._read().tensors = value
+
+    @property
     def metadata(self) -> dict[str, Any]:
         return self._read().metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        self._read().metadata = value
 
     def __repr__(self) -> str:
         return f"LazyTensorBundle({str(self.path)!r})"

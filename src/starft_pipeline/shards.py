@@ -134,7 +134,7 @@ class ShardImages(Dataset):
                         self.members[int(member.name[:-4])] = (number, member.offset_data, member.size)
         self.decode = decode
         self.image_size = image_size
-        self._handles: dict[int, object] = {}
+        self._handles: dict[int, io.BufferedReader] = {}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -170,14 +170,16 @@ def decode_jpeg_batch(payloads: Sequence[torch.Tensor], device: torch.device) ->
     return torch.stack(images)
 
 
-def resolve_decode(decode: str) -> str:
+def resolve_decode(decode: str) -> Decode:
     """``gpu`` only where CUDA is; else ``cpu``, with a log line."""
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {', '.join(DECODES)}; got {decode!r}")
-    if decode == "gpu" and not torch.cuda.is_available():
+    if decode == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
         logger.info("decode: gpu asked for but CUDA is not available; decoding in the CPU loader workers")
         return "cpu"
-    return decode
+    return "gpu"
 
 
 def shard_batches(

@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from .data import GroupSplit, normalise_images
-from .dataset_index import class_prompts, data_identity
+from .dataset_index import DatasetIndex, class_prompts, data_identity
 from .descriptions import DescriptionPool
 from .distributed import SINGLE_PROCESS, DistContext, all_gather_rows, barrier, broadcast_from_main, shard_rows
 from .engine import autocast
 from .io_utils import fingerprint
 from .models import LoadedModel, encode_texts, logit_scale, zero_shot_head
-from .shards import shard_batches, write_shards
+from .shards import Decode, shard_batches, write_shards
 from .streaming import split_batches
 from .tensor_bundle import DamagedFileError, TensorBundle
 
@@ -98,7 +98,7 @@ def teacher_fingerprint(
     )
 
 
-def expected_fingerprint(model_identity: Mapping[str, str], index: Mapping, pool: DescriptionPool) -> str:
+def expected_fingerprint(model_identity: Mapping[str, str], index: DatasetIndex, pool: DescriptionPool) -> str:
     """The fingerprint a cache built now from these inputs would carry."""
     return teacher_fingerprint(model_identity, class_prompts(index), pool, data_identity(index))
 
@@ -113,20 +113,22 @@ _KEY = re.compile(r"^[0-9a-f]{16}$")  # io_utils.fingerprint's form
 #: ``teacher.precision``: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere (the CPU default's features stay exact).
 TeacherPrecision = Literal["auto", "fp32", "bf16"]
 TEACHER_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+#: What ``auto`` resolves to on a device.
+ResolvedPrecision = Literal["fp32", "bf16"]
 #: Rows per part file (``teacher.part_rows``): a killed run loses at most one part's work.
 DEFAULT_PART_ROWS = 50_000
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:
     """``fp32`` or ``bf16`` for ``teacher.precision`` on ``device``."""
     if precision not in TEACHER_PRECISIONS:
         raise ValueError(f"teacher precision must be one of {', '.join(TEACHER_PRECISIONS)}; got {precision!r}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return "bf16" if precision == "bf16" else "fp32"
 
 
-def image_features_key(model_identity: Mapping[str, str], index: Mapping, precision: str = "fp32") -> str:
+def image_features_key(model_identity: Mapping[str, str], index: DatasetIndex, precision: str = "fp32") -> str:
     """What a split's teacher image features depend on: the model's weights, the data and the
     precision they were encoded in (not prompts or descriptions). fp32 keeps the key it always had."""
     extra = () if precision == "fp32" else (precision,)
@@ -209,8 +211,13 @@ def _features_of(
     shards = _shards_of(loaded, key, split, settings, context)
     for start, stop in part_ranges(len(split), settings.part_rows):
         name = part_key(key, start, stop, len(split))
-        finished = parts.load(name, stop - start) if parts is not None and context.is_main else None
-        finished = broadcast_from_main(finished, context) if parts is not None else None
+        finished = None
+        if parts is not None:
+            finished = broadcast_from_main(parts.load(name, stop - start) if context.is_main else None, context)
+            if finished is not None:
+                logger.info(
+                    "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder
+                )
         if finished is None:
             share = shard_rows(stop - start, context)
             local = split_features(
@@ -235,10 +242,6 @@ def _features_of(
                 context.world_size,
                 len(share),
             )
-        else:
-            logger.info(
-                "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder
-            )
         features[start:stop] = finished
     return features
 
@@ -261,7 +264,9 @@ def _require_same(found: str, expected: str, message: str) -> None:
         raise StaleCacheError(message)
 
 
-def check_trained_from(method: str, weights_fingerprint: str | None, teacher_model: Mapping, index: Mapping) -> None:
+def check_trained_from(
+    method: str, weights_fingerprint: str | None, teacher_model: Mapping, index: DatasetIndex
+) -> None:
     """Fine-tuned weights must come from the current teacher cache, and that cache from the current data.
 
     ``weights_fingerprint`` is the cache fingerprint stored with the weights (None: not recorded);
@@ -300,10 +305,10 @@ class EncodeSettings:
     batch_size: int = 256
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     num_workers: int = 0
-    precision: str = "fp32"  # resolved: fp32 or bf16
+    precision: ResolvedPrecision = "fp32"
     part_rows: int = DEFAULT_PART_ROWS
     shards: str | None = None  # teacher.shards: read (and first write) the images as tar shards there
-    decode: str = "cpu"  # teacher.decode, with shards: cpu (loader workers) | gpu (torchvision on CUDA)
+    decode: Decode = "cpu"  # teacher.decode, with shards: cpu (loader workers) | gpu (torchvision on CUDA)
 
 
 def feature_dim(loaded: LoadedModel) -> int:
@@ -319,9 +324,9 @@ def split_features(
     device: torch.device,
     num_workers: int = 0,
     rows: Sequence[int] | None = None,
-    precision: str = "fp32",
+    precision: TeacherPrecision = "fp32",
     shards: Path | None = None,
-    decode: str = "cpu",
+    decode: Decode = "cpu",
 ) -> torch.Tensor:
     """Normalised image features (N, d), on the CPU in fp32, of ``rows`` (default: all) of a split's
     un-augmented images, streamed: decoded by ``num_workers`` loader workers and normalised one batch
@@ -332,11 +337,21 @@ def split_features(
     rows = range(len(split)) if rows is None else rows
     features = torch.empty(len(rows), feature_dim(loaded))
     model = loaded.model.eval()
-    loader = dict(num_workers=num_workers, pin_memory=device.type == "cuda", rows=rows)
+    pin_memory = device.type == "cuda"
     batches = (
-        split_batches(split, loaded.image_size, batch_size, **loader)
+        split_batches(split, loaded.image_size, batch_size, num_workers=num_workers, pin_memory=pin_memory, rows=rows)
         if shards is None
-        else shard_batches(shards, split, loaded.image_size, batch_size, decode=decode, device=device, **loader)
+        else shard_batches(
+            shards,
+            split,
+            loaded.image_size,
+            batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            rows=rows,
+            decode=decode,
+            device=device,
+        )
     )
     done = 0
     with torch.inference_mode(), autocast(device, precision):
@@ -362,7 +377,7 @@ def compute_teacher_cache(
     part_rows: int = DEFAULT_PART_ROWS,
     context: DistContext = SINGLE_PROCESS,
     shards: str | None = None,
-    decode: str = "cpu",
+    decode: Decode = "cpu",
 ) -> TeacherCache:
     """Run the frozen model once over every split, the class prompts and the descriptions.
 

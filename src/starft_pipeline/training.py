@@ -43,7 +43,7 @@ from .engine import (
     token_lengths,
 )
 from .heads import HEAD_MODULE
-from .losses import clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
+from .losses import RegulariserKind, clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
 from .models import LoadedModel, fill_template, logit_scale
 from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
 
@@ -140,6 +140,13 @@ class FinetuneConfig:
         return self.method in REGULARISED_METHODS and self.reg_weight > 0
 
     @property
+    def regulariser(self) -> RegulariserKind:
+        """The regulariser of a method of ``REGULARISED_METHODS`` (its own name)."""
+        if self.method == "star" or self.method == "kl":
+            return self.method
+        raise ValueError(f"finetune method {self.method!r} has no regulariser")
+
+    @property
     def head_init(self) -> str | None:
         """Where a head method's head starts (``zero_shot`` or ``linear_probe``); None for contrastive methods."""
         return HEAD_INIT.get(self.method)
@@ -183,7 +190,8 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
     step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    # a step's losses stay device tensors until read_records turns them into floats (LOG_EVERY, epoch end)
+    history: list[dict[str, float | torch.Tensor]] = field(default_factory=list)
     encoders: Encoders | None = None
     context: DistContext = SINGLE_PROCESS
 
@@ -498,7 +506,7 @@ def contrastive_losses(batch: StepBatch) -> Losses:
             teacher_text=teacher_features.text,
             teacher_scale=data.teacher_scale,
             labels=to_device(labels[gathered], device),
-            kind=batch.config.method,
+            kind=batch.config.regulariser,
             student_scale=logit_scale(model),
         )
         total = total + batch.reg_weight * losses["regulariser"]

@@ -258,7 +258,8 @@ def _generate_one(
         message = None
         failure: str | None = None
         try:
-            message = client.messages.create(
+            # the SDK's overloads want its TypedDicts; messages, tools and tool_choice are plain JSON dicts
+            message = client.messages.create(  # type: ignore[call-overload]
                 model=settings.model,
                 max_tokens=settings.max_tokens,
                 system=SYSTEM_PROMPT,

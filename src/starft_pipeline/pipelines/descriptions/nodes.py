@@ -74,7 +74,8 @@ def generate_descriptions(
         return _load_pinned(Path(descriptions["pinned_file"]), class_names, confounder_types), {}
     provider = descriptions["provider"]
     if provider == "offline":
-        table, usage = expand_pools(class_names, spurious_template_pools, confounder_types), {}
+        table = expand_pools(class_names, spurious_template_pools, confounder_types)
+        usage: dict[str, float] = {}
         settings: dict[str, Any] = {"confounder_types": confounder_types}
     elif provider == "anthropic":
         table, usage, review = _from_anthropic(class_names, confounder_types, descriptions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -87,7 +87,7 @@ def fit_linear_probe(
         if context.is_main
         else None
     )
-    return broadcast_from_main(probe, context)
+    return cast(TensorBundle, broadcast_from_main(probe, context))  # rank 0's probe on every rank, never None
 
 
 def _fit_probe(
