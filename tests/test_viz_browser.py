@@ -116,7 +116,7 @@ def test_flowchart_renders_in_headless_chromium(site_url: str, tmp_path: Path) -
     dom = run_chromium(site_url, tmp_path / "dom-profile", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
     html = dom.stdout
-    for name in (*STAGE_NODES, "zero_shot", *METHODS):
+    for name in (*STAGE_NODES, "evaluation", *METHODS):  # evaluation: the one-pass namespace
         assert f">{name}<" in html, f"node {name!r} is not on the rendered page"
     for layer in ("intermediate", "feature", "reporting"):
         assert f">{layer}<" in html, f"layer band {layer!r} is not on the rendered page"
