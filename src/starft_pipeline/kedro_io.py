@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 
 from .tensor_bundle import TensorBundle
 
@@ -103,3 +103,34 @@ class OptionalCSVDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class FigureDataset(AbstractDataset[Any, Any]):
+    """A matplotlib figure saved as an image file (format from the extension), written atomically.
+
+    Stands in for kedro-datasets' ``matplotlib.MatplotlibDataset``, which imports ``matplotlib.pyplot``
+    when the catalog is built: kedro-mlflow builds every catalog dataset at start-up, so each
+    ``kedro`` command paid that import even when no figure was drawn. This class imports nothing: it
+    only calls the figure's own ``savefig``. Wrapped in ``MlflowArtifactDataset``, the file is also
+    logged to the run (the wrapper reads ``_filepath``).
+    """
+
+    def __init__(self, filepath: str, save_args: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._save_args = {"format": self._filepath.suffix.lstrip(".") or "png", **(save_args or {})}
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        raise DatasetError(f"{self._filepath}: a figure file is written by the pipeline, not read back")
+
+    def save(self, data: Any) -> None:
+        from .io_utils import atomic_path
+
+        with atomic_path(self._filepath) as tmp:  # tmp's suffix is .tmp: the format is passed explicitly
+            data.savefig(tmp, **self._save_args)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "save_args": self._save_args}

@@ -1,0 +1,100 @@
+"""The figure dataset: figures saved as image files, logged by kedro-mlflow's artifact wrapper, and a
+catalog that does not import matplotlib until a figure is drawn (kedro-mlflow builds every catalog
+dataset at start-up of every `kedro` command)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from kedro.io import DatasetError
+
+from helpers import PROJECT_ROOT
+from starft_pipeline.figures import message_figure
+from starft_pipeline.kedro_io import FigureDataset
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_figure_is_saved_as_an_image_in_the_format_of_its_extension(tmp_path: Path) -> None:
+    png, svg = tmp_path / "figures" / "plot.png", tmp_path / "plot.svg"
+    FigureDataset(str(png), save_args={"dpi": 40, "bbox_inches": "tight"}).save(message_figure("nothing to plot"))
+    FigureDataset(str(svg)).save(message_figure("nothing to plot"))
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert b"<svg" in svg.read_bytes()[:500]
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["figures", "plot.png", "plot.svg"]  # no temp files
+    assert FigureDataset(str(png)).exists() and not FigureDataset(str(tmp_path / "other.png")).exists()
+
+
+def test_a_failed_save_keeps_the_previous_figure(tmp_path: Path) -> None:
+    path = tmp_path / "plot.png"
+    dataset = FigureDataset(str(path))
+    dataset.save(message_figure("first"))
+    before = path.read_bytes()
+    with pytest.raises(DatasetError):
+        dataset.save("not a figure")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_loading_a_figure_says_it_is_write_only(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="written by the pipeline, not read back"):
+        FigureDataset(str(tmp_path / "plot.png")).load()
+
+
+def test_wrapped_in_mlflow_artifact_dataset_the_saved_file_is_logged(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+    from kedro_mlflow.io.artifacts import MlflowArtifactDataset
+
+    logged = []
+    monkeypatch.setattr(
+        mlflow, "log_artifact", lambda local_path, artifact_path=None: logged.append((local_path, artifact_path))
+    )
+    path = tmp_path / "plot.png"
+    dataset = MlflowArtifactDataset(
+        dataset={"type": "starft_pipeline.kedro_io.FigureDataset", "filepath": str(path), "save_args": {"dpi": 40}},
+        artifact_path="figures",
+    )
+    dataset.save(message_figure("logged"))
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    assert logged == [(path.as_posix(), "figures")]
+
+
+BUILD_THE_CATALOG = textwrap.dedent(
+    """
+    import json, sys
+    from kedro.io import DataCatalog
+    from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+
+    loader = CONFIG_LOADER_CLASS(sys.argv[1], **CONFIG_LOADER_ARGS)
+    catalog = DataCatalog.from_config(loader["catalog"])
+    names = [name for name, _ in catalog.items()] + ["star.group_accuracy_plot"]  # what kedro-mlflow builds, and a figure
+    figure_types = sorted({type(catalog.get(name)).__name__ for name in names if name.endswith("_plot")})
+    matplotlib_at_start_up = "matplotlib" in sys.modules
+    from starft_pipeline.figures import message_figure
+
+    catalog.get("star.group_accuracy_plot")._logging_activated = False  # no MLflow run here
+    catalog.save("star.group_accuracy_plot", message_figure("saved through the project's catalog"))
+    print(json.dumps({"figure_types": figure_types, "matplotlib_at_start_up": matplotlib_at_start_up}))
+    """
+)
+
+
+def test_the_project_catalog_imports_matplotlib_only_when_a_figure_is_drawn(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD_THE_CATALOG, str(PROJECT_ROOT / "conf")],
+        cwd=tmp_path,  # the catalog's relative data/ paths land here
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["figure_types"] == ["MlflowFigureDataset"]
+    assert report["matplotlib_at_start_up"] is False
+    saved = tmp_path / "data/08_reporting/figures/group_accuracy_star.png"
+    assert saved.read_bytes().startswith(PNG_MAGIC)
