@@ -1,5 +1,7 @@
 """Kedro project settings."""
 
+import atexit
+import gc
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
@@ -9,6 +11,12 @@ from starft_pipeline.hooks import ParameterValidationHooks, RankZeroOutputsHooks
 # Typed parameters (starft_pipeline.params) are checked before any node runs; under torchrun only
 # rank 0 writes outputs and logs to MLflow.
 HOOKS = (ParameterValidationHooks(), RankZeroOutputsHooks())
+
+# At exit the interpreter's garbage collector walks every object MLflow, torch and pandas created
+# (1–2 s of every kedro command; docs/stack-notes.md): freezing them first skips that walk. Registered
+# before MLflow is imported, so it runs after MLflow's own atexit handler (which ends an open run).
+# Objects are still released by reference counting; only cycles left at exit are not collected.
+atexit.register(gc.freeze)
 
 #: Parameter blocks an environment replaces whole: it names its own data sets (and their class names).
 REPLACED_PARAMETER_BLOCKS = ("datasets", "class_names")
