@@ -8,7 +8,7 @@
 For each size it writes the tree (benchmarks/make_imagenet_like.py's generator, 1,000 classes, 80 %
 train / 20 % val; kept between runs under --work), a copy of the project (the --source checkout's
 conf/ and src/, plus this checkout's conf/imagenet_like), runs `class_names` and `descriptions`,
-then each measured stage as a real `kedro run --env=imagenet_like --pipeline=<stage>` subprocess,
+then each measured stage as a real `kedro run --env=imagenet_like --pipelines=<stage>` subprocess,
 and reports its peak RSS (the largest process, from wait4's rusage) and wall time; then the ratio
 largest / smallest size per stage (target <= 1.2).
 """
@@ -53,7 +53,7 @@ def run_stage(project: Path, source: Path, stage: str, params: str, log: Path) -
     """(peak RSS in MB, wall seconds) of one `kedro run` subprocess; its output goes to ``log``."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "PYTHONPATH": str(source / "src")}
     kedro = Path(sys.executable).with_name("kedro")
-    command = [str(kedro), "run", f"--env={ENV}", f"--pipeline={stage}", "--params", params]
+    command = [str(kedro), "run", f"--env={ENV}", f"--pipelines={stage}", "--params", params]
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -37,7 +37,7 @@ def _lighter_full_run(project: Path) -> None:
 
 @pytest.fixture(scope="session")
 def full_run_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project (conf/ copied, the package linked) after `kedro run --pipeline=full`.
+    """A copy of the project (conf/ copied, the package linked) after `kedro run --pipelines=full`.
 
     Its data/, mlflow.db and mlruns/ hold everything the run wrote; tests must only read them. The
     run is kept short (conf/local): :data:`FULL_RUN_MAX_EPOCHS`, :data:`FULL_RUN_WISE_FT_ALPHAS`.
@@ -46,7 +46,7 @@ def full_run_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _lighter_full_run(project)
     kedro = Path(sys.executable).with_name("kedro")
     completed = subprocess.run(
-        [str(kedro), "run", "--pipeline=full"],
+        [str(kedro), "run", "--pipelines=full"],
         cwd=project,
         env=kedro_env(),
         capture_output=True,
@@ -55,5 +55,5 @@ def full_run_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (project / "full_run.log").write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
-        pytest.fail(f"`kedro run --pipeline=full` failed:\n{(completed.stdout + completed.stderr)[-6000:]}")
+        pytest.fail(f"`kedro run --pipelines=full` failed:\n{(completed.stdout + completed.stderr)[-6000:]}")
     return project

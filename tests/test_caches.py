@@ -85,7 +85,7 @@ def test_a_stale_teacher_cache_stops_finetuning(recorded: dict[str, Any]) -> Non
     with pytest.raises(
         StaleCacheError,
         match=r"computed from other model weights, prompts, descriptions or data.*"
-        r"Rerun `kedro run --pipeline=teacher`",
+        r"Rerun `kedro run --pipelines=teacher`",
     ):
         finetune_method(
             pd.DataFrame(),
@@ -115,7 +115,7 @@ def test_evaluation_refuses_a_teacher_computed_on_other_data(recorded: dict[str,
     with pytest.raises(
         StaleCacheError,
         match=r"computed from other data than the current dataset index.*"
-        r"Rerun `kedro run --pipeline=teacher`, then finetune",
+        r"Rerun `kedro run --pipelines=teacher`, then finetune",
     ):
         evaluate_finetuned(weights, pd.DataFrame(), recorded["dataset_index"], teacher_model, {"splits": ["test"]})
 

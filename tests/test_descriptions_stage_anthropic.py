@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=descriptions` with provider anthropic against a local Messages API server."""
+"""`kedro run --pipelines=descriptions` with provider anthropic against a local Messages API server."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def test_descriptions_from_the_messages_api_feed_the_teacher(tmp_path):
             f"descriptions.provider=anthropic,descriptions.anthropic.base_url={server.url},"
             "descriptions.anthropic.n_descriptions=3,descriptions.confounder_types=[background]"
         )
-        first = _kedro(project, "--pipeline=class_names")
+        first = _kedro(project, "--pipelines=class_names")
         assert first.returncode == 0, first.stdout + first.stderr
-        run = _kedro(project, "--pipeline=descriptions", f"--params={params}", key=SENTINEL_KEY)
+        run = _kedro(project, "--pipelines=descriptions", f"--params={params}", key=SENTINEL_KEY)
         assert run.returncode == 0, run.stdout + run.stderr
         requests = list(server.requests)
         # one request per class × confounder type; the class name is in the prompt, the schema forced
@@ -48,7 +48,7 @@ def test_descriptions_from_the_messages_api_feed_the_teacher(tmp_path):
         assert body["tool_choice"] == {"type": "tool", "name": "submit_descriptions"}
         assert requests[0].headers["authorization"] == f"Bearer {SENTINEL_KEY}"
 
-        rerun = _kedro(project, "--pipeline=descriptions", f"--params={params}")  # cached: no key, no request
+        rerun = _kedro(project, "--pipelines=descriptions", f"--params={params}")  # cached: no key, no request
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert len(server.requests) == 4
 
@@ -57,7 +57,7 @@ def test_descriptions_from_the_messages_api_feed_the_teacher(tmp_path):
     assert set(document["descriptions"]["background"]) == {"circle", "square", "triangle", "cross"}
     assert all(len(texts) == 3 for texts in document["descriptions"]["background"].values())
 
-    teacher = _kedro(project, "--pipeline=teacher")
+    teacher = _kedro(project, "--pipelines=teacher")
     assert teacher.returncode == 0, teacher.stdout + teacher.stderr
     from safetensors import safe_open
 
@@ -70,8 +70,8 @@ def test_descriptions_from_the_messages_api_feed_the_teacher(tmp_path):
 
 def test_anthropic_without_a_key_fails_at_once_with_the_fix(tmp_path):
     project = copy_project(tmp_path / "project")
-    assert _kedro(project, "--pipeline=class_names").returncode == 0
-    run = _kedro(project, "--pipeline=descriptions", "--params=descriptions.provider=anthropic")
+    assert _kedro(project, "--pipelines=class_names").returncode == 0
+    run = _kedro(project, "--pipelines=descriptions", "--params=descriptions.provider=anthropic")
     assert run.returncode != 0
     output = run.stdout + run.stderr
     assert "ANTHROPIC_API_KEY" in output and "provider" in output and "offline" in output

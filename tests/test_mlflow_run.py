@@ -1,4 +1,4 @@
-"""After `kedro run --pipeline=full`: the reports on disk, and the MLflow run read back through the
+"""After `kedro run --pipelines=full`: the reports on disk, and the MLflow run read back through the
 client — every stage's parameters, the descriptions file, the teacher fingerprint, the metrics and
 the figures."""
 

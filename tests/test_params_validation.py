@@ -304,7 +304,7 @@ def test_a_bad_parameter_stops_kedro_before_any_node_runs(tmp_path: Path) -> Non
             "-m",
             "kedro",
             "run",
-            "--pipeline=class_names",
+            "--pipelines=class_names",
             "--params=datasets.synthetic.bad_data=maybe,star.finetune.lr=-1,evaluation.splitz=[test],evalution.x=1",
         ],
         cwd=project,

@@ -160,7 +160,7 @@ def test_eval_seed_must_differ_from_seed():
 
 def test_node_and_metrics_format():
     bundle, history, report = pretrain_world_model({**TINY, "steps": 2, "object_only_steps": 1, "eval_every": 0})
-    assert bundle.metadata["made_by"] == "kedro run --pipeline=pretrain"
+    assert bundle.metadata["made_by"] == "kedro run --pipelines=pretrain"
     assert set(bundle.metadata["zero_shot_accuracy"]) == {"objects", "backgrounds"}
     metrics = pretrain_metrics(history, report)
     assert [point["step"] for point in metrics["pretrain.loss"]] == [1, 2]

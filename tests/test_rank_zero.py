@@ -102,7 +102,12 @@ def test_a_secondary_rank_run_writes_no_output_and_no_mlflow_run(tmp_path):
     kedro = Path(sys.executable).with_name("kedro")
     env = kedro_env() | {"WORLD_SIZE": "2", "RANK": "1"}
     completed = subprocess.run(
-        [str(kedro), "run", "--pipeline=class_names"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+        [str(kedro), "run", "--pipelines=class_names"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
     assert not list((project / "data").glob("0[2-8]_*/*")), "a secondary rank wrote a catalog output"

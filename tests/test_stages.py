@@ -68,7 +68,7 @@ def test_teacher_cache_rows_follow_the_metadata(staged, tmp_path):
 
 def test_stale_cache_is_detected(staged):
     *_, bundle = staged
-    with pytest.raises(StaleCacheError, match="Rerun `kedro run --pipeline=teacher`"):
+    with pytest.raises(StaleCacheError, match="Rerun `kedro run --pipelines=teacher`"):
         check_fresh(TeacherCache.from_bundle(bundle), "0000")
 
 

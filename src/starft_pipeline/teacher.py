@@ -272,7 +272,7 @@ def check_trained_from(
     ``weights_fingerprint`` is the cache fingerprint stored with the weights (None: not recorded);
     ``teacher_model`` is the teacher stage's record (``fingerprint``, ``data``).
     """
-    rerun = f"Rerun `kedro run --pipeline=finetune` (or `--namespaces={method}`) before evaluating, or run `--pipeline=full`."
+    rerun = f"Rerun `kedro run --pipelines=finetune` (or `--namespaces={method}`) before evaluating, or run `--pipelines=full`."
     if weights_fingerprint is not None:
         _require_same(
             weights_fingerprint,
@@ -285,7 +285,7 @@ def check_trained_from(
             fingerprint(teacher_model["data"]),
             fingerprint(dict(data_identity(index))),
             "the teacher cache (and the models fine-tuned from it) was computed from other data than the current "
-            "dataset index (the class_names stage ran since). Rerun `kedro run --pipeline=teacher`, then finetune.",
+            "dataset index (the class_names stage ran since). Rerun `kedro run --pipelines=teacher`, then finetune.",
         )
 
 
@@ -294,7 +294,7 @@ def check_fresh(cache: TeacherCache, expected: str) -> None:
         raise StaleCacheError(
             f"the teacher cache (fingerprint {cache.fingerprint}) was computed from other model weights, "
             f"prompts, descriptions or data than the current ones (fingerprint {expected}). "
-            "Rerun `kedro run --pipeline=teacher` to refresh it."
+            "Rerun `kedro run --pipelines=teacher` to refresh it."
         )
 
 

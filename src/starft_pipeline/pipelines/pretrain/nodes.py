@@ -22,7 +22,7 @@ def pretrain_world_model(pretrain_params: dict[str, Any]) -> tuple[TensorBundle,
     logger.info("pretrain: zero-shot accuracy of the stored weights %s after %.0f s", accuracy, result.wall_s)
     metadata = {
         "architecture": config.architecture,
-        "made_by": "kedro run --pipeline=pretrain",
+        "made_by": "kedro run --pipelines=pretrain",
         "pretrain": config.as_dict(),
         "zero_shot_accuracy": accuracy,
     }
