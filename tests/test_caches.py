@@ -14,17 +14,17 @@ import torch
 from kedro.io import DataCatalog, DatasetError
 
 from helpers import stage_tiny
-from starft_pipeline import tensor_bundle
-from starft_pipeline.dataset_index import data_identity
-from starft_pipeline.descriptions import descriptions_document, expand_pools, flatten_descriptions
-from starft_pipeline.io_utils import atomic_path, atomic_write_json
+from starft_pipeline.core import tensor_bundle
+from starft_pipeline.core.io_utils import atomic_path, atomic_write_json
+from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
+from starft_pipeline.data.dataset_index import data_identity
+from starft_pipeline.data.descriptions import descriptions_document, expand_pools, flatten_descriptions
 from starft_pipeline.kedro_io import TensorBundleDataset
-from starft_pipeline.models import ModelSpec
+from starft_pipeline.models.clip import ModelSpec
+from starft_pipeline.models.teacher import FeatureParts, StaleCacheError, TeacherCache, expected_fingerprint
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_finetuned
 from starft_pipeline.pipelines.finetune.nodes import finetune_method
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache, release_teacher_parts
-from starft_pipeline.teacher import FeatureParts, StaleCacheError, TeacherCache, expected_fingerprint
-from starft_pipeline.tensor_bundle import DamagedFileError, TensorBundle
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_feature_parts_reuse_match_or_recompute(tmp_path: Path, caplog: pytest.L
     features = torch.randn(5, 4)
     parts.save("tiny/train", features)
     assert torch.equal(parts.load("tiny/train", 5), features)
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.teacher"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.models.teacher"):
         assert parts.load("tiny/train", 6) is None
         assert parts.load("tiny/val", 5) is None  # absent: silently None
         path = parts.path("tiny/train")

@@ -14,7 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from engine_helpers import single_thread, tiny_config, train_tiny  # noqa: F401 (single_thread: autouse fixture)
-from starft_pipeline.checkpointing import CHECKPOINT_FILE, CheckpointConfig, Checkpointer, checkpointer_from_config
+from starft_pipeline.train.checkpointing import (
+    CHECKPOINT_FILE,
+    CheckpointConfig,
+    Checkpointer,
+    checkpointer_from_config,
+)
 
 HELPER = Path(__file__).with_name("engine_helpers.py")
 RESUME_RUN = {"n_images": 32, "epochs": 3}  # what engine_helpers.main runs
@@ -61,7 +66,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_result(tmp_pa
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, caplog):
     checkpoints = Checkpointer(tmp_path, keep_last=True)
     train_tiny(epochs=1, checkpoints=checkpoints)
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.train.checkpointing"):
         state = train_tiny(epochs=1, lr=5e-4, checkpoints=checkpoints)
     assert "another configuration" in caplog.text
     assert state.step == 2  # trained from scratch: both steps ran
@@ -78,7 +83,7 @@ def test_result_neutral_options_keep_the_fingerprint(tmp_path):
 
 def test_a_damaged_checkpoint_starts_fresh(tmp_path, caplog):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.train.checkpointing"):
         state = train_tiny(epochs=1, checkpoints=Checkpointer(tmp_path))
     assert "cannot be read" in caplog.text and state.step == 2
 

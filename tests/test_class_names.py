@@ -2,7 +2,7 @@
 
 import pytest
 
-from starft_pipeline.class_names import (
+from starft_pipeline.data.class_names import (
     ClassNameError,
     clean_class_name,
     names_from_csv,

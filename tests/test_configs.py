@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from starft_pipeline.checkpointing import CheckpointConfig
-from starft_pipeline.configs import bounded, check_crop_scale, check_fields, config_from_params, field_bounds
-from starft_pipeline.linear_probe import LinearProbeConfig
-from starft_pipeline.pretraining import PretrainConfig
-from starft_pipeline.training import FinetuneConfig
+from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params, field_bounds
+from starft_pipeline.train.checkpointing import CheckpointConfig
+from starft_pipeline.train.finetune import FinetuneConfig
+from starft_pipeline.train.linear_probe import LinearProbeConfig
+from starft_pipeline.train.pretraining import PretrainConfig
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ WAIT_S = 240
 TEACHER_CHILD = """
 import json, sys, time
 import pandas as pd
-from starft_pipeline import teacher
+from starft_pipeline.models import teacher
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
 
 folder = sys.argv[1]
@@ -125,7 +125,7 @@ def test_a_killed_teacher_run_resumes_from_its_finished_splits(
     stamp = finished[0].stat().st_mtime_ns
 
     metadata = pd.read_csv(tmp_path / "metadata.csv")
-    with caplog.at_level(logging.INFO, logger="starft_pipeline.teacher"):
+    with caplog.at_level(logging.INFO, logger="starft_pipeline.models.teacher"):
         _, resumed = build_teacher_cache(metadata, tiny_inputs["index"], tiny_inputs["descriptions"], teacher)
     splits = [key for key in resumed.tensors if key.startswith("image/")]
     assert caplog.text.count("reusing the finished features of") == 1

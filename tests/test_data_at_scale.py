@@ -11,13 +11,13 @@ import torch
 import torch.multiprocessing as mp
 
 from engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
-from starft_pipeline.data import load_split_images, normalise_images, read_image_folder, split_of
-from starft_pipeline.distributed import DistContext, all_gather_rows, shard_rows
-from starft_pipeline.imagenet_like import write_imagenet_like
-from starft_pipeline.models import encode_images
-from starft_pipeline.streaming import split_batches
-from starft_pipeline.teacher import EncodeSettings, FeatureParts, _features_of, part_ranges, split_features
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard_rows
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.imagenet_like import write_imagenet_like
+from starft_pipeline.data.splits import load_split_images, normalise_images, read_image_folder, split_of
+from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.models.clip import encode_images
+from starft_pipeline.models.teacher import EncodeSettings, FeatureParts, _features_of, part_ranges, split_features
 
 IMAGE_SIZE = 32
 
@@ -115,7 +115,7 @@ def _teacher_rank(rank: int, port: int, root: str, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    from starft_pipeline.distributed import init_from_env
+    from starft_pipeline.core.distributed import init_from_env
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
@@ -144,7 +144,7 @@ def test_two_ranks_encode_what_one_process_encodes(split, tmp_path: Path):
 
 
 def test_shards_hold_the_streamed_images_and_read_by_row(split, tmp_path: Path):
-    from starft_pipeline.shards import shard_batches, write_shards
+    from starft_pipeline.data.shards import shard_batches, write_shards
 
     folder = write_shards(split, IMAGE_SIZE, tmp_path / "d" / "train", rows_per_shard=4)
     assert sorted(p.name for p in folder.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
@@ -164,10 +164,10 @@ def test_shards_hold_the_streamed_images_and_read_by_row(split, tmp_path: Path):
 def test_gpu_decode_falls_back_and_its_batch_decoder_matches_pil(split, tmp_path: Path, caplog):
     import logging
 
-    from starft_pipeline.shards import ShardImages, decode_jpeg_batch, shard_batches, write_shards
+    from starft_pipeline.data.shards import ShardImages, decode_jpeg_batch, shard_batches, write_shards
 
     folder = write_shards(split, IMAGE_SIZE, tmp_path / "s", rows_per_shard=8)
-    with caplog.at_level(logging.INFO, logger="starft_pipeline.shards"):
+    with caplog.at_level(logging.INFO, logger="starft_pipeline.data.shards"):
         fallback = torch.cat([b for b, _ in shard_batches(folder, split, IMAGE_SIZE, 4, decode="gpu")])
     if not torch.cuda.is_available():
         assert "decoding in the CPU loader workers" in caplog.text

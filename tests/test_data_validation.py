@@ -21,10 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from starft_pipeline.data import GroupSplit, check_groups_present, load_image
-from starft_pipeline.dataset_index import dataset_entry
-from starft_pipeline.images import to_rgb
-from starft_pipeline.metadata import (
+from starft_pipeline.data.dataset_index import dataset_entry
+from starft_pipeline.data.images import to_rgb
+from starft_pipeline.data.metadata import (
     MAX_LISTED,
     METADATA_COLUMNS,
     CheckedMetadata,
@@ -33,6 +32,7 @@ from starft_pipeline.metadata import (
     read_metadata,
     require_split_rows,
 )
+from starft_pipeline.data.splits import GroupSplit, check_groups_present, load_image
 from starft_pipeline.pipelines.class_names.nodes import data_quality_metrics, prepare_checked_datasets
 
 SKIP = DataChecks(bad_data="skip", source="datasets.mine")
@@ -97,7 +97,7 @@ def test_reserved_column_is_refused(tmp_path: Path) -> None:
 def test_extra_columns_are_kept_with_a_warning_or_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = [{**row, "note": "n", "Unnamed: 0": i} for i, row in enumerate(_good_rows())]
     root = _dataset(tmp_path, rows, columns=[*METADATA_COLUMNS, "note", "Unnamed: 0"])
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data.splits"):
         frame = read_metadata(root, STRICT).frame
     assert "note" in frame.columns
     assert (
@@ -192,7 +192,7 @@ def test_a_bad_row_is_skipped_and_reported_under_skip(
 ) -> None:
     bad, _ = BAD_ROWS[case]
     root = _dataset(tmp_path, [*_good_rows(), bad])
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data.splits"):
         checked = read_metadata(root, SKIP)
     assert len(checked.frame) == 6 and list(checked.frame["img_id"]) == list(range(6))
     assert [issue.line for issue in checked.skipped] == [8]
@@ -324,7 +324,7 @@ def test_unusual_file_names_are_read_verbatim_and_load(tmp_path: Path) -> None:
 
 def test_an_empty_split_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _dataset(tmp_path, [_row(i, f"images/{i}.png", split=0) for i in range(3)])
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data.splits"):
         read_metadata(root, STRICT)
     assert "split(s) ['val', 'test'] have no rows; nothing is trained or evaluated on them" in caplog.text
 
@@ -360,13 +360,13 @@ def test_a_group_without_samples_stops_evaluation_or_is_reported(caplog: pytest.
         r"`evaluation.allow_empty_groups: true`",
     ):
         check_groups_present(_split([0, 1, 3, 3]), names, "mine/test", allow_empty=False)
-    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.data.splits"):
         assert check_groups_present(_split([0, 1, 3, 3]), names, "mine/test", allow_empty=True) == ["dog on land"]
     assert "reported with n = 0 (evaluation.allow_empty_groups)" in caplog.text
 
 
 def test_an_empty_group_is_reported_with_n_zero_when_allowed() -> None:
-    from starft_pipeline.results import BootstrapSettings, split_report
+    from starft_pipeline.evaluate.results import BootstrapSettings, split_report
 
     class Layout:
         class_names = ("cat", "dog")

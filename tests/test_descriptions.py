@@ -2,7 +2,12 @@
 
 import pytest
 
-from starft_pipeline.descriptions import DescriptionsError, descriptions_document, expand_pools, flatten_descriptions
+from starft_pipeline.data.descriptions import (
+    DescriptionsError,
+    descriptions_document,
+    expand_pools,
+    flatten_descriptions,
+)
 
 POOLS = {"background": ["a photo of a {c} on grass.", "a {c} in the snow."], "texture": ["a striped {c}."]}
 

@@ -18,11 +18,11 @@ from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     tiny_train_data,
     train_tiny,
 )
-from starft_pipeline.data import GroupSplit, load_split_images
-from starft_pipeline.engine import Encoders, compile_towers, progress_bar
+from starft_pipeline.data.splits import GroupSplit, load_split_images
+from starft_pipeline.data.streaming import StreamedImages, choose_loading, train_images
 from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
-from starft_pipeline.streaming import StreamedImages, choose_loading, train_images
-from starft_pipeline.training import FinetuneConfig, finetune
+from starft_pipeline.train.engine import Encoders, compile_towers, progress_bar
+from starft_pipeline.train.finetune import FinetuneConfig, finetune
 
 
 def _weights_close(first, second, **tolerance) -> bool:

@@ -14,18 +14,18 @@ from kedro.pipeline import Node, Pipeline
 from matplotlib.figure import Figure
 
 from helpers import PROJECT_ROOT, tiny_parameters
-from starft_pipeline.dataset_index import dataset_entry
-from starft_pipeline.metadata import DataError
-from starft_pipeline.metrics import (
+from starft_pipeline.data.dataset_index import dataset_entry
+from starft_pipeline.data.metadata import DataError
+from starft_pipeline.evaluate.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
     convention_warning,
 )
+from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
-from starft_pipeline.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
-from starft_pipeline.training import METHODS
+from starft_pipeline.train.finetune import METHODS
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split
 
@@ -79,7 +79,7 @@ def test_plain_average_is_the_headline_elsewhere(convention: str) -> None:
 
 
 def test_intervals_are_deterministic_and_follow_the_settings() -> None:
-    from starft_pipeline.results import BootstrapSettings
+    from starft_pipeline.evaluate.results import BootstrapSettings
 
     data = waterbirds_split()
     first = split_report("m", "s", *data, Layout(), bootstrap=BootstrapSettings(200, 0.9, 3))["results"][0]

@@ -15,10 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from starft_pipeline.data import load_image, normalise_images
-from starft_pipeline.export import LEARNED, ZERO_SHOT, classifier_path, save_pyfunc_classifier
-from starft_pipeline.heads import ClassifierHead, attach_head, split_heads, weights_bundle
-from starft_pipeline.models import (
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.splits import load_image, normalise_images
+from starft_pipeline.models.clip import (
     ModelSpec,
     create_model,
     encode_images,
@@ -27,10 +26,11 @@ from starft_pipeline.models import (
     state_dict_copy,
     zero_shot_head,
 )
+from starft_pipeline.models.export import LEARNED, ZERO_SHOT, classifier_path, save_pyfunc_classifier
+from starft_pipeline.models.heads import ClassifierHead, attach_head, split_heads, weights_bundle
+from starft_pipeline.models.predict import main as predict_main
+from starft_pipeline.models.predict import project_classifier
 from starft_pipeline.pipelines.export.nodes import export_open_clip, mlflow_input_example
-from starft_pipeline.predict import main as predict_main
-from starft_pipeline.predict import project_classifier
-from starft_pipeline.tensor_bundle import TensorBundle
 
 ARCHITECTURE = "starft-tiny-vit"
 CLASSES = ["circle", "square", "triangle"]

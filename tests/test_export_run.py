@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers import kedro_env
-from starft_pipeline.export import classifier_path
-from starft_pipeline.training import METHODS
+from starft_pipeline.models.export import classifier_path
+from starft_pipeline.train.finetune import METHODS
 
 pytestmark = pytest.mark.slow
 #: What the predict pipeline reads (besides conf/ and the package).

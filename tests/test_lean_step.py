@@ -16,10 +16,10 @@ from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     tiny_train_data,
     train_tiny,
 )
-from starft_pipeline.augment import apply_crops, crop_boxes
-from starft_pipeline.engine import Encoders, encode_text_trimmed, token_lengths
-from starft_pipeline.models import fill_template
-from starft_pipeline.training import (
+from starft_pipeline.models.clip import fill_template
+from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.engine import Encoders, encode_text_trimmed, token_lengths
+from starft_pipeline.train.finetune import (
     descriptions_by_class,
     draw_captions,
     draw_descriptions,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starft_pipeline.distributed import DistContext, broadcast_from_main
+from starft_pipeline.core.distributed import DistContext, broadcast_from_main
 from starft_pipeline.pipelines.finetune.pipeline import PROBE, create_pipeline
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from starft_pipeline.losses import (
+from starft_pipeline.train.losses import (
     MASK_VALUE,
     clip_contrastive_loss,
     diminishing_weight,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import stage_tiny
-from starft_pipeline.heads import (
+from starft_pipeline.models.clip import ModelSpec, create_model
+from starft_pipeline.models.heads import (
     ClassifierHead,
     freeze_text_tower,
     head_for_classes,
@@ -20,17 +21,16 @@ from starft_pipeline.heads import (
     weights_bundle,
     zero_shot_linear_head,
 )
-from starft_pipeline.linear_probe import (
+from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
+from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
+from starft_pipeline.pipelines.finetune.pipeline import METHODS, create_pipeline
+from starft_pipeline.train.finetune import FinetuneConfig, step_losses
+from starft_pipeline.train.linear_probe import (
     LinearProbeConfig,
     head_from_logistic_regression,
     select_linear_probe,
 )
-from starft_pipeline.losses import head_cross_entropy
-from starft_pipeline.models import ModelSpec, create_model
-from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
-from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
-from starft_pipeline.pipelines.finetune.pipeline import METHODS, create_pipeline
-from starft_pipeline.training import FinetuneConfig, step_losses
+from starft_pipeline.train.losses import head_cross_entropy
 
 # ----------------------------------------------------------------------------- pure pieces
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from starft_pipeline.metrics import (
+from starft_pipeline.evaluate.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
     GroupMetrics,

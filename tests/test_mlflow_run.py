@@ -12,9 +12,9 @@ import pytest
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
+from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.finetune.pipeline import METHODS
-from starft_pipeline.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from helpers import copy_project, kedro_env, tiny_parameters
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import METHODS
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.train.finetune import METHODS
 
 STAGES = "--pipelines=teacher,finetune,evaluation"
 #: The gathered gradients equal the single process's up to float rounding, but Adam divides each by

@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from helpers import stage_tiny
-from starft_pipeline import evaluate
-from starft_pipeline.distributed import DistContext, all_gather_rows, shard_rows
-from starft_pipeline.heads import head_metadata, head_tensors, zero_shot_linear_head
+from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard_rows
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.evaluate import predictions as evaluate
 from starft_pipeline.kedro_io import LazyTensorBundle
-from starft_pipeline.models import ModelSpec, create_model, state_dict_copy
+from starft_pipeline.models.clip import ModelSpec, create_model, state_dict_copy
+from starft_pipeline.models.heads import head_metadata, head_tensors, zero_shot_linear_head
+from starft_pipeline.models.teacher import TeacherCache
+from starft_pipeline.models.wise_ft import wise_ft_bundle, zero_shot_counterpart
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
 from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS
-from starft_pipeline.streaming import split_batches
-from starft_pipeline.teacher import TeacherCache
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import METHODS
-from starft_pipeline.wise_ft import wise_ft_bundle, zero_shot_counterpart
+from starft_pipeline.train.finetune import METHODS
 
 METRICS = ["avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]
 
@@ -177,7 +177,7 @@ def test_gather_is_the_identity_in_one_process() -> None:
 
 
 def test_split_batches_yields_rows_in_order_and_only_those_asked(staged) -> None:
-    from starft_pipeline.dataset_index import dataset_split
+    from starft_pipeline.data.dataset_index import dataset_split
 
     split = dataset_split(staged["dataset_metadata"], staged["dataset_index"], "synthetic", "test")
     batches = list(split_batches(split, 32, 4, rows=range(3, len(split))))

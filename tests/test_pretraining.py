@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from starft_pipeline import synthetic
-from starft_pipeline.models import ModelSpec, create_model, save_weights, state_dict_copy
+from starft_pipeline.data import synthetic
+from starft_pipeline.models.clip import ModelSpec, create_model, save_weights, state_dict_copy
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.pretrain.nodes import pretrain_metrics, pretrain_world_model
-from starft_pipeline.pretraining import (
+from starft_pipeline.train.pretraining import (
     BACKGROUND_PROMPTS,
     OBJECT_PROMPTS,
     PretrainConfig,

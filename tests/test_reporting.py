@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from starft_pipeline.figures import plot_group_accuracy, plot_training_curves, plot_wise_ft_curve
-from starft_pipeline.markdown import markdown_table
-from starft_pipeline.metrics import (
+from starft_pipeline.evaluate.figures import plot_group_accuracy, plot_training_curves, plot_wise_ft_curve
+from starft_pipeline.evaluate.markdown import markdown_table
+from starft_pipeline.evaluate.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
     group_robust_metrics,
 )
-from starft_pipeline.results import GROUP_COLUMNS, RESULTS_COLUMNS, group_rows, mean_std_table, results_rows
+from starft_pipeline.evaluate.results import GROUP_COLUMNS, RESULTS_COLUMNS, group_rows, mean_std_table, results_rows
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent / "llm"))
 from fake_messages_server import FakeMessagesServer, tool_reply
 
 from helpers import PROJECT_ROOT, TINY_SPECS, copy_project, kedro_env, project_parameters
-from starft_pipeline.models import load_weights
+from starft_pipeline.models.clip import load_weights
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 
 SENTINEL_ENV = "test-sentinel-key-9f3a"  # deliberately not shaped like a real key (sk-ant-…)

@@ -10,16 +10,16 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from helpers import PROJECT_ROOT, tiny_parameters
-from starft_pipeline.dataset_index import dataset_split
-from starft_pipeline.descriptions import flatten_descriptions
-from starft_pipeline.models import ModelSpec, create_model
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import dataset_split
+from starft_pipeline.data.descriptions import flatten_descriptions
+from starft_pipeline.models.clip import ModelSpec, create_model
+from starft_pipeline.models.teacher import StaleCacheError, TeacherCache, check_fresh
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
-from starft_pipeline.teacher import StaleCacheError, TeacherCache, check_fresh
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
+from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_from_cache
 
 
 def _yaml(relative: str):
@@ -77,7 +77,7 @@ def _train_data(staged, config):
     cache = TeacherCache.from_bundle(bundle)
     loaded = create_model(ModelSpec(**record["spec"]))
     split = dataset_split(metadata, index, "synthetic", "train")
-    from starft_pipeline.data import load_split_images
+    from starft_pipeline.data.splits import load_split_images
 
     names = index["datasets"]["synthetic"]["class_names"]
     data = train_data_from_cache(

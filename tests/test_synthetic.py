@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from starft_pipeline.synthetic import (
+from starft_pipeline.data.synthetic import (
     BACKGROUND_CAPTION_TEMPLATES,
     BACKGROUNDS,
     CAPTION_TEMPLATES,

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
-from starft_pipeline.data import normalise_images
-from starft_pipeline.distributed import BatchRows
-from starft_pipeline.engine import Encoders
-from starft_pipeline.models import encode_images, encode_texts, logit_scale
+from starft_pipeline.core.distributed import BatchRows
+from starft_pipeline.data.splits import normalise_images
+from starft_pipeline.models.clip import encode_images, encode_texts, logit_scale
 from starft_pipeline.params import FinetuneParams
-from starft_pipeline.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
-from starft_pipeline.training import (
+from starft_pipeline.train.engine import Encoders
+from starft_pipeline.train.finetune import (
     FinetuneConfig,
     StepBatch,
     TrainData,
@@ -25,6 +24,7 @@ from starft_pipeline.training import (
     regulariser_warnings,
     train_data_from_cache,
 )
+from starft_pipeline.train.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
 
 N_IMAGES = 12
 
@@ -123,7 +123,7 @@ def test_view_cache_is_written_once_and_reused(teacher, cached_data, tmp_path, m
     def no_encoding(*args, **kwargs):
         raise AssertionError("the stored views should have been reused")
 
-    monkeypatch.setattr("starft_pipeline.teacher_modes.encode_views", no_encoding)
+    monkeypatch.setattr("starft_pipeline.train.teacher_modes.encode_views", no_encoding)
     again = load_or_build_views(teacher, cached_data.images, config, "fp", torch.device("cpu"), tmp_path)
     assert torch.equal(again.boxes, first.boxes) and torch.equal(again.features, first.features)
     with pytest.raises(AssertionError, match="reused"):  # another seed is another file
@@ -184,10 +184,12 @@ def test_warns_about_one_class_batches():
 def test_the_loop_logs_the_warning_once_and_the_schedule(caplog):
     from engine_helpers import train_tiny
 
-    with caplog.at_level(logging.INFO, logger="starft_pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="starft_pipeline.train.finetune"):
         train_tiny(n_images=16, epochs=1, diminishing=True)
     warnings = [
-        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "starft_pipeline.training"
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "starft_pipeline.train.finetune"
     ]
     assert len(warnings) == 1 and "λ_e is 0 in every epoch" in warnings[0]
     assert "star: λ_e per epoch [0.0] (teacher_mode cached)" in caplog.text
@@ -205,7 +207,7 @@ def test_a_class_without_descriptions_is_an_error():
         10.0,
         tiny_config(),
     )
-    from starft_pipeline.training import check_train_data
+    from starft_pipeline.train.finetune import check_train_data
 
     with pytest.raises(ValueError, match=r"no descriptions for class\(es\) \['square', 'triangle'\]"):
         check_train_data(data, tiny_config())

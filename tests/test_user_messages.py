@@ -18,7 +18,7 @@ from kedro.validation import ParameterValidationError
 
 from helpers import copy_project, kedro_env, project_parameters
 from starft_pipeline import hooks
-from starft_pipeline.class_names import ClassNameError, check_labels_named
+from starft_pipeline.data.class_names import ClassNameError, check_labels_named
 from starft_pipeline.llm import LLMSettings
 from starft_pipeline.llm.prompts import render_prompt
 from starft_pipeline.params import closest_key, parameter_errors, precondition_errors

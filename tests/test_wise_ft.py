@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from starft_pipeline.heads import ClassifierHead, head_metadata, head_tensors, split_heads
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.models.heads import ClassifierHead, head_metadata, head_tensors, split_heads
+from starft_pipeline.models.wise_ft import alpha_grid, interpolate_weights, wise_ft_bundle, zero_shot_counterpart
 from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS, wise_models, wise_outputs, wise_settings
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.wise_ft import alpha_grid, interpolate_weights, wise_ft_bundle, zero_shot_counterpart
 
 ZERO_SHOT = {"w": torch.tensor([[0.0, 2.0], [4.0, -2.0]]), "b": torch.tensor([1.0, 3.0]), "n": torch.tensor([7])}
 FINETUNED = {"w": torch.tensor([[2.0, 2.0], [0.0, 2.0]]), "b": torch.tensor([3.0, -1.0]), "n": torch.tensor([7])}

@@ -8,11 +8,13 @@ from typing import Any, cast
 import pandas as pd
 import torch
 
-from starft_pipeline.checkpointing import CheckpointConfig, checkpointer_from_config
-from starft_pipeline.dataset_index import dataset_info, dataset_split
-from starft_pipeline.descriptions import DescriptionPool, flatten_descriptions
-from starft_pipeline.distributed import broadcast_from_main, init_from_env
-from starft_pipeline.heads import (
+from starft_pipeline.core.distributed import broadcast_from_main, init_from_env
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import dataset_info, dataset_split
+from starft_pipeline.data.descriptions import DescriptionPool, flatten_descriptions
+from starft_pipeline.data.streaming import train_images
+from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device, state_dict_copy
+from starft_pipeline.models.heads import (
     ClassifierHead,
     head_metadata,
     head_tensors,
@@ -21,13 +23,11 @@ from starft_pipeline.heads import (
     weights_bundle,
     zero_shot_linear_head,
 )
-from starft_pipeline.linear_probe import LinearProbeConfig, select_linear_probe
-from starft_pipeline.models import ModelSpec, create_model, resolve_device, state_dict_copy
-from starft_pipeline.streaming import train_images
-from starft_pipeline.teacher import TeacherCache, check_fresh, expected_fingerprint
-from starft_pipeline.teacher_modes import teacher_source
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
+from starft_pipeline.models.teacher import TeacherCache, check_fresh, expected_fingerprint
+from starft_pipeline.train.checkpointing import CheckpointConfig, checkpointer_from_config
+from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_from_cache
+from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
+from starft_pipeline.train.teacher_modes import teacher_source
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = ("device", "linear_probe", "checkpoint")

@@ -7,9 +7,13 @@ towers contrastively. `kedro run --namespaces=<method>` runs one of them.
 
 from kedro.pipeline import Node, Pipeline
 
-from starft_pipeline.training import HEAD_INIT, METHODS, STEP_LOSSES
-
-from .nodes import finetune_method, fit_linear_probe, linear_probe_weights, loss_curve_metrics
+from starft_pipeline.pipelines.finetune.nodes import (
+    finetune_method,
+    fit_linear_probe,
+    linear_probe_weights,
+    loss_curve_metrics,
+)
+from starft_pipeline.train.finetune import HEAD_INIT, METHODS, STEP_LOSSES
 
 SHARED_INPUTS = ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .heads import ClassifierHead, head_tensors, split_heads
-from .tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.models.heads import ClassifierHead, head_tensors, split_heads
 
 
 def interpolate_weights(

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .distributed import SINGLE_PROCESS, BatchRows, DistContext
+from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext
 
 if TYPE_CHECKING:
     import open_clip

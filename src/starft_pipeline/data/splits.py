@@ -1,6 +1,6 @@
 """Data sets as splits of images: the ImageFolder reader, splits with group ids, image loading.
 
-A data set's rows are release-format metadata (:mod:`starft_pipeline.metadata` reads and checks
+A data set's rows are release-format metadata (:mod:`starft_pipeline.data.metadata` reads and checks
 ``metadata.csv``; :func:`read_image_folder` makes the same rows from a tree of class folders);
 :func:`split_of` turns one split into image paths, labels, places and groups, and
 :func:`load_split_images` / :func:`load_image` decode them. No Kedro here.
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .images import DECODE_ERRORS, decode_rgb
-from .metadata import SPLIT_CODES, DataError
+from starft_pipeline.data.images import DECODE_ERRORS, decode_rgb
+from starft_pipeline.data.metadata import SPLIT_CODES, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def check_groups_present(split: GroupSplit, group_names: Sequence[str], label: s
 def load_image(path: Path | IO[bytes], image_size: int) -> torch.Tensor:
     """Decode one image as RGB uint8 (3, S, S): shorter side resized to S, centre-cropped (CLIP's preprocessing).
 
-    Any PIL mode is accepted (:mod:`starft_pipeline.images`); a file that cannot be decoded is a
+    Any PIL mode is accepted (:mod:`starft_pipeline.data.images`); a file that cannot be decoded is a
     :class:`DataError` naming it.
     """
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
 
 HEAD_PREFIX = "head/"
 HEAD_MODULE = "classification_head"  # the attribute a head lives under while it is trained

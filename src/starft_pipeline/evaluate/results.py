@@ -8,8 +8,8 @@ Table conventions
 * ``group_results.csv`` has one row per (method, split, group): :data:`GROUP_COLUMNS`.
 * ``class_results.csv`` has one row per (method, split, class): :data:`CLASS_COLUMNS`.
 * Accuracies in the CSVs are fractions in ``[0, 1]`` (as produced by
-  :mod:`starft_pipeline.metrics`); only human-facing output (:mod:`starft_pipeline.markdown`,
-  mean ± std strings, :mod:`starft_pipeline.figures`' axes) is in percent.
+  :mod:`starft_pipeline.evaluate.metrics`); only human-facing output (:mod:`starft_pipeline.evaluate.markdown`,
+  mean ± std strings, :mod:`starft_pipeline.evaluate.figures`' axes) is in percent.
 
 No Kedro, no matplotlib here.
 """
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from starft_pipeline.configs import bounded, check_fields
-from starft_pipeline.metrics import (
+from starft_pipeline.core.configs import bounded, check_fields
+from starft_pipeline.evaluate.metrics import (
     GroupMetrics,
     bootstrap_ci,
     group_robust_metrics,
@@ -48,7 +48,7 @@ RESULTS_COLUMNS: tuple[str, ...] = (
 GROUP_COLUMNS: tuple[str, ...] = ("method", "split", "group", "group_name", "n", "acc")
 #: Metric columns aggregated by :func:`mean_std_table` by default.
 SUMMARY_METRICS: tuple[str, ...] = ("avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc")
-#: Metrics that get a bootstrap confidence interval (:func:`starft_pipeline.metrics.bootstrap_ci`).
+#: Metrics that get a bootstrap confidence interval (:func:`starft_pipeline.evaluate.metrics.bootstrap_ci`).
 CI_METRICS: tuple[str, ...] = ("avg_acc", "worst_group_acc", "adjusted_avg_acc")
 #: ``<metric>_ci_low``, ``<metric>_ci_high`` for each of :data:`CI_METRICS`.
 CI_COLUMNS: tuple[str, ...] = tuple(f"{m}_ci_{end}" for m in CI_METRICS for end in ("low", "high"))
@@ -119,7 +119,7 @@ def group_rows(
 
 
 def ci_columns(ci: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-    """:data:`CI_COLUMNS` from :func:`~starft_pipeline.metrics.bootstrap_ci`'s ``{metric: (low, high)}``."""
+    """:data:`CI_COLUMNS` from :func:`~starft_pipeline.evaluate.metrics.bootstrap_ci`'s ``{metric: (low, high)}``."""
     return {f"{m}_ci_{end}": float(ci[m][i]) for m in CI_METRICS for i, end in enumerate(("low", "high"))}
 
 
@@ -141,7 +141,7 @@ def class_rows(
 
 @dataclass(frozen=True)
 class BootstrapSettings:
-    """Percentile bootstrap of :func:`~starft_pipeline.metrics.bootstrap_ci` (parameters ``evaluation.bootstrap``)."""
+    """Percentile bootstrap of :func:`~starft_pipeline.evaluate.metrics.bootstrap_ci` (parameters ``evaluation.bootstrap``)."""
 
     n_resamples: int = bounded(1000, ge=1)
     confidence: float = bounded(0.95, gt=0, lt=1)
@@ -179,8 +179,8 @@ def split_report(
 
     The training weights of the adjusted average are ``layout.train_group_counts`` (the training
     split actually loaded); ``convention`` picks the headline average
-    (:func:`~starft_pipeline.metrics.headline_average`). ``allow_empty_groups`` as in
-    :func:`~starft_pipeline.metrics.group_robust_metrics`.
+    (:func:`~starft_pipeline.evaluate.metrics.headline_average`). ``allow_empty_groups`` as in
+    :func:`~starft_pipeline.evaluate.metrics.group_robust_metrics`.
     """
     n_groups, counts = len(layout.group_names), np.asarray(layout.train_group_counts)
     metrics = group_robust_metrics(

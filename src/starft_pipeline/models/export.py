@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from .heads import ClassifierHead, head_for_classes, split_heads, zero_shot_linear_head
-from .models import LoadedModel, logit_scale, open_clip_with_configs, zero_shot_head
-from .tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.models.clip import LoadedModel, logit_scale, open_clip_with_configs, zero_shot_head
+from starft_pipeline.models.heads import ClassifierHead, head_for_classes, split_heads, zero_shot_linear_head
 
 LEARNED, ZERO_SHOT = "learned", "zero_shot"
 CLASSIFIER_SUFFIX = "_classifier.safetensors"

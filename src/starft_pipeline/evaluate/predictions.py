@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import GroupSplit, normalise_images
-from .distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
-from .heads import ClassifierHead, head_for_classes
-from .metrics import GroupMetrics, group_robust_metrics
-from .models import LoadedModel, encode_images, zero_shot_head
-from .streaming import split_batches
+from starft_pipeline.core.distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
+from starft_pipeline.data.splits import GroupSplit, normalise_images
+from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.evaluate.metrics import GroupMetrics, group_robust_metrics
+from starft_pipeline.models.clip import LoadedModel, encode_images, zero_shot_head
+from starft_pipeline.models.heads import ClassifierHead, head_for_classes
 
 if TYPE_CHECKING:
     import open_clip

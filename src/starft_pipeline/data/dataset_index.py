@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import GroupSplit, group_counts
-from .evaluate import EvalTask, default_group_names
-from .io_utils import fingerprint
-from .metadata import SPLIT_CODES, DataError
-from .metrics import CONVENTIONS
-from .models import fill_template
+from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.data.metadata import SPLIT_CODES, DataError
+from starft_pipeline.data.splits import GroupSplit, group_counts
+from starft_pipeline.evaluate.metrics import CONVENTIONS
+from starft_pipeline.evaluate.predictions import EvalTask, default_group_names
+from starft_pipeline.models.clip import fill_template
 
 DatasetIndex = dict[str, Any]
 

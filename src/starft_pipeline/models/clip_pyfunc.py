@@ -4,7 +4,7 @@ MLflow copies THIS FILE into the saved model and runs it at load time, so it imp
 ``starft_pipeline``: a model saved by the project loads wherever ``mlflow``, ``open_clip_torch``,
 ``torch``, ``safetensors`` and ``pillow`` are installed. No Kedro here.
 
-The model's artifacts (written by :func:`starft_pipeline.export.save_pyfunc_classifier`):
+The model's artifacts (written by :func:`starft_pipeline.models.export.save_pyfunc_classifier`):
 
 - ``checkpoint``: the open_clip checkpoint (towers only; ``open_clip.create_model_and_transforms``
   loads it as is);

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from starft_pipeline.io_utils import atomic_write_json, atomic_write_text, fingerprint
+from starft_pipeline.core.io_utils import atomic_write_json, atomic_write_text, fingerprint
 
 # Bump when the pixels or the layout change, so cached data sets are regenerated.
 RENDER_VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import to_device
+from starft_pipeline.train.engine import to_device
 
 
 def crop_boxes(n_images: int, size: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:

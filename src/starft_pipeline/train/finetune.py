@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from .augment import apply_crops, crop_boxes
-from .checkpointing import Checkpointer
-from .configs import bounded, check_crop_scale, check_fields, config_from_params
-from .data import normalise_images
-from .descriptions import DescriptionPool
-from .distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
-from .engine import (
+from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params
+from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
+from starft_pipeline.data.descriptions import DescriptionPool
+from starft_pipeline.data.splits import normalise_images
+from starft_pipeline.data.streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
+from starft_pipeline.models.clip import LoadedModel, fill_template, logit_scale
+from starft_pipeline.models.heads import HEAD_MODULE
+from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.checkpointing import Checkpointer
+from starft_pipeline.train.engine import (
     PRECISIONS,
     Encoders,
     EpochMeter,
@@ -42,10 +45,13 @@ from .engine import (
     to_device,
     token_lengths,
 )
-from .heads import HEAD_MODULE
-from .losses import RegulariserKind, clip_contrastive_loss, diminishing_weight, head_cross_entropy, star_regulariser
-from .models import LoadedModel, fill_template, logit_scale
-from .streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
+from starft_pipeline.train.losses import (
+    RegulariserKind,
+    clip_contrastive_loss,
+    diminishing_weight,
+    head_cross_entropy,
+    star_regulariser,
+)
 
 if TYPE_CHECKING:
     import open_clip

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from starft_pipeline.results import require_columns, split_parts
+from starft_pipeline.evaluate.results import require_columns, split_parts
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs every kedro command start-up time
     from matplotlib.figure import Figure

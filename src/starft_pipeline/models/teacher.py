@@ -7,7 +7,7 @@ features and class-prompt features. Zero-shot logits are not stored: no stage re
 be 1.28 M × 1,000 floats). A fingerprint of model + prompts + data makes a stale cache an error
 rather than a silent mistake.
 
-Images are streamed (:func:`~starft_pipeline.streaming.split_batches`): decoded by DataLoader
+Images are streamed (:func:`~starft_pipeline.data.streaming.split_batches`): decoded by DataLoader
 workers and normalised batch by batch, so memory does not grow with the split. Under torchrun each
 rank encodes its share of every part of a split and the shares are gathered (the features equal
 one process's); only rank 0 writes.
@@ -27,16 +27,23 @@ from urllib.parse import quote
 import torch
 import torch.nn.functional as F
 
-from .data import GroupSplit, normalise_images
-from .dataset_index import DatasetIndex, class_prompts, data_identity
-from .descriptions import DescriptionPool
-from .distributed import SINGLE_PROCESS, DistContext, all_gather_rows, barrier, broadcast_from_main, shard_rows
-from .engine import autocast
-from .io_utils import fingerprint
-from .models import LoadedModel, encode_texts, logit_scale, zero_shot_head
-from .shards import Decode, shard_batches, write_shards
-from .streaming import split_batches
-from .tensor_bundle import DamagedFileError, TensorBundle
+from starft_pipeline.core.distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    all_gather_rows,
+    barrier,
+    broadcast_from_main,
+    shard_rows,
+)
+from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
+from starft_pipeline.data.dataset_index import DatasetIndex, class_prompts, data_identity
+from starft_pipeline.data.descriptions import DescriptionPool
+from starft_pipeline.data.shards import Decode, shard_batches, write_shards
+from starft_pipeline.data.splits import GroupSplit, normalise_images
+from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.models.clip import LoadedModel, encode_texts, logit_scale, zero_shot_head
+from starft_pipeline.train.engine import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +338,7 @@ def split_features(
     """Normalised image features (N, d), on the CPU in fp32, of ``rows`` (default: all) of a split's
     un-augmented images, streamed: decoded by ``num_workers`` loader workers and normalised one batch
     at a time (the same batches and arithmetic as decoding the whole split first, so the same values).
-    With ``shards`` (a folder of :mod:`~starft_pipeline.shards`) the images come from there, decoded
+    With ``shards`` (a folder of :mod:`~starft_pipeline.data.shards`) the images come from there, decoded
     per ``decode``."""
     device = torch.device(device)
     rows = range(len(split)) if rows is None else rows
@@ -386,7 +393,7 @@ def compute_teacher_cache(
     are computed and reused by a rerun (a killed run resumes; see :class:`FeatureParts`). Under
     torchrun (``context``) the ranks share the images and every rank returns the whole cache. With
     ``shards`` every split is first written as tar shards under ``<shards>/<dataset>/<split>`` (once;
-    see :mod:`~starft_pipeline.shards`) and read from there, decoded per ``decode`` (cpu | gpu).
+    see :mod:`~starft_pipeline.data.shards`) and read from there, decoded per ``decode`` (cpu | gpu).
     """
     device = torch.device(device)
     settings = EncodeSettings(

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io_utils import atomic_path
+from starft_pipeline.core.io_utils import atomic_path
 
 
 class DamagedFileError(ValueError):

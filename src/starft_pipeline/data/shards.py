@@ -2,12 +2,12 @@
 
 A split is written once as tar files ``<folder>/shard-000000.tar`` … of ``rows_per_shard`` samples;
 sample ``k`` (the split's row ``k``) is ``{k:09d}.jpg`` (the image exactly as the model sees it:
-shorter side resized to S and centre-cropped, as :func:`~starft_pipeline.data.load_image` makes it,
+shorter side resized to S and centre-cropped, as :func:`~starft_pipeline.data.splits.load_image` makes it,
 then JPEG-encoded) and ``{k:09d}.cls`` (its label). ``index.json`` records the image size, the rows
 and a fingerprint of the split's files, so a stale folder is rewritten rather than silently read.
 These are plain tar files (no ``webdataset`` dependency): ``webdataset.WebDataset`` and open_clip's
 training read them as they are. This module reads them by row instead (an index of each member's
-offset), which keeps :func:`shard_batches` to :func:`~starft_pipeline.streaming.split_batches`'
+offset), which keeps :func:`shard_batches` to :func:`~starft_pipeline.data.streaming.split_batches`'
 contract: any rows, in order, through DataLoader workers.
 
 Decoding: ``cpu`` decodes the JPEGs in the workers (PIL); ``gpu`` has the workers read the bytes only
@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .data import GroupSplit, load_image
-from .io_utils import atomic_path, fingerprint
-from .streaming import PREFETCH_FACTOR, RowBatches
+from starft_pipeline.core.io_utils import atomic_path, fingerprint
+from starft_pipeline.data.splits import GroupSplit, load_image
+from starft_pipeline.data.streaming import PREFETCH_FACTOR, RowBatches
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def write_shards(
     num_workers: int = 0,
 ) -> Path:
     """Write ``split`` as shards under ``folder`` unless the ones there are of this split and size."""
-    from .streaming import split_batches  # the one decode path: the shards hold exactly its images
+    from starft_pipeline.data.streaming import split_batches  # the one decode path: the shards hold exactly its images
 
     folder = Path(folder)
     if shards_are_current(folder, split, image_size):
@@ -121,7 +121,7 @@ class ShardImages(Dataset):
         if not shards_are_current(self.folder, split, image_size):
             raise FileNotFoundError(
                 f"{self.folder} holds no shards of this split at {image_size} px (missing, or written from other "
-                "files or at another size); write them with starft_pipeline.shards.write_shards (teacher.shards)"
+                "files or at another size); write them with starft_pipeline.data.shards.write_shards (teacher.shards)"
             )
         index = json.loads((self.folder / INDEX).read_text())
         self.files = [self.folder / shard["file"] for shard in index["shards"]]
@@ -194,7 +194,7 @@ def shard_batches(
     decode: Decode = "cpu",
     device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`~starft_pipeline.streaming.split_batches` from the shards under ``folder``: (uint8 images,
+    """:func:`~starft_pipeline.data.streaming.split_batches` from the shards under ``folder``: (uint8 images,
     int64 rows) in order. ``decode="gpu"`` returns the images on ``device`` (default: the current CUDA device)."""
     decode = resolve_decode(decode)
     dataset = ShardImages(folder, split, image_size, decode)

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .configs import config_from_params
-from .heads import ClassifierHead
+from starft_pipeline.core.configs import config_from_params
+from starft_pipeline.models.heads import ClassifierHead
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression

@@ -7,7 +7,7 @@ image paths relative to the root. Group ``g = y · n_places + place`` (``2y + pl
 User-assembled data is checked up front (:func:`read_metadata`, :func:`check_image_files`): columns,
 every row's values, the image files. A bad row is an error naming its line, or, with
 ``bad_data: skip``, left out and returned for the skipped-items report (:class:`DataChecks`).
-The ImageFolder reader and image loading are in :mod:`starft_pipeline.data`. No Kedro here.
+The ImageFolder reader and image loading are in :mod:`starft_pipeline.data.splits`. No Kedro here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 
-from .images import image_problem
+from starft_pipeline.data.images import image_problem
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from starft_pipeline.results import NAN_TEXT, RESULTS_COLUMNS, require_columns
+from starft_pipeline.evaluate.results import NAN_TEXT, RESULTS_COLUMNS, require_columns
 
 
 def _is_nan(value: Any) -> bool:

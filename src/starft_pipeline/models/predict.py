@@ -1,6 +1,6 @@
 """Classify a folder of images with any fine-tuned model (or the zero-shot teacher) and write a CSV.
 
-``python -m starft_pipeline.predict --model star --images path/to/folder --out preds.csv`` in the
+``python -m starft_pipeline.models.predict --model star --images path/to/folder --out preds.csv`` in the
 project root, or ``kedro run --pipelines=predict --params predict.model=star,predict.images=<folder>``.
 ``--model`` is a method name (its weights ``data/06_models/<method>.safetensors``), ``zero_shot``
 (the teacher), or an exported open_clip checkpoint with its ``_classifier.safetensors`` beside it
@@ -23,13 +23,20 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .data import load_image, normalise_images
-from .dataset_index import eval_task
-from .export import classifier_path, dataset_classifier, read_classifier
-from .heads import ClassifierHead, split_heads
-from .io_utils import atomic_path
-from .models import LoadedModel, ModelSpec, create_model, encode_images, load_state_dict, resolve_device
-from .tensor_bundle import TensorBundle
+from starft_pipeline.core.io_utils import atomic_path
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import eval_task
+from starft_pipeline.data.splits import load_image, normalise_images
+from starft_pipeline.models.clip import (
+    LoadedModel,
+    ModelSpec,
+    create_model,
+    encode_images,
+    load_state_dict,
+    resolve_device,
+)
+from starft_pipeline.models.export import classifier_path, dataset_classifier, read_classifier
+from starft_pipeline.models.heads import ClassifierHead, split_heads
 
 ZERO_SHOT = "zero_shot"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -168,7 +175,9 @@ def _read_json(path: Path, stage: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m starft_pipeline.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m starft_pipeline.models.predict", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--model", required=True, help="a method (star, flyp, ft …), zero_shot, or an exported checkpoint file"
     )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import GroupSplit, ImageFileDataset, load_split_images
+from starft_pipeline.data.splits import GroupSplit, ImageFileDataset, load_split_images
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def split_batches(
     """A split's images in order, ``batch_size`` at a time: (uint8 images (B, 3, S, S), int64 rows (B,)).
 
     ``rows`` (default: every row) are positions into the split; the images are decoded exactly as
-    :func:`~starft_pipeline.data.load_split_images` decodes them, by ``num_workers`` DataLoader
+    :func:`~starft_pipeline.data.splits.load_split_images` decodes them, by ``num_workers`` DataLoader
     worker processes (0: in this process) that prefetch a few batches ahead; ``pin_memory`` pins the
     batches for asynchronous copies to CUDA (ignored without CUDA).
     """

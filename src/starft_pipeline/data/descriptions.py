@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .io_utils import fingerprint
-from .models import fill_template
+from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.models.clip import fill_template
 
 DescriptionTable = dict[str, dict[str, list[str]]]  # confounder type -> class name -> texts
 FORMAT_VERSION = 1

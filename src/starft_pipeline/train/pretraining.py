@@ -24,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import synthetic
-from .configs import bounded, check_crop_scale, check_device, check_fields, config_from_params
-from .data import normalise_images
-from .losses import clip_contrastive_loss
-from .models import (
+from starft_pipeline.core.configs import bounded, check_crop_scale, check_device, check_fields, config_from_params
+from starft_pipeline.data import synthetic
+from starft_pipeline.data.splits import normalise_images
+from starft_pipeline.models.clip import (
     LoadedModel,
     ModelSpec,
     create_model,
@@ -38,7 +37,15 @@ from .models import (
     resolve_device,
     zero_shot_head,
 )
-from .training import MAX_LOGIT_SCALE, adamw, batch_pixels, optimizer_step, seeded_generator, warmup_cosine
+from starft_pipeline.train.finetune import (
+    MAX_LOGIT_SCALE,
+    adamw,
+    batch_pixels,
+    optimizer_step,
+    seeded_generator,
+    warmup_cosine,
+)
+from starft_pipeline.train.losses import clip_contrastive_loss
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .configs import bounded, check_fields
+from starft_pipeline.core.configs import bounded, check_fields
 
 if TYPE_CHECKING:
     import open_clip
@@ -68,7 +68,7 @@ class ModelSpec:
 
     def identity(self) -> dict[str, str]:
         """What the model's outputs depend on: architecture and the weights' content (or tag, or seed)."""
-        from .io_utils import file_digest
+        from starft_pipeline.core.io_utils import file_digest
 
         if self.pretrained is None:
             weights = f"random-init:{self.init_seed}"
@@ -277,7 +277,7 @@ def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> None:
     """Write the model's state dict as safetensors (optionally cast, e.g. to fp16 to halve the file)."""
-    from .io_utils import atomic_path
+    from starft_pipeline.core.io_utils import atomic_path
 
     tensors = {
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .configs import config_from_params
-from .io_utils import atomic_path, fingerprint
+from starft_pipeline.core.configs import config_from_params
+from starft_pipeline.core.io_utils import atomic_path, fingerprint
 
 logger = logging.getLogger(__name__)
 

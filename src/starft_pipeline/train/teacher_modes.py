@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .augment import apply_crops, crop_boxes
-from .data import normalise_images
-from .engine import Encoders, Precision, to_device
-from .io_utils import fingerprint
-from .models import LoadedModel
-from .streaming import ImageSource, StreamedImages
-from .tensor_bundle import DamagedFileError, TensorBundle
-from .training import FinetuneConfig, StepBatch, TeacherFeatures, TeacherSource, TeacherStep
+from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
+from starft_pipeline.data.splits import normalise_images
+from starft_pipeline.data.streaming import ImageSource, StreamedImages
+from starft_pipeline.models.clip import LoadedModel
+from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.engine import Encoders, Precision, to_device
+from starft_pipeline.train.finetune import FinetuneConfig, StepBatch, TeacherFeatures, TeacherSource, TeacherStep
 
 logger = logging.getLogger(__name__)
 
