@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from helpers import PROJECT_ROOT, copy_project, kedro_env, project_parameters
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.evaluate.results import BootstrapSettings
 from starft_pipeline.hooks import parameter_paths, runtime_parameter_names
@@ -33,6 +32,7 @@ from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.finetune.nodes import RUNTIME_KEYS
 from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.pretraining import PretrainConfig
+from tests.helpers import PROJECT_ROOT, copy_project, kedro_env, project_parameters
 
 
 @pytest.fixture(scope="module")

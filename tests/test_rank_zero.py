@@ -11,9 +11,9 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
 
-from helpers import copy_project, kedro_env
 from starft_pipeline.core.distributed import launch_rank
 from starft_pipeline.hooks import RankZeroOutputsHooks, untracked_pipelines
+from tests.helpers import copy_project, kedro_env
 
 
 def _identity(value):

@@ -13,7 +13,6 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 from matplotlib.figure import Figure
 
-from helpers import PROJECT_ROOT, tiny_parameters
 from starft_pipeline.data.dataset_index import dataset_entry
 from starft_pipeline.data.metadata import DataError
 from starft_pipeline.evaluate.metrics import (
@@ -26,6 +25,7 @@ from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
 from starft_pipeline.train.finetune import METHODS
+from tests.helpers import PROJECT_ROOT, tiny_parameters
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import stage_tiny
 from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard_rows
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.streaming import split_batches
@@ -22,6 +21,7 @@ from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
 from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS
 from starft_pipeline.train.finetune import METHODS
+from tests.helpers import stage_tiny
 
 METRICS = ["avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]
 

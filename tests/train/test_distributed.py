@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine_helpers import ddp_worker, last_gradients, single_thread, tiny_model, train_tiny  # noqa: F401 (autouse)
 from starft_pipeline.core.distributed import BatchRows, DistContext, micro_batch_rows
+from tests.engine_helpers import ddp_worker, last_gradients, single_thread, tiny_model, train_tiny  # noqa: F401 (autouse)
 
 SGD_LR = 0.05
 DDP_RUNS = {

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 
 @pytest.mark.slow

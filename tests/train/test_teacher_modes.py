@@ -10,7 +10,6 @@ import pydantic
 import pytest
 import torch
 
-from engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
 from starft_pipeline.core.distributed import BatchRows
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.models.clip import encode_images, encode_texts, logit_scale
@@ -25,6 +24,7 @@ from starft_pipeline.train.finetune import (
     train_data_from_cache,
 )
 from starft_pipeline.train.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
+from tests.engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
 
 N_IMAGES = 12
 
@@ -182,7 +182,7 @@ def test_warns_about_one_class_batches():
 
 
 def test_the_loop_logs_the_warning_once_and_the_schedule(caplog):
-    from engine_helpers import train_tiny
+    from tests.engine_helpers import train_tiny
 
     with caplog.at_level(logging.INFO, logger="starft_pipeline.train.finetune"):
         train_tiny(n_images=16, epochs=1, diminishing=True)
@@ -219,8 +219,8 @@ def test_a_class_without_descriptions_is_an_error():
 @pytest.mark.slow
 def test_finetune_node_runs_each_teacher_mode(tmp_path, monkeypatch):
     """online builds the frozen teacher from the teacher stage's spec; cached_views writes its file under data/04_feature."""
-    from helpers import stage_tiny
     from starft_pipeline.pipelines.finetune.nodes import finetune_method
+    from tests.helpers import stage_tiny
 
     staged = stage_tiny(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # the views file goes to data/04_feature/teacher_views/ under the project root

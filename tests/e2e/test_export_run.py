@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from helpers import kedro_env
 from starft_pipeline.models.export import classifier_path
 from starft_pipeline.train.finetune import METHODS
+from tests.helpers import kedro_env
 
 pytestmark = pytest.mark.slow
 #: What the predict pipeline reads (besides conf/ and the package).

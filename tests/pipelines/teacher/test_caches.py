@@ -13,7 +13,6 @@ import pytest
 import torch
 from kedro.io import DataCatalog, DatasetError
 
-from helpers import stage_tiny
 from starft_pipeline.core import tensor_bundle
 from starft_pipeline.core.io_utils import atomic_path, atomic_write_json
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
@@ -25,6 +24,7 @@ from starft_pipeline.models.teacher import FeatureParts, StaleCacheError, Teache
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_finetuned
 from starft_pipeline.pipelines.finetune.nodes import finetune_method
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache, release_teacher_parts
+from tests.helpers import stage_tiny
 
 
 @pytest.fixture(scope="module")

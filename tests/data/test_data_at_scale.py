@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
 from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard_rows
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.imagenet_like import write_imagenet_like
@@ -18,6 +17,7 @@ from starft_pipeline.data.splits import load_split_images, normalise_images, rea
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.models.clip import encode_images
 from starft_pipeline.models.teacher import EncodeSettings, FeatureParts, _features_of, part_ranges, split_features
+from tests.engine_helpers import single_thread, tiny_model  # noqa: F401 (autouse)
 
 IMAGE_SIZE = 32
 

@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
+from starft_pipeline.data.splits import GroupSplit, load_split_images
+from starft_pipeline.data.streaming import StreamedImages, choose_loading, train_images
+from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
+from starft_pipeline.train.engine import Encoders, compile_towers, progress_bar
+from starft_pipeline.train.finetune import FinetuneConfig, finetune
+from tests.engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     CLASS_NAMES,
     single_thread,
     tiny_config,
@@ -18,11 +23,6 @@ from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     tiny_train_data,
     train_tiny,
 )
-from starft_pipeline.data.splits import GroupSplit, load_split_images
-from starft_pipeline.data.streaming import StreamedImages, choose_loading, train_images
-from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
-from starft_pipeline.train.engine import Encoders, compile_towers, progress_bar
-from starft_pipeline.train.finetune import FinetuneConfig, finetune
 
 
 def _weights_close(first, second, **tolerance) -> bool:

@@ -16,12 +16,10 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "llm"))
-from fake_messages_server import FakeMessagesServer, tool_reply
-
-from helpers import PROJECT_ROOT, TINY_SPECS, copy_project, kedro_env, project_parameters
 from starft_pipeline.models.clip import load_weights
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
+from tests.helpers import PROJECT_ROOT, TINY_SPECS, copy_project, kedro_env, project_parameters
+from tests.llm.fake_messages_server import FakeMessagesServer, tool_reply
 
 SENTINEL_ENV = "test-sentinel-key-9f3a"  # deliberately not shaped like a real key (sk-ant-…)
 SENTINEL_FILE = "test-sentinel-key-7c1e"

@@ -176,7 +176,7 @@ def test_pretrain_is_registered_apart_from_full():
 
 def test_the_committed_default_teacher_knows_both_concepts(caplog):
     """conf/base points the teacher at the committed weights, and they are a real zero-shot model."""
-    from helpers import PROJECT_ROOT, project_parameters
+    from tests.helpers import PROJECT_ROOT, project_parameters
 
     spec = project_parameters()["teacher"]["model"]
     assert spec["pretrained"] == "src/starft_pipeline/assets/weights/starft-tiny-vit-world.safetensors"

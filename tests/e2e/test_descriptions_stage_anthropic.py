@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "llm"))
-from fake_messages_server import SENTINEL_KEY, FakeMessagesServer
-
-from helpers import copy_project, kedro_env
+from tests.helpers import copy_project, kedro_env
+from tests.llm.fake_messages_server import SENTINEL_KEY, FakeMessagesServer
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from helpers import PROJECT_ROOT, tiny_parameters
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import dataset_split
 from starft_pipeline.data.descriptions import flatten_descriptions
@@ -20,6 +19,7 @@ from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, pre
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
 from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_from_cache
+from tests.helpers import PROJECT_ROOT, tiny_parameters
 
 
 def _yaml(relative: str):

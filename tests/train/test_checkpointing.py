@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_helpers import single_thread, tiny_config, train_tiny  # noqa: F401 (single_thread: autouse fixture)
 from starft_pipeline.train.checkpointing import (
     CHECKPOINT_FILE,
     CheckpointConfig,
     Checkpointer,
     checkpointer_from_config,
 )
+from tests.engine_helpers import single_thread, tiny_config, train_tiny  # noqa: F401 (single_thread: autouse fixture)
 
-HELPER = Path(__file__).with_name("engine_helpers.py")
+HELPER = Path(__file__).parents[1] / "engine_helpers.py"
 RESUME_RUN = {"n_images": 32, "epochs": 3}  # what engine_helpers.main runs
 
 

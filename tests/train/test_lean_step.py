@@ -8,14 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
-    CLASS_NAMES,
-    single_thread,
-    tiny_config,
-    tiny_model,
-    tiny_train_data,
-    train_tiny,
-)
 from starft_pipeline.models.clip import fill_template
 from starft_pipeline.train.augment import apply_crops, crop_boxes
 from starft_pipeline.train.engine import Encoders, encode_text_trimmed, token_lengths
@@ -25,6 +17,14 @@ from starft_pipeline.train.finetune import (
     draw_descriptions,
     sample_descriptions,
     text_table,
+)
+from tests.engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
+    CLASS_NAMES,
+    single_thread,
+    tiny_config,
+    tiny_model,
+    tiny_train_data,
+    train_tiny,
 )
 
 CPU = torch.device("cpu")

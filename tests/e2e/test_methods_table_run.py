@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import kedro_env
+from tests.helpers import kedro_env
 
 pytestmark = pytest.mark.slow
 

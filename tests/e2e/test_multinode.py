@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from helpers import copy_project, kedro_env, tiny_parameters
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.train.finetune import METHODS
+from tests.helpers import copy_project, kedro_env, tiny_parameters
 
 STAGES = "--pipelines=teacher,finetune,evaluation"
 #: The gathered gradients equal the single process's up to float rounding, but Adam divides each by

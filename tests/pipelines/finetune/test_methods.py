@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import stage_tiny
 from starft_pipeline.models.clip import ModelSpec, create_model
 from starft_pipeline.models.heads import (
     ClassifierHead,
@@ -31,6 +30,7 @@ from starft_pipeline.train.linear_probe import (
     select_linear_probe,
 )
 from starft_pipeline.train.losses import head_cross_entropy
+from tests.helpers import stage_tiny
 
 # ----------------------------------------------------------------------------- pure pieces
 

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from helpers import PROJECT_ROOT, kedro_env
+from tests.helpers import PROJECT_ROOT, kedro_env
 
 pytestmark = pytest.mark.slow
 

@@ -20,13 +20,11 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "llm"))
-from fake_messages_server import FakeMessagesServer, Reply, auto_answer
-
-from helpers import PROJECT_ROOT, tiny_parameters
 from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
+from tests.helpers import PROJECT_ROOT, tiny_parameters
+from tests.llm.fake_messages_server import FakeMessagesServer, Reply, auto_answer
 
 pytestmark = pytest.mark.slow
 WAIT_S = 240

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import copy_project, kedro_env
 from starft_pipeline.pipeline_registry import STAGES
 from starft_pipeline.pipelines.finetune.pipeline import METHODS
+from tests.helpers import copy_project, kedro_env
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_screenshot_is_not_blank(site_url: str, tmp_path: Path) -> None:
     completed = run_chromium(site_url, tmp_path / "shot-profile", f"--screenshot={shot}")
     assert completed.returncode == 0 and shot.is_file(), completed.stderr[-3000:]
     keep = os.environ.get("STARFT_VIZ_SCREENSHOT")
-    if keep:  # e.g. to look at it: STARFT_VIZ_SCREENSHOT=/tmp/viz.png pytest tests/test_viz_browser.py
+    if keep:  # e.g. to look at it: STARFT_VIZ_SCREENSHOT=/tmp/viz.png pytest tests/e2e/test_viz_browser.py
         shutil.copy(shot, keep)
     image = Image.open(shot).convert("L")
     assert image.size == (1600, 1000)
