@@ -220,19 +220,18 @@ def test_a_class_without_descriptions_is_an_error():
 def test_finetune_node_runs_each_teacher_mode(tmp_path, monkeypatch):
     """online builds the frozen teacher from the teacher stage's spec; cached_views writes its file under data/04_feature."""
     from starft_pipeline.pipelines.finetune.nodes import finetune_method
+    from starft_pipeline.pipelines.finetune.pipeline import SHARED_INPUTS
     from tests.helpers import stage_tiny
 
     staged = stage_tiny(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # the views file goes to data/04_feature/teacher_views/ under the project root
-    shared = [
-        staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
-    ]
+    shared = {name: staged[name] for name in SHARED_INPUTS}
     base = staged["params"]["star"]["finetune"] | dict(
         epochs=1, diminishing=False, batch_size=16, device="cpu", progress=False, checkpoint={"enabled": False}
     )
     regulariser = {}
     for mode in ("cached", "online", "cached_views"):
-        weights, history = finetune_method(*shared, base | {"teacher_mode": mode, "teacher_views": 2})
+        weights, history = finetune_method(base | {"teacher_mode": mode, "teacher_views": 2}, **shared)
         assert weights.metadata["config"]["teacher_mode"] == mode
         regulariser[mode] = history["regulariser"].tolist()
     assert all(min(values) > -1e-6 and max(values) > 1e-4 for values in regulariser.values()), regulariser

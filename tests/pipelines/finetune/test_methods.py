@@ -22,7 +22,7 @@ from starft_pipeline.models.heads import (
 )
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
-from starft_pipeline.pipelines.finetune.pipeline import METHODS, create_pipeline
+from starft_pipeline.pipelines.finetune.pipeline import METHODS, SHARED_INPUTS, create_pipeline
 from starft_pipeline.train.finetune import FinetuneConfig, step_losses
 from starft_pipeline.train.linear_probe import (
     LinearProbeConfig,
@@ -158,17 +158,15 @@ def staged(tmp_path_factory):
 
 
 def _shared(staged):
-    return [
-        staged[name] for name in ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
-    ]
+    return {name: staged[name] for name in SHARED_INPUTS}
 
 
 def _run_method(staged, method):
     params = staged["params"][method]["finetune"]
     if method == "lp":
-        return linear_probe_weights(fit_linear_probe(*_shared(staged), params), staged["teacher_model"], params)
-    probe = fit_linear_probe(*_shared(staged), params) if method == "lp_ft" else None
-    return finetune_method(*_shared(staged), params, probe)
+        return linear_probe_weights(fit_linear_probe(params, **_shared(staged)), staged["teacher_model"], params)
+    probe = fit_linear_probe(params, **_shared(staged)) if method == "lp_ft" else None
+    return finetune_method(params, probe, **_shared(staged))
 
 
 def _evaluate(staged, method, weights):
@@ -205,7 +203,7 @@ def test_each_method_fine_tunes_and_evaluates(staged, method):
 def test_ft_starts_from_the_zero_shot_head_and_lp_ft_from_the_probe(staged):
     # lr > 0 is a parameter rule (FinetuneConfig checks it too); 1e-12 leaves the head at its start
     ft_params = dict(staged["params"]["ft"]["finetune"], lr=1e-12)
-    weights, _ = finetune_method(*_shared(staged), ft_params)
+    weights, _ = finetune_method(ft_params, **_shared(staged))
     _, heads = split_heads(weights.tensors, weights.metadata)
     cache = staged["teacher_cache"]
     expected = float(cache.metadata["logit_scale"]) * cache.tensors["class/synthetic"]
@@ -213,15 +211,15 @@ def test_ft_starts_from_the_zero_shot_head_and_lp_ft_from_the_probe(staged):
     assert torch.allclose(heads["synthetic"].bias, torch.zeros(3), atol=1e-8)
 
     lp_ft_params = dict(staged["params"]["lp_ft"]["finetune"], lr=1e-12)
-    probe = fit_linear_probe(*_shared(staged), lp_ft_params)
-    weights, _ = finetune_method(*_shared(staged), lp_ft_params, probe)
+    probe = fit_linear_probe(lp_ft_params, **_shared(staged))
+    weights, _ = finetune_method(lp_ft_params, probe, **_shared(staged))
     _, heads = split_heads(weights.tensors, weights.metadata)
     assert torch.allclose(heads["synthetic"].weight, probe.tensors["head/synthetic/weight"], atol=1e-6)
 
 
 def test_lp_ft_without_its_probe_is_an_error(staged):
     with pytest.raises(ValueError, match="starts from the linear probe's head"):
-        finetune_method(*_shared(staged), staged["params"]["lp_ft"]["finetune"])
+        finetune_method(staged["params"]["lp_ft"]["finetune"], **_shared(staged))
 
 
 def test_learned_head_classifies_the_finetuning_set_and_zero_shot_the_others(staged, monkeypatch):

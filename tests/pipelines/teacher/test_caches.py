@@ -88,12 +88,12 @@ def test_a_stale_teacher_cache_stops_finetuning(recorded: dict[str, Any]) -> Non
         r"Rerun `kedro run --pipeline=teacher`",
     ):
         finetune_method(
-            pd.DataFrame(),
-            recorded["dataset_index"],
-            descriptions,
-            recorded["teacher_model"],
-            recorded["teacher_cache"],
             params,
+            dataset_metadata=pd.DataFrame(),
+            dataset_index=recorded["dataset_index"],
+            descriptions=descriptions,
+            teacher_model=recorded["teacher_model"],
+            teacher_cache=recorded["teacher_cache"],
         )
 
 
