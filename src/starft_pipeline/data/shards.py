@@ -24,16 +24,19 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from starft_pipeline.core.io_utils import atomic_path, fingerprint
 from starft_pipeline.data.splits import GroupSplit, load_image
-from starft_pipeline.data.streaming import PREFETCH_FACTOR, RowBatches
+from starft_pipeline.data.streaming import RowOptions, row_loader
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -188,28 +191,23 @@ def shard_batches(
     image_size: int,
     batch_size: int,
     *,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    rows: Sequence[int] | None = None,
     decode: Decode = "cpu",
     device: torch.device | None = None,
+    **options: Unpack[RowOptions],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`~starft_pipeline.data.streaming.split_batches` from the shards under ``folder``: (uint8 images,
     int64 rows) in order. ``decode="gpu"`` returns the images on ``device`` (default: the current CUDA device)."""
     decode = resolve_decode(decode)
     dataset = ShardImages(folder, split, image_size, decode)
-    batches = RowBatches(rows, len(split), batch_size)
-    if len(batches.rows) == 0:
-        return
-    loader = DataLoader(
+    loader = row_loader(
         dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available() and decode == "cpu",
-        prefetch_factor=PREFETCH_FACTOR if num_workers else None,
+        len(split),
+        batch_size,
+        options,
+        pin_memory=decode == "cpu",
         collate_fn=_keep_bytes if decode == "gpu" else None,
     )
-    for images, indices in loader:
+    for images, indices in loader or ():
         if decode == "gpu":
             images = decode_jpeg_batch(images, device or torch.device("cuda"))
         yield images, indices.to(torch.int64)

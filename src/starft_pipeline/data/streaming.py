@@ -14,14 +14,17 @@ the split. No Kedro.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from starft_pipeline.data.splits import GroupSplit, ImageFileDataset, load_split_images
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -54,36 +57,55 @@ class RowBatches:
             yield self.rows[start : start + self.batch_size].tolist()
 
 
+class RowOptions(TypedDict, total=False):
+    """How a split's rows are streamed: ``rows`` (positions into the split; default: every row, in
+    order), ``num_workers`` DataLoader worker processes that prefetch a few batches ahead (default 0:
+    in this process), ``pin_memory`` (pinned batches for asynchronous copies to CUDA; ignored without
+    CUDA; default off)."""
+
+    rows: Sequence[int] | None
+    num_workers: int
+    pin_memory: bool
+
+
 def split_batches(
-    split: GroupSplit,
-    image_size: int,
-    batch_size: int,
-    *,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    rows: Sequence[int] | None = None,
+    split: GroupSplit, image_size: int, batch_size: int, **options: Unpack[RowOptions]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A split's images in order, ``batch_size`` at a time: (uint8 images (B, 3, S, S), int64 rows (B,)).
 
-    ``rows`` (default: every row) are positions into the split; the images are decoded exactly as
-    :func:`~starft_pipeline.data.splits.load_split_images` decodes them, by ``num_workers`` DataLoader
-    worker processes (0: in this process) that prefetch a few batches ahead; ``pin_memory`` pins the
-    batches for asynchronous copies to CUDA (ignored without CUDA).
+    The images are decoded exactly as :func:`~starft_pipeline.data.splits.load_split_images` decodes
+    them; ``options`` pick the rows and the loader (:class:`RowOptions`).
     """
+    loader = row_loader(ImageFileDataset(split, image_size), len(split), batch_size, options)
+    for images, _labels, _groups, index in loader or ():
+        yield images, index.to(torch.int64)
+
+
+def row_loader(
+    dataset: Dataset,
+    n_rows: int,
+    batch_size: int,
+    options: RowOptions,
+    *,
+    pin_memory: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader | None:
+    """A DataLoader of ``dataset``'s rows (``options``) in order, ``batch_size`` at a time; None when
+    no row is asked for. ``pin_memory=False`` overrides the option (batches that stay on the CPU)."""
+    num_workers = options.get("num_workers", 0)
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    batches = RowBatches(rows, len(split), batch_size)
+    batches = RowBatches(options.get("rows"), n_rows, batch_size)
     if len(batches.rows) == 0:
-        return
-    loader = DataLoader(
-        ImageFileDataset(split, image_size),
+        return None
+    return DataLoader(
+        dataset,
         batch_sampler=batches,
         num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
+        pin_memory=pin_memory and options.get("pin_memory", False) and torch.cuda.is_available(),
         prefetch_factor=PREFETCH_FACTOR if num_workers else None,
+        collate_fn=collate_fn,
     )
-    for images, _labels, _groups, index in loader:
-        yield images, index.to(torch.int64)
 
 
 class StreamedImages:
