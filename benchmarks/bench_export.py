@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from starft_pipeline.heads import ClassifierHead, attach_head, weights_bundle
-from starft_pipeline.models import ModelSpec, create_model, state_dict_copy
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.models.clip import ModelSpec, create_model, state_dict_copy
+from starft_pipeline.models.heads import ClassifierHead, attach_head, weights_bundle
 
 ARCHITECTURE = "starft-tiny-vit"
 CLASSES = ["circle", "square", "triangle", "cross"]

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "src"))
 
-from starft_pipeline.imagenet_like import N_CLASSES, write_imagenet_like  # noqa: E402
+from starft_pipeline.data.imagenet_like import N_CLASSES, write_imagenet_like  # noqa: E402
 
 ENV = "imagenet_like"
 UNMEASURED = ("class_names", "descriptions")

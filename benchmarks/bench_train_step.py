@@ -43,11 +43,11 @@ import torch.nn.functional as F
 import yaml
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from starft_pipeline.data import normalise_images
-from starft_pipeline.descriptions import DescriptionPool, expand_pools
-from starft_pipeline.engine import peak_memory_mb, reset_peak_memory
-from starft_pipeline.models import LoadedModel, ModelSpec, create_model, encode_texts, resolve_device
-from starft_pipeline.training import (
+from starft_pipeline.data.descriptions import DescriptionPool, expand_pools
+from starft_pipeline.data.splits import normalise_images
+from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, encode_texts, resolve_device
+from starft_pipeline.train.engine import peak_memory_mb, reset_peak_memory
+from starft_pipeline.train.finetune import (
     FinetuneConfig,
     TrainData,
     TrainState,
@@ -241,9 +241,9 @@ def model_only_step(
     loaded: LoadedModel, config: FinetuneConfig, texts: Sequence[str], batch_size: int
 ) -> Callable[[], None]:
     """The stub's forward (images and the distinct texts, trimmed), loss, backward and AdamW step, nothing else."""
-    from starft_pipeline.engine import encode_text_trimmed
-    from starft_pipeline.losses import clip_contrastive_loss
-    from starft_pipeline.training import build_optimizer
+    from starft_pipeline.train.engine import encode_text_trimmed
+    from starft_pipeline.train.finetune import build_optimizer
+    from starft_pipeline.train.losses import clip_contrastive_loss
 
     model, size = loaded.model, loaded.image_size
     pixels = torch.randn(batch_size, 3, size, size)

@@ -56,19 +56,25 @@ from bench_train_step import (
     synchronise,
 )
 
-from starft_pipeline.data import GroupSplit
-from starft_pipeline.engine import compile_towers, resolve_precision
-from starft_pipeline.evaluate import EvalTask, ModelUnderTest, PassSettings, SplitToEvaluate, one_pass_predictions
-from starft_pipeline.imagenet_like import write_imagenet_like
-from starft_pipeline.models import LoadedModel, ModelSpec, create_model, resolve_device
-from starft_pipeline.shards import resolve_decode, shard_batches, write_shards
-from starft_pipeline.teacher_modes import OnlineTeacher
-from starft_pipeline.training import (
+from starft_pipeline.data.imagenet_like import write_imagenet_like
+from starft_pipeline.data.shards import resolve_decode, shard_batches, write_shards
+from starft_pipeline.data.splits import GroupSplit
+from starft_pipeline.evaluate.predictions import (
+    EvalTask,
+    ModelUnderTest,
+    PassSettings,
+    SplitToEvaluate,
+    one_pass_predictions,
+)
+from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, resolve_device
+from starft_pipeline.train.engine import compile_towers, resolve_precision
+from starft_pipeline.train.finetune import (
     FinetuneConfig,
     TrainData,
     setup_state,
     training_step,
 )
+from starft_pipeline.train.teacher_modes import OnlineTeacher
 
 IMAGE_GFLOPS, TEXT_GFLOPS, TRAINING_FACTOR = 35.1, 6.0, 3.0  # ViT-B/16 per sample forward (open_clip profile)
 TIME_BUDGET_S = 450.0  # the sections stop starting new work after this (gpu_check.sh kills at 480 s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from starft_pipeline.imagenet_like import N_CLASSES, write_imagenet_like
+from starft_pipeline.data.imagenet_like import N_CLASSES, write_imagenet_like
 
 
 def main() -> None:

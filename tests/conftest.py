@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import copy_project, kedro_env
+from tests.helpers import copy_project, kedro_env
 
 FULL_RUN_TIMEOUT_S = 3000  # a few minutes alone; much more on a CPU shared with other runs
 #: The session's `full` run trains every method for this many epochs at most (2: StarFT's

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from starft_pipeline.descriptions import DescriptionPool
-from starft_pipeline.heads import ClassifierHead
-from starft_pipeline.models import LoadedModel, ModelSpec, create_model
-from starft_pipeline.training import FinetuneConfig, TrainData
+from starft_pipeline.data.descriptions import DescriptionPool
+from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model
+from starft_pipeline.models.heads import ClassifierHead
+from starft_pipeline.train.finetune import FinetuneConfig, TrainData
 
 CLASS_NAMES = ("circle", "square", "triangle")
 BACKGROUNDS = ("grass", "water", "sand", "snow")
@@ -97,9 +97,9 @@ def train_tiny(
     (Adam's first steps are ±lr wherever the true gradient is zero, e.g. attention key biases,
     which turns float noise into lr-sized differences).
     """
-    from starft_pipeline.distributed import SINGLE_PROCESS
-    from starft_pipeline.heads import prepare_head_training
-    from starft_pipeline.training import finetune, setup_state
+    from starft_pipeline.core.distributed import SINGLE_PROCESS
+    from starft_pipeline.models.heads import prepare_head_training
+    from starft_pipeline.train.finetune import finetune, setup_state
 
     config = tiny_config(**overrides)
     loaded = tiny_model()
@@ -124,7 +124,7 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str, runs: dict[s
 
     import torch.distributed as dist
 
-    from starft_pipeline.distributed import init_from_env
+    from starft_pipeline.core.distributed import init_from_env
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
@@ -152,8 +152,8 @@ def main() -> None:
     import sys
     import time
 
-    from starft_pipeline.checkpointing import Checkpointer
-    from starft_pipeline.models import save_weights
+    from starft_pipeline.models.clip import save_weights
+    from starft_pipeline.train.checkpointing import Checkpointer
 
     checkpoint_dir, out_file = sys.argv[1], sys.argv[2]
     pause_after = int(sys.argv[3]) if len(sys.argv) > 3 else None

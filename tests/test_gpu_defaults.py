@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import PROJECT_ROOT
-from starft_pipeline.engine import Encoders, configure_tf32, resolve_precision
 from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
-from starft_pipeline.training import FinetuneConfig
+from starft_pipeline.train.engine import Encoders, configure_tf32, resolve_precision
+from starft_pipeline.train.finetune import FinetuneConfig
+from tests.helpers import PROJECT_ROOT
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 FINETUNE_METHODS = ("ft", "lp_ft", "flyp", "star", "kl")

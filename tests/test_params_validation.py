@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from helpers import PROJECT_ROOT, copy_project, kedro_env, project_parameters
+from starft_pipeline.data.metadata import DataChecks
+from starft_pipeline.evaluate.results import BootstrapSettings
 from starft_pipeline.hooks import parameter_paths, runtime_parameter_names
-from starft_pipeline.metadata import DataChecks
-from starft_pipeline.models import ModelSpec
+from starft_pipeline.models.clip import ModelSpec
 from starft_pipeline.params import (
     BLOCK_MODELS,
     BootstrapParams,
@@ -30,9 +30,9 @@ from starft_pipeline.params import (
 )
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.finetune.nodes import RUNTIME_KEYS
-from starft_pipeline.pretraining import PretrainConfig
-from starft_pipeline.results import BootstrapSettings
-from starft_pipeline.training import FinetuneConfig
+from starft_pipeline.train.finetune import FinetuneConfig
+from starft_pipeline.train.pretraining import PretrainConfig
+from tests.helpers import PROJECT_ROOT, copy_project, kedro_env, project_parameters
 
 
 @pytest.fixture(scope="module")

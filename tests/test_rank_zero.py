@@ -11,9 +11,9 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
 
-from helpers import copy_project, kedro_env
-from starft_pipeline.distributed import launch_rank
+from starft_pipeline.core.distributed import launch_rank
 from starft_pipeline.hooks import RankZeroOutputsHooks, untracked_pipelines
+from tests.helpers import copy_project, kedro_env
 
 
 def _identity(value):
@@ -65,8 +65,8 @@ def test_other_ranks_hold_tensor_bundles_by_reference_and_copy_the_rest(monkeypa
     """The teacher cache is not deep-copied into a rank's RAM on every load; a JSON output still is."""
     import torch
 
+    from starft_pipeline.core.tensor_bundle import TensorBundle
     from starft_pipeline.kedro_io import TensorBundleDataset
-    from starft_pipeline.tensor_bundle import TensorBundle
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -15,14 +15,14 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from PIL import Image
 
-from helpers import PROJECT_ROOT, stage_tiny
-from starft_pipeline.class_names import ClassNameError, names_from_folders
-from starft_pipeline.data import read_image_folder, read_image_folder_splits
-from starft_pipeline.metadata import SPLIT_CODES, DataError
-from starft_pipeline.models import ModelSpec, create_model, open_clip_with_configs
+from starft_pipeline.data.class_names import ClassNameError, names_from_folders
+from starft_pipeline.data.metadata import SPLIT_CODES, DataError
+from starft_pipeline.data.splits import read_image_folder, read_image_folder_splits
+from starft_pipeline.models.clip import ModelSpec, create_model, open_clip_with_configs
 from starft_pipeline.pipeline_registry import register_pipelines
 from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
 from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+from tests.helpers import PROJECT_ROOT, stage_tiny
 
 ENVS = ("imagenet", "waterbirds")
 

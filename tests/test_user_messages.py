@@ -16,13 +16,13 @@ import pytest
 from kedro.pipeline import Node, Pipeline
 from kedro.validation import ParameterValidationError
 
-from helpers import copy_project, kedro_env, project_parameters
 from starft_pipeline import hooks
-from starft_pipeline.class_names import ClassNameError, check_labels_named
+from starft_pipeline.data.class_names import ClassNameError, check_labels_named
 from starft_pipeline.llm import LLMSettings
 from starft_pipeline.llm.prompts import render_prompt
 from starft_pipeline.params import closest_key, parameter_errors, precondition_errors
 from starft_pipeline.pipeline_registry import register_pipelines
+from tests.helpers import PROJECT_ROOT, copy_project, kedro_env, project_parameters
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_registering_pipelines_and_checking_parameters_import_no_heavy_library()
     of start-up to every kedro command; they belong in the functions that use them."""
     script = (
         "import sys\n"
-        "from helpers import project_parameters\n"
+        "from tests.helpers import project_parameters\n"
         "from starft_pipeline.pipeline_registry import register_pipelines\n"
         "from starft_pipeline.params import parameter_errors, precondition_errors\n"
         "from starft_pipeline.hooks import parameter_paths\n"
@@ -188,8 +188,7 @@ def test_registering_pipelines_and_checking_parameters_import_no_heavy_library()
         "assert parameter_errors(params, paths, paths) == [] and precondition_errors(params, paths) == []\n"
         "print(sorted(m for m in ('open_clip', 'torchvision', 'sklearn', 'matplotlib', 'anthropic') if m in sys.modules))\n"
     )
-    tests_dir = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
     )

@@ -61,7 +61,7 @@ class ParameterValidationHooks:
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow starts a run and logs the parameters
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
-        from .params import parameter_errors, parameter_warnings, precondition_errors
+        from starft_pipeline.params import parameter_errors, parameter_warnings, precondition_errors
 
         params = catalog.load("parameters")
         run_paths = parameter_paths([pipeline])
@@ -88,11 +88,11 @@ class ParameterValidationHooks:
 def untracked_pipelines() -> list[str]:
     """``mlflow.yml``'s ``disable_tracking.pipelines``: every pipeline on a torchrun rank other than 0
     (rank 0 holds the one MLflow run), none otherwise."""
-    from .distributed import launch_rank
+    from starft_pipeline.core.distributed import launch_rank
 
     if launch_rank() == 0:
         return []
-    from .pipeline_registry import register_pipelines
+    from starft_pipeline.pipeline_registry import register_pipelines
 
     return sorted(register_pipelines())
 
@@ -110,7 +110,7 @@ class RankZeroOutputsHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
-        from .distributed import launch_rank
+        from starft_pipeline.core.distributed import launch_rank
 
         rank = launch_rank()
         if rank == 0:
@@ -126,6 +126,6 @@ class RankZeroOutputsHooks:
 
 def _memory_copy_mode(catalog: Any, name: str) -> Literal["assign"] | None:
     """``"assign"`` for an output the catalog stores as a tensor bundle (read-only consumers), else the default."""
-    from .kedro_io import TensorBundleDataset
+    from starft_pipeline.kedro_io import TensorBundleDataset
 
     return "assign" if isinstance(catalog.get(name), TensorBundleDataset) else None  # undeclared: None

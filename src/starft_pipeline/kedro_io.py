@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
-from .tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
 
 
 class TensorBundleDataset(AbstractDataset[TensorBundle, TensorBundle]):
@@ -93,7 +93,7 @@ class OptionalCSVDataset(AbstractDataset[Any, Any]):
         return pd.read_csv(self._filepath) if self._filepath.is_file() else pd.DataFrame()
 
     def save(self, data: Any) -> None:
-        from .io_utils import atomic_path
+        from starft_pipeline.core.io_utils import atomic_path
 
         with atomic_path(self._filepath) as tmp:
             data.to_csv(tmp, index=False)

@@ -5,7 +5,7 @@
 runs the upstream stages once (class_names, descriptions, teacher), then for each seed the
 `finetune` and `evaluation` pipelines in their own KedroSession with every method's
 ``<method>.finetune.seed`` overridden (the method list is
-``starft_pipeline.training.METHODS``), keeps each seed's results, and writes
+``starft_pipeline.train.finetune.METHODS``), keeps each seed's results, and writes
 ``data/08_reporting/methods_table.{csv,md}`` plus the per-seed rows ``methods_table_runs.csv``,
 logged to MLflow as one more run. Only the fine-tuning seed varies: data sets and the pretrained
 teacher are fixed, so the std measures fine-tuning noise (batch order, crops, caption and
@@ -28,8 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from .markdown import markdown_table
-from .results import mean_std_table, mlflow_metric_key
+from starft_pipeline.evaluate.markdown import markdown_table
+from starft_pipeline.evaluate.results import mean_std_table, mlflow_metric_key
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +210,8 @@ def run_seeds(
     """
     from kedro.framework.startup import bootstrap_project
 
-    from .pipelines.evaluation.nodes import collect_results
-    from .training import METHODS
+    from starft_pipeline.pipelines.evaluation.nodes import collect_results
+    from starft_pipeline.train.finetune import METHODS
 
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:

@@ -1,9 +1,9 @@
 """Typed parameters: one Pydantic model per parameters block, checked before any node runs.
 
-Blocks that a core dataclass reads (``<method>.finetune`` → :class:`~starft_pipeline.training.FinetuneConfig`,
-``teacher.model`` → :class:`~starft_pipeline.models.ModelSpec`, ``pretrain``, ``evaluation.bootstrap``,
+Blocks that a core dataclass reads (``<method>.finetune`` → :class:`~starft_pipeline.train.finetune.FinetuneConfig`,
+``teacher.model`` → :class:`~starft_pipeline.models.clip.ModelSpec`, ``pretrain``, ``evaluation.bootstrap``,
 the data checks of ``datasets.<name>``) get a model *generated from that dataclass*: its fields, types,
-defaults and the ranges and checks its fields carry (:func:`starft_pipeline.configs.bounded`), so a
+defaults and the ranges and checks its fields carry (:func:`starft_pipeline.core.configs.bounded`), so a
 field or a range added there is accepted and checked here at once, plus the dataclass's cross-field
 checks (its ``from_params`` / ``__post_init__``). Scalars are strict (``lr: "1e-4"``
 is a string, not a number: YAML 1.1 reads ``1e-4`` without a dot that way) and unknown keys are errors.
@@ -36,17 +36,17 @@ from pydantic import (
     model_validator,
 )
 
-from .checkpointing import CheckpointConfig
-from .configs import check_device, field_bounds, field_checks
-from .linear_probe import LinearProbeConfig
-from .llm import LLMSettings
-from .metadata import DataChecks
-from .metrics import CONVENTIONS
-from .models import ModelSpec
-from .pretraining import PretrainConfig
-from .results import BootstrapSettings
-from .teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
-from .training import METHODS, FinetuneConfig
+from starft_pipeline.core.configs import check_device, field_bounds, field_checks
+from starft_pipeline.data.metadata import DataChecks
+from starft_pipeline.evaluate.metrics import CONVENTIONS
+from starft_pipeline.evaluate.results import BootstrapSettings
+from starft_pipeline.llm import LLMSettings
+from starft_pipeline.models.clip import ModelSpec
+from starft_pipeline.models.teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
+from starft_pipeline.train.checkpointing import CheckpointConfig
+from starft_pipeline.train.finetune import METHODS, FinetuneConfig
+from starft_pipeline.train.linear_probe import LinearProbeConfig
+from starft_pipeline.train.pretraining import PretrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 _SCALARS = (int, float, bool, str)
@@ -178,7 +178,7 @@ class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
         return self
 
     def _check_generate(self) -> None:
-        from .synthetic import DEFAULT_SPECS, GroupShiftSpec
+        from starft_pipeline.data.synthetic import DEFAULT_SPECS, GroupShiftSpec
 
         if isinstance(self.generate, str) and self.generate not in DEFAULT_SPECS:
             raise ValueError(
@@ -532,7 +532,7 @@ def parameter_errors(
 
 def _weights_errors(path: str, block: Any) -> list[str]:
     """``<path>.pretrained: …`` when the model block's weights cannot be loaded (no model is built)."""
-    from .models import check_weights_available
+    from starft_pipeline.models.clip import check_weights_available
 
     if not isinstance(block, Mapping):
         return []

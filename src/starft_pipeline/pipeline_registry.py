@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from .pipelines import class_names, descriptions, evaluation, export, finetune, predict, pretrain, teacher
+from starft_pipeline.pipelines import (
+    class_names,
+    descriptions,
+    evaluation,
+    export,
+    finetune,
+    predict,
+    pretrain,
+    teacher,
+)
 
 STAGES = {
     "class_names": class_names,

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_messages_server import FakeMessagesServer
 
 from starft_pipeline.llm import LLMSettings
+from tests.llm.fake_messages_server import FakeMessagesServer
 
 
 @pytest.fixture(autouse=True)

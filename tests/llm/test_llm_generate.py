@@ -7,7 +7,14 @@ import logging
 from pathlib import Path
 
 import pytest
-from fake_messages_server import (
+
+from starft_pipeline.llm import (
+    DescriptionGenerationError,
+    MissingAPIKeyError,
+    generate_descriptions,
+    resolve_api_key,
+)
+from tests.llm.fake_messages_server import (
     SENTINEL_KEY,
     FakeMessagesServer,
     malformed_reply,
@@ -16,13 +23,6 @@ from fake_messages_server import (
     text_reply,
     tool_reply,
     valid_descriptions,
-)
-
-from starft_pipeline.llm import (
-    DescriptionGenerationError,
-    MissingAPIKeyError,
-    generate_descriptions,
-    resolve_api_key,
 )
 
 CLASSES = ["landbird", "waterbird"]

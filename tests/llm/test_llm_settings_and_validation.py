@@ -35,7 +35,10 @@ def test_defaults_are_usable() -> None:
 
 
 def test_unknown_key_is_named() -> None:
-    with pytest.raises(LLMSettingsError, match="api_keyy"):
+    # the message every config's from_params gives (core.configs.reject_unknown_keys), with the known keys
+    with pytest.raises(
+        LLMSettingsError, match=r"unknown descriptions\.anthropic parameter\(s\) \['api_keyy'\]; known: \[.*'base_url'"
+    ):
         LLMSettings.from_params({"api_keyy": "x"})
 
 

@@ -6,7 +6,7 @@ Entry point for the ``descriptions`` stage::
     result = generate_descriptions(class_names, settings, cache_dir, resolve_api_key(credentials))
 """
 
-from .client import (
+from starft_pipeline.llm.client import (
     DescriptionGenerationError,
     DescriptionJob,
     GenerationResult,
@@ -16,9 +16,15 @@ from .client import (
     plan_jobs,
     resolve_api_key,
 )
-from .prompts import SCHEMA_VERSION, SYSTEM_PROMPT, TOOL_NAME, sanitize_class_name, strip_control_characters
-from .settings import DEFAULT_PROMPT_TEMPLATE, LLMSettings, LLMSettingsError
-from .validation import InvalidAnswerError, extract_tool_input, validate_descriptions
+from starft_pipeline.llm.prompts import (
+    SCHEMA_VERSION,
+    SYSTEM_PROMPT,
+    TOOL_NAME,
+    sanitize_class_name,
+    strip_control_characters,
+)
+from starft_pipeline.llm.settings import DEFAULT_PROMPT_TEMPLATE, LLMSettings, LLMSettingsError
+from starft_pipeline.llm.validation import InvalidAnswerError, extract_tool_input, validate_descriptions
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_json, fingerprint
-from .prompts import SCHEMA_VERSION, SYSTEM_PROMPT, submit_tool
-from .settings import LLMSettings
-from .validation import InvalidAnswerError, validate_descriptions
+from starft_pipeline.core.io_utils import atomic_write_json, fingerprint
+from starft_pipeline.llm.prompts import SCHEMA_VERSION, SYSTEM_PROMPT, submit_tool
+from starft_pipeline.llm.settings import LLMSettings
+from starft_pipeline.llm.validation import InvalidAnswerError, validate_descriptions
 
 
 def cache_key(settings: LLMSettings, prompt: str) -> str:

@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import cache_key, load_record, write_record
-from .prompts import (
+from starft_pipeline.llm.cache import cache_key, load_record, write_record
+from starft_pipeline.llm.prompts import (
     SCHEMA_VERSION,
     SYSTEM_PROMPT,
     render_prompt,
@@ -39,8 +39,8 @@ from .prompts import (
     submit_tool,
     tool_choice,
 )
-from .settings import LLMSettings
-from .validation import InvalidAnswerError, extract_tool_input, validate_descriptions
+from starft_pipeline.llm.settings import LLMSettings
+from starft_pipeline.llm.validation import InvalidAnswerError, extract_tool_input, validate_descriptions
 
 if TYPE_CHECKING:  # the SDK is imported where requests are made: parameter checks must not pay for it
     import anthropic

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Any
 
-from .settings import LLMSettings
+from starft_pipeline.llm.settings import LLMSettings
 
 #: Bump when the request shape, the tool schema or the validation rules change: every cache key changes.
 SCHEMA_VERSION = 1

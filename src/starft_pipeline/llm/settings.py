@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from starft_pipeline.core.configs import reject_unknown_keys
+
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
 DEFAULT_CONFOUNDER_TYPES: tuple[str, ...] = ("background", "texture", "resolution")
@@ -137,9 +139,10 @@ class LLMSettings(BaseModel):
     def from_params(cls, params: Mapping[str, Any] | None) -> LLMSettings:
         """Build from a parameters dict; unknown keys and bad values raise :class:`LLMSettingsError`."""
         params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.model_fields))
-        if unknown:
-            raise LLMSettingsError(f"unknown LLM setting(s) {unknown}; allowed keys: {sorted(cls.model_fields)}")
+        try:
+            reject_unknown_keys(params, cls.model_fields, "descriptions.anthropic")
+        except ValueError as err:  # the same check and message as every config's from_params
+            raise LLMSettingsError(str(err)) from None
         try:
             return cls(**params)
         except ValidationError as err:

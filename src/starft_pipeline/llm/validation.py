@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .prompts import TOOL_NAME, strip_control_characters
+from starft_pipeline.llm.prompts import TOOL_NAME, strip_control_characters
 
 CLASS_SLOT = "{c}"
 _MAX_LISTED_PROBLEMS = 8

@@ -1,5 +1,5 @@
 """The class_names stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.class_names.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

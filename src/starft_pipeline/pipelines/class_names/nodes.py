@@ -10,11 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline import class_names as names
-from starft_pipeline import synthetic
-from starft_pipeline.data import read_image_folder_splits
-from starft_pipeline.dataset_index import dataset_entry
-from starft_pipeline.metadata import (
+from starft_pipeline.data import class_names as names
+from starft_pipeline.data import synthetic
+from starft_pipeline.data.dataset_index import dataset_entry
+from starft_pipeline.data.metadata import (
     CheckedMetadata,
     DataChecks,
     DataError,
@@ -24,6 +23,7 @@ from starft_pipeline.metadata import (
     require_split_rows,
     skipped_table,
 )
+from starft_pipeline.data.splits import read_image_folder_splits
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,11 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_dataset_index, data_quality_metrics, prepare_checked_datasets
+from starft_pipeline.pipelines.class_names.nodes import (
+    build_dataset_index,
+    data_quality_metrics,
+    prepare_checked_datasets,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:

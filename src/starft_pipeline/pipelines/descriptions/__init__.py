@@ -1,5 +1,5 @@
 """The descriptions stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.descriptions.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

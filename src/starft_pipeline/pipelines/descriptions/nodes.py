@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from starft_pipeline.dataset_index import dataset_info
-from starft_pipeline.descriptions import (
+from starft_pipeline.data.dataset_index import dataset_info
+from starft_pipeline.data.descriptions import (
     DescriptionsError,
     descriptions_document,
     expand_pools,

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import generate_descriptions
+from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,5 +1,5 @@
 """The evaluation stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.evaluation.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -9,21 +9,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from starft_pipeline.data import check_groups_present, load_split_images
-from starft_pipeline.dataset_index import dataset_info, dataset_split, eval_task
-from starft_pipeline.evaluate import SplitToEvaluate, zero_shot_predictions
-from starft_pipeline.figures import (
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import dataset_info, dataset_split, eval_task
+from starft_pipeline.data.splits import check_groups_present, load_split_images
+from starft_pipeline.evaluate.figures import (
     message_figure,
     plot_group_accuracy_comparison,
     plot_method_group_accuracy,
     plot_training_curves,
     plot_wise_ft_curves,
 )
-from starft_pipeline.heads import head_for_classes, split_heads
-from starft_pipeline.markdown import comparison_markdown
-from starft_pipeline.metrics import HEADLINE_METRIC, convention_warning
-from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.results import (
+from starft_pipeline.evaluate.markdown import comparison_markdown
+from starft_pipeline.evaluate.metrics import HEADLINE_METRIC, convention_warning
+from starft_pipeline.evaluate.predictions import SplitToEvaluate, zero_shot_predictions
+from starft_pipeline.evaluate.results import (
     CLASS_COLUMNS,
     GROUP_COLUMNS,
     METRIC_COLUMNS,
@@ -32,9 +31,10 @@ from starft_pipeline.results import (
     mlflow_metric_key,
     split_report,
 )
-from starft_pipeline.teacher import check_trained_from
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import METHODS
+from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
+from starft_pipeline.models.heads import head_for_classes, split_heads
+from starft_pipeline.models.teacher import check_trained_from
+from starft_pipeline.train.finetune import METHODS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,9 +6,7 @@ emits each model's ``<model>.evaluation``; each model's chart stays in the model
 
 from kedro.pipeline import Node, Pipeline
 
-from starft_pipeline.training import METHODS
-
-from .nodes import (
+from starft_pipeline.pipelines.evaluation.nodes import (
     ZERO_SHOT,
     check_dataset_conventions,
     collect_results,
@@ -19,8 +17,9 @@ from .nodes import (
     results_metrics,
     results_report,
 )
-from .one_pass import evaluate_models, evaluation_outputs
-from .wise_ft import WISE_FT
+from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
+from starft_pipeline.pipelines.evaluation.wise_ft import WISE_FT
+from starft_pipeline.train.finetune import METHODS
 
 SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache", "params:evaluation"]
 #: The WiSE-FT sweep's output (columns method, alpha, dataset, split, avg_acc, worst_group_acc, …).

@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from starft_pipeline.heads import ClassifierHead, zero_shot_linear_head
-from starft_pipeline.teacher import TeacherCache
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counterpart
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.models.heads import ClassifierHead, zero_shot_linear_head
+from starft_pipeline.models.teacher import TeacherCache
+from starft_pipeline.models.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counterpart
 
 logger = logging.getLogger(__name__)
 WISE_FT = "wise_ft"

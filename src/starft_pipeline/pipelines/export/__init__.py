@@ -1,5 +1,5 @@
 """The export stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.export.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -9,11 +9,11 @@ from typing import Any
 from kedro.io import DatasetError
 from kedro_mlflow.io.models import MlflowModelTrackingDataset
 
-from starft_pipeline.export import pyfunc_arguments
+from starft_pipeline.models.export import pyfunc_arguments
 
 
 class PyfuncClassifierDataset(MlflowModelTrackingDataset):
-    """kedro-mlflow's model dataset for the exported image classifier (``starft_pipeline.clip_pyfunc``).
+    """kedro-mlflow's model dataset for the exported image classifier (``starft_pipeline.models.clip_pyfunc``).
 
     ``save_args.artifacts`` names the exported ``checkpoint`` and ``classifier`` files; the node saves
     the example images (encoded bytes), and this logs the pyfunc model to the run with its signature

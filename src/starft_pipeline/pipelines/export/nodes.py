@@ -6,11 +6,11 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.dataset_index import dataset_split, eval_task
-from starft_pipeline.export import classifier_bundle, dataset_classifier, example_images, towers_checkpoint
-from starft_pipeline.heads import split_heads
-from starft_pipeline.models import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import dataset_split, eval_task
+from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
+from starft_pipeline.models.export import classifier_bundle, dataset_classifier, example_images, towers_checkpoint
+from starft_pipeline.models.heads import split_heads
 
 EXAMPLE_SPLITS = ("val", "test", "train")
 

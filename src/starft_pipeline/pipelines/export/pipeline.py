@@ -6,9 +6,8 @@ Writes ``data/06_models/open_clip/<method>.safetensors`` (loads with open_clip a
 
 from kedro.pipeline import Node, Pipeline
 
-from starft_pipeline.training import METHODS
-
-from .nodes import export_open_clip, mlflow_input_example
+from starft_pipeline.pipelines.export.nodes import export_open_clip, mlflow_input_example
+from starft_pipeline.train.finetune import METHODS
 
 SHARED_INPUTS = {"dataset_metadata", "dataset_index", "teacher_model"}
 

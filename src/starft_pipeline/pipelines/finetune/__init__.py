@@ -1,5 +1,5 @@
 """The finetune stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.finetune.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import pandas as pd
 import torch
 
-from starft_pipeline.checkpointing import CheckpointConfig, checkpointer_from_config
-from starft_pipeline.dataset_index import dataset_info, dataset_split
-from starft_pipeline.descriptions import DescriptionPool, flatten_descriptions
-from starft_pipeline.distributed import broadcast_from_main, init_from_env
-from starft_pipeline.heads import (
+from starft_pipeline.core.distributed import broadcast_from_main, init_from_env
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import dataset_info, dataset_split
+from starft_pipeline.data.descriptions import DescriptionPool, flatten_descriptions
+from starft_pipeline.data.streaming import train_images
+from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device, state_dict_copy
+from starft_pipeline.models.heads import (
     ClassifierHead,
     head_metadata,
     head_tensors,
@@ -21,13 +23,14 @@ from starft_pipeline.heads import (
     weights_bundle,
     zero_shot_linear_head,
 )
-from starft_pipeline.linear_probe import LinearProbeConfig, select_linear_probe
-from starft_pipeline.models import ModelSpec, create_model, resolve_device, state_dict_copy
-from starft_pipeline.streaming import train_images
-from starft_pipeline.teacher import TeacherCache, check_fresh, expected_fingerprint
-from starft_pipeline.teacher_modes import teacher_source
-from starft_pipeline.tensor_bundle import TensorBundle
-from starft_pipeline.training import FinetuneConfig, finetune, train_data_from_cache
+from starft_pipeline.models.teacher import TeacherCache, check_fresh, expected_fingerprint
+from starft_pipeline.train.checkpointing import CheckpointConfig, checkpointer_from_config
+from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_from_cache
+from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
+from starft_pipeline.train.teacher_modes import teacher_source
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = ("device", "linear_probe", "checkpoint")
@@ -36,19 +39,27 @@ STEP_TERMS = ("loss", "contrastive", "regulariser", "reg_weight", "cross_entropy
 EPOCH_TERMS = ("epoch_loss", "epoch_time_s", "epoch_images_per_s", "peak_memory_mb")
 
 
-def _finetune_task(
-    dataset_index: dict[str, Any],
-    descriptions: dict[str, Any],
-    teacher_model: dict[str, Any],
-    teacher_cache: TensorBundle,
-) -> tuple[str, list[str], DescriptionPool, TeacherCache]:
+class StageInputs(TypedDict):
+    """The stage's inputs that every method's fitting node reads (keyword arguments of the nodes,
+    named as the catalog's datasets; the pipeline wires them by these names)."""
+
+    dataset_metadata: pd.DataFrame
+    dataset_index: dict[str, Any]
+    descriptions: dict[str, Any]
+    teacher_model: dict[str, Any]
+    teacher_cache: TensorBundle
+
+
+def _finetune_task(inputs: StageInputs) -> tuple[str, list[str], DescriptionPool, TeacherCache]:
     """The fine-tuning data set, its class names, its description pool and the teacher cache,
     checked against the current model, prompts, descriptions and data."""
+    dataset_index = inputs["dataset_index"]
     dataset = dataset_index["finetune_dataset"]
     class_names = dataset_info(dataset_index, dataset)["class_names"]
-    pool = flatten_descriptions(descriptions, class_names)
-    cache = TeacherCache.from_bundle(teacher_cache)
-    check_fresh(cache, expected_fingerprint(ModelSpec(**teacher_model["spec"]).identity(), dataset_index, pool))
+    pool = flatten_descriptions(inputs["descriptions"], class_names)
+    cache = TeacherCache.from_bundle(inputs["teacher_cache"])
+    spec = ModelSpec(**inputs["teacher_model"]["spec"])
+    check_fresh(cache, expected_fingerprint(spec.identity(), dataset_index, pool))
     return dataset, class_names, pool, cache
 
 
@@ -67,14 +78,7 @@ def _initial_head(
     return None
 
 
-def fit_linear_probe(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    descriptions: dict[str, Any],
-    teacher_model: dict[str, Any],
-    teacher_cache: TensorBundle,
-    finetune_params: dict[str, Any],
-) -> TensorBundle:
+def fit_linear_probe(finetune_params: dict[str, Any], **inputs: Unpack[StageInputs]) -> TensorBundle:
     """LP: logistic regression on the cached teacher image features of the train split, C chosen on val.
 
     Under torchrun only rank 0 fits (scikit-learn's L-BFGS is one process; the result is the same
@@ -82,24 +86,15 @@ def fit_linear_probe(
     """
     config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
     context, _ = init_from_env(resolve_device(finetune_params.get("device", "auto")))
-    probe = (
-        _fit_probe(dataset_metadata, dataset_index, descriptions, teacher_model, teacher_cache, config)
-        if context.is_main
-        else None
-    )
+    probe = _fit_probe(inputs, config) if context.is_main else None
     return cast(TensorBundle, broadcast_from_main(probe, context))  # rank 0's probe on every rank, never None
 
 
-def _fit_probe(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    descriptions: dict[str, Any],
-    teacher_model: dict[str, Any],
-    teacher_cache: TensorBundle,
-    config: LinearProbeConfig,
-) -> TensorBundle:
-    dataset, class_names, _, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
-    train, val = (dataset_split(dataset_metadata, dataset_index, dataset, split) for split in ("train", "val"))
+def _fit_probe(inputs: StageInputs, config: LinearProbeConfig) -> TensorBundle:
+    dataset, class_names, _, cache = _finetune_task(inputs)
+    train, val = (
+        dataset_split(inputs["dataset_metadata"], inputs["dataset_index"], dataset, split) for split in ("train", "val")
+    )
     head, sweep = select_linear_probe(
         cache.image_features[f"{dataset}/train"],
         torch.tensor(train.labels),
@@ -128,28 +123,24 @@ def linear_probe_weights(
 
 
 def finetune_method(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    descriptions: dict[str, Any],
-    teacher_model: dict[str, Any],
-    teacher_cache: TensorBundle,
     finetune_params: dict[str, Any],
     linear_probe: TensorBundle | None = None,
+    **inputs: Unpack[StageInputs],
 ) -> tuple[TensorBundle, pd.DataFrame]:
     """Fine-tune the teacher's model with one method; returns its weights and loss history.
 
     FT and LP-FT train the image tower and a head (from the zero-shot or the LP head), text tower frozen.
     """
     config = FinetuneConfig.from_params(finetune_params, exclude=RUNTIME_KEYS)
-    dataset, class_names, pool, cache = _finetune_task(dataset_index, descriptions, teacher_model, teacher_cache)
-    spec = ModelSpec(**teacher_model["spec"])
+    dataset, class_names, pool, cache = _finetune_task(inputs)
+    spec = ModelSpec(**inputs["teacher_model"]["spec"])
 
     context, device = init_from_env(resolve_device(finetune_params.get("device", "auto")))
     loaded = create_model(spec, device=device)
     head = _initial_head(config, cache, dataset, class_names, linear_probe)
     if head is not None:
         prepare_head_training(loaded.model, head)
-    split = dataset_split(dataset_metadata, dataset_index, dataset, "train")
+    split = dataset_split(inputs["dataset_metadata"], inputs["dataset_index"], dataset, "train")
     data = train_data_from_cache(
         images=train_images(
             split, loaded.image_size, config.data_loading, config.memory_limit_gb, config.num_workers, config.pin_memory

@@ -7,11 +7,17 @@ towers contrastively. `kedro run --namespaces=<method>` runs one of them.
 
 from kedro.pipeline import Node, Pipeline
 
-from starft_pipeline.training import HEAD_INIT, METHODS, STEP_LOSSES
+from starft_pipeline.pipelines.finetune.nodes import (
+    StageInputs,
+    finetune_method,
+    fit_linear_probe,
+    linear_probe_weights,
+    loss_curve_metrics,
+)
+from starft_pipeline.train.finetune import HEAD_INIT, METHODS, STEP_LOSSES
 
-from .nodes import finetune_method, fit_linear_probe, linear_probe_weights, loss_curve_metrics
-
-SHARED_INPUTS = ("dataset_metadata", "dataset_index", "descriptions", "teacher_model", "teacher_cache")
+#: The datasets every method reads, passed to the fitting nodes by name (``StageInputs``).
+SHARED_INPUTS = tuple(StageInputs.__annotations__)
 
 
 #: The method whose namespace fits the linear probe; the other methods that start from it (LP-FT) read
@@ -22,14 +28,14 @@ PROBE = f"{PROBE_METHOD}.linear_probe"
 
 def _method_nodes(method: str) -> list[Node]:
     """The nodes that produce one method's ``weights`` and ``history`` (and LP's probe)."""
-    inputs = [*SHARED_INPUTS, "params:finetune"]
+    inputs = {"finetune_params": "params:finetune", **{name: name for name in SHARED_INPUTS}}
     if HEAD_INIT.get(method) != "linear_probe":
         return [Node(finetune_method, inputs, ["weights", "history"], name="finetune")]
     if method not in STEP_LOSSES:  # LP: the probe is the method
         probe = Node(fit_linear_probe, inputs, "linear_probe", name="fit_linear_probe")
         weights = ["linear_probe", "teacher_model", "params:finetune"]
         return [probe, Node(linear_probe_weights, weights, ["weights", "history"], name="linear_probe_weights")]
-    return [Node(finetune_method, [*inputs, PROBE], ["weights", "history"], name="finetune")]
+    return [Node(finetune_method, inputs | {"linear_probe": PROBE}, ["weights", "history"], name="finetune")]
 
 
 def method_pipeline(method: str) -> Pipeline:

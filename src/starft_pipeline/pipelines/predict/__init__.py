@@ -1,5 +1,5 @@
 """The predict pipeline."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.predict.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -1,4 +1,4 @@
-"""predict: a folder of images → class probabilities of one model (starft_pipeline.predict)."""
+"""predict: a folder of images → class probabilities of one model (starft_pipeline.models.predict)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.models import resolve_device
-from starft_pipeline.predict import MODELS_DIR, load_classifier, predictions
+from starft_pipeline.models.clip import resolve_device
+from starft_pipeline.models.predict import MODELS_DIR, load_classifier, predictions
 
 
 def predict_images(

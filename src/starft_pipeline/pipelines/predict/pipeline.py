@@ -6,7 +6,7 @@ data/07_model_output/predictions.csv.
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import predict_images
+from starft_pipeline.pipelines.predict.nodes import predict_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:

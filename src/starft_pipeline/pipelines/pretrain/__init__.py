@@ -1,5 +1,5 @@
 """pretrain stage: contrastive pretraining of the default model on the synthetic world."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.pretrain.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -1,4 +1,4 @@
-"""pretrain stage: thin adapters around starft_pipeline.pretraining."""
+"""pretrain stage: thin adapters around starft_pipeline.train.pretraining."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.pretraining import CONCEPTS, PretrainConfig, pretrain, stored_weights
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.train.pretraining import CONCEPTS, PretrainConfig, pretrain, stored_weights
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Not part of `full`: its output is committed, and `full` only reads it (teacher.m
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import pretrain_metrics, pretrain_world_model
+from starft_pipeline.pipelines.pretrain.nodes import pretrain_metrics, pretrain_world_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,5 +1,5 @@
 """The teacher stage."""
 
-from .pipeline import create_pipeline
+from starft_pipeline.pipelines.teacher.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

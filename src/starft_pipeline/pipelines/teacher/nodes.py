@@ -7,11 +7,12 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.dataset_index import all_splits, data_identity, dataset_info
-from starft_pipeline.descriptions import flatten_descriptions
-from starft_pipeline.distributed import init_from_env
-from starft_pipeline.models import ModelSpec, create_model, resolve_device
-from starft_pipeline.teacher import (
+from starft_pipeline.core.distributed import init_from_env
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data.dataset_index import all_splits, data_identity, dataset_info
+from starft_pipeline.data.descriptions import flatten_descriptions
+from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device
+from starft_pipeline.models.teacher import (
     DEFAULT_PART_ROWS,
     DEFAULT_WORK_DIR,
     FeatureParts,
@@ -20,7 +21,6 @@ from starft_pipeline.teacher import (
     image_features_key,
     resolve_precision,
 )
-from starft_pipeline.tensor_bundle import TensorBundle
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_teacher_cache, release_teacher_parts, teacher_fingerprint
+from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache, release_teacher_parts, teacher_fingerprint
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,0 +1,1 @@
+"""Data sets: metadata checks, readers, image decoding, streaming and shards, generated worlds. No Kedro."""

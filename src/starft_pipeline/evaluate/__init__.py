@@ -1,0 +1,1 @@
+"""Predictions and metrics on group-shift splits, result tables, Markdown and figures. No Kedro."""

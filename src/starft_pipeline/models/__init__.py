@@ -1,0 +1,1 @@
+"""open_clip models, classifier heads, the frozen teacher, WiSE-FT, export and prediction. No Kedro."""

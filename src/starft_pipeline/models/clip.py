@@ -1,0 +1,372 @@
+"""open_clip models: creation from a local file or a pretrained tag, encoding, and the zero-shot head.
+
+No Kedro here. Weights never come from the network silently: a tag that is not in the local cache
+fails in seconds with a message naming the file to provide (docs/stack-notes.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from starft_pipeline.core.configs import bounded, check_fields
+
+if TYPE_CHECKING:
+    import open_clip
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_DIR = resources.files("starft_pipeline") / "assets" / "model_configs"
+
+
+@functools.cache
+def open_clip_with_configs() -> ModuleType:
+    """open_clip with this project's model configs (``starft-tiny-vit``) registered.
+
+    Imported on first use, not with this module: open_clip pulls in torchvision and torch._dynamo,
+    seconds that every `kedro` command (registry, parameter checks) would otherwise pay.
+    """
+    import open_clip
+
+    open_clip.add_model_config(Path(str(_CONFIG_DIR)))
+    return open_clip
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to build: an open_clip architecture plus where its weights come from.
+
+    ``pretrained`` is a path to a weights file (safetensors preferred), an open_clip pretrained tag
+    such as ``"openai"`` (used only if it is already in the local cache or the network is allowed),
+    or ``None`` for random initialisation.
+    """
+
+    architecture: str
+    pretrained: str | None = None
+    allow_download: bool = False
+    cache_dir: str | None = None
+    init_seed: int = bounded(0, ge=0)  # random initialisation is deterministic too
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model ")
+
+    def identity(self) -> dict[str, str]:
+        """What the model's outputs depend on: architecture and the weights' content (or tag, or seed)."""
+        from starft_pipeline.core.io_utils import file_digest
+
+        if self.pretrained is None:
+            weights = f"random-init:{self.init_seed}"
+        elif _is_weight_file(self.pretrained) and Path(self.pretrained).is_file():
+            weights = f"sha256:{file_digest(self.pretrained)}"
+        else:
+            weights = f"tag:{self.pretrained}"
+        return {"architecture": self.architecture, "weights": weights}
+
+
+@dataclass
+class LoadedModel:
+    model: open_clip.CLIP
+    tokenizer: Any
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+
+def _is_weight_file(pretrained: str) -> bool:
+    return pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained or "/" in pretrained
+
+
+def _check_pretrained_available(spec: ModelSpec) -> None:
+    """Fail fast when weights would have to be downloaded and downloading is not allowed."""
+    pretrained = spec.pretrained
+    if pretrained is None:
+        return
+    if _is_weight_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(
+                f"model weights file {pretrained!r} does not exist. Set `model.pretrained` to an "
+                "existing .safetensors/.pt file, or to an open_clip tag that is in your local cache."
+            )
+        return
+    known = open_clip_with_configs().list_pretrained_tags_by_model(spec.architecture)
+    if pretrained not in known:
+        raise ValueError(
+            f"open_clip has no pretrained tag {pretrained!r} for {spec.architecture!r}; known tags: {known}"
+        )
+    if spec.allow_download:
+        return
+    _require_cached(spec)
+
+
+def check_weights_available(spec: ModelSpec) -> None:
+    """Raise, naming what to provide, when ``spec``'s weights cannot be loaded here; builds no model.
+
+    A weights file must exist (a safetensors file must have a readable header); a tag must be an
+    open_clip tag of the architecture and, unless ``allow_download``, be in the local cache.
+    """
+    _check_pretrained_available(spec)
+    if spec.pretrained and spec.pretrained.endswith(".safetensors"):
+        try:
+            with safe_open(spec.pretrained, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"model weights file {spec.pretrained!r} is not a readable safetensors file ({error}). "
+                "Point `model.pretrained` to a complete .safetensors file (a download may have been cut short)."
+            ) from error
+
+
+def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
+    """The Hugging Face repo and the files open_clip would fetch for ``tag`` (safetensors first); None for a URL."""
+    open_clip = open_clip_with_configs()
+    hub = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    if not filename:
+        return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def _require_cached(spec: ModelSpec) -> None:
+    """Raise at once, naming the file to provide, when a pretrained tag is not in the local cache.
+
+    Without network the hub would retry for ~45 s first (docs/stack-notes.md). huggingface_hub reads
+    ``HF_HUB_OFFLINE`` only when imported, so the cache is inspected here instead.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    if spec.pretrained is None:  # random initialisation: nothing to look for
+        return
+    open_clip = open_clip_with_configs()
+    config = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+    hub = _hub_files(spec.architecture, spec.pretrained)
+    if hub is not None:
+        repo, names = hub
+        if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=spec.cache_dir), str) for name in names):
+            return
+        source = f"https://huggingface.co/{repo}/resolve/main/{names[0]} (or {names[-1]})"
+    else:
+        url = config.get("url", "")
+        if (Path(spec.cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)).is_file():
+            return
+        source = url
+    quick_gelu = (
+        f" together with `model.architecture: {spec.architecture}-quickgelu`" if config.get("quick_gelu") else ""
+    )
+    raise FileNotFoundError(
+        f"open_clip weights {spec.architecture}/{spec.pretrained} are not in the local cache "
+        f"({spec.cache_dir or 'the default Hugging Face cache'}) and `model.allow_download` is false. "
+        f"Download {source} on a connected machine and set `model.pretrained` to the local file{quick_gelu}, "
+        "or set `model.allow_download: true`."
+    )
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Keep huggingface_hub from the network (a cached file then loads without retries)."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init_warning(active: bool) -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning when the weights come from our own file next."""
+    if not active:
+        yield
+        return
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
+    open_clip = open_clip_with_configs()
+    _check_pretrained_available(spec)
+    pretrained = spec.pretrained
+    state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
+    torch.manual_seed(spec.init_seed)
+    try:
+        with _hub_offline(not spec.allow_download), _quiet_random_init_warning(bool(state_dict_file)):
+            model = open_clip.create_model(
+                spec.architecture,
+                pretrained=None if state_dict_file else pretrained,
+                cache_dir=spec.cache_dir,
+                device=device,
+            )
+    except RuntimeError as error:
+        if pretrained and not state_dict_file:
+            raise RuntimeError(
+                f"could not load open_clip weights {spec.architecture}/{pretrained} without network: "
+                f"{error}. Download them on a connected machine and set `model.pretrained` to the "
+                "local .safetensors file, or set `model.allow_download: true`."
+            ) from error
+        raise
+    if state_dict_file:
+        load_weights(model, state_dict_file)
+        logger.info("model %s: weights loaded from %s", spec.architecture, state_dict_file)
+    visual_size = model.visual.image_size
+    image_size = visual_size[0] if isinstance(visual_size, tuple) else int(visual_size)
+    return LoadedModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(spec.architecture),
+        image_size=image_size,
+        image_mean=tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
+        image_std=tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
+    )
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a state dict from safetensors, or from a torch file with ``weights_only=True`` (no pickle code)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        state_dict = load_file(path)
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = state_dict.get("state_dict", state_dict)
+        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    load_state_dict(model, state_dict, source=path)
+
+
+def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load weights strictly, casting to the model's dtypes (weights may be stored in fp16)."""
+    reference = model.state_dict()
+    state_dict = {
+        key: value.to(reference[key].dtype) if key in reference else value for key, value in state_dict.items()
+    }
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} do(es) not fit the model: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]}. Check `model.architecture`."
+        )
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> None:
+    """Write the model's state dict as safetensors (optionally cast, e.g. to fp16 to halve the file)."""
+    from starft_pipeline.core.io_utils import atomic_path
+
+    tensors = {
+        key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+        for key, value in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+    return device
+
+
+def _batches(n: int, batch_size: int) -> range:
+    return range(0, n, batch_size)
+
+
+@torch.no_grad()
+def encode_images(
+    model: open_clip.CLIP, images: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """L2-normalised image features of preprocessed ``images`` (N, 3, H, W), returned on the CPU."""
+    model.eval()
+    chunks = [
+        F.normalize(model.encode_image(images[start : start + batch_size].to(device)).float(), dim=-1).cpu()
+        for start in _batches(len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0, model.text_projection.shape[-1])
+
+
+def encode_texts(
+    model: open_clip.CLIP,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    grad: bool = False,
+) -> torch.Tensor:
+    """L2-normalised text features of ``texts``; with ``grad`` the graph is kept (training)."""
+    with torch.set_grad_enabled(grad):
+        chunks = [
+            F.normalize(
+                model.encode_text(tokenizer(list(texts[start : start + batch_size])).to(device)).float(), dim=-1
+            )
+            for start in _batches(len(texts), batch_size)
+        ]
+    return torch.cat(chunks)
+
+
+def fill_template(template: str, class_name: str) -> str:
+    """Fill a prompt template's class slot; templates use ``{c}`` (or the OpenAI style ``{}``)."""
+    if "{c}" in template:
+        return template.replace("{c}", class_name)
+    if "{}" in template:
+        return template.replace("{}", class_name)
+    raise ValueError(f"template {template!r} has no class slot: write {{c}} where the class name goes")
+
+
+def zero_shot_head(
+    model: open_clip.CLIP,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    device: torch.device | str = "cpu",
+    grad: bool = False,
+) -> torch.Tensor:
+    """CLIP's zero-shot classifier: per class, normalise each template's embedding, average, renormalise.
+
+    Returns (n_classes, d). Built from the *current* text encoder, so it follows fine-tuning.
+    """
+    if not class_names or not templates:
+        raise ValueError("zero_shot_head needs at least one class name and one template")
+    prompts = [fill_template(template, name) for name in class_names for template in templates]
+    features = encode_texts(model, tokenizer, prompts, device=device, grad=grad)
+    per_class = features.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(per_class, dim=-1)
+
+
+def logit_scale(model: open_clip.CLIP) -> torch.Tensor:
+    """The model's (exponentiated) logit scale τ."""
+    return model.logit_scale.exp()
+
+
+def state_dict_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights, e.g. the zero-shot weights for WiSE-FT."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}

@@ -1,0 +1,1 @@
+"""Fine-tuning and pretraining: config, loop, engine, losses, teacher modes, checkpoints. No Kedro."""

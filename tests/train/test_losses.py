@@ -1,0 +1,123 @@
+"""Loss functions against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from starft_pipeline.train.losses import (
+    MASK_VALUE,
+    clip_contrastive_loss,
+    diminishing_weight,
+    same_class_mask,
+    spuriosity_alignment_loss,
+    star_regulariser,
+)
+
+
+def test_contrastive_loss_of_orthogonal_pairs():
+    # logits = I, so each row's CE is -log(e / (e + 1)) = log(1 + e^-1) = 0.313262
+    features = torch.eye(2)
+    loss = clip_contrastive_loss(features, features, torch.tensor(1.0))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+
+
+def test_contrastive_loss_is_symmetric_in_the_two_directions():
+    # image→text rows [[2, 0], [1, 1]]: CE = log(1+e^-2) and log 2; text→image columns: [2,1] and [0,1]
+    image = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 1.0]]) * torch.tensor([[1.0], [1.0]])
+    logits = 2.0 * image @ text.T  # [[2, 2], [1, 2]]
+    expected_i2t = (
+        -(logits[0, 0] - torch.logsumexp(logits[0], 0)) - (logits[1, 1] - torch.logsumexp(logits[1], 0))
+    ) / 2
+    expected_t2i = (
+        -(logits[0, 0] - torch.logsumexp(logits[:, 0], 0)) - (logits[1, 1] - torch.logsumexp(logits[:, 1], 0))
+    ) / 2
+    # by hand: rows: [2,2] → log 2 = 0.693147; [1,2] → log(1+e^-1) = 0.313262 → i2t = 0.503205
+    assert expected_i2t.item() == pytest.approx((math.log(2) + math.log(1 + math.exp(-1))) / 2, abs=1e-6)
+    loss = clip_contrastive_loss(image, text, torch.tensor(2.0))
+    assert loss.item() == pytest.approx(((expected_i2t + expected_t2i) / 2).item(), abs=1e-6)
+
+
+def test_same_class_mask_includes_the_diagonal():
+    mask = same_class_mask(torch.tensor([0, 0, 1]))
+    assert mask.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+
+
+def test_masked_kl_by_hand():
+    # labels [0, 0, 1]: rows 0 and 1 keep only column 2 (one entry → identical one-hot → KL 0);
+    # row 2 keeps columns 0, 1: p = softmax([0, ln 3]) = [1/4, 3/4], q = softmax([0, 0]) = [1/2, 1/2]
+    # KL(p‖q) = 1/4·ln(1/2) + 3/4·ln(3/2) = 0.130812; batchmean over 3 rows = 0.043604
+    teacher = torch.tensor([[5.0, 1.0, 0.3], [2.0, 7.0, -1.0], [0.0, math.log(3), 9.0]])
+    student = torch.tensor([[0.0, 4.0, 1.0], [1.0, 1.0, 2.0], [0.0, 0.0, -3.0]])
+    loss = spuriosity_alignment_loss(student, teacher, torch.tensor([0, 0, 1]))
+    expected = (0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_unmasked_kl_by_hand_and_direction():
+    # p = softmax([ln 3, 0]) = [3/4, 1/4] (teacher), q = [1/2, 1/2] (student): KL(p‖q) = 0.130812
+    teacher = torch.tensor([[math.log(3), 0.0]])
+    student = torch.tensor([[0.0, 0.0]])
+    forward = spuriosity_alignment_loss(student, teacher, None)
+    assert forward.item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), abs=1e-6)
+    # the reverse direction KL(q‖p) = 1/2 ln(2/3) + 1/2 ln 2 = 0.143841 is a different number
+    backward = spuriosity_alignment_loss(teacher, student, None)
+    assert backward.item() == pytest.approx(0.5 * math.log(2 / 3) + 0.5 * math.log(2), abs=1e-6)
+
+
+def test_single_class_batch_gives_zero():
+    logits = torch.randn(4, 4)
+    assert spuriosity_alignment_loss(logits, logits.flip(0), torch.zeros(4, dtype=torch.long)).item() == pytest.approx(
+        0.0, abs=1e-7
+    )
+
+
+def test_star_regulariser_uses_the_teacher_scale_for_both():
+    torch.manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
+    s_img, s_txt, t_img, t_txt = unit(4, 8), unit(4, 8), unit(4, 8), unit(4, 8)
+    labels = torch.tensor([0, 1, 0, 2])
+    loss = star_regulariser(s_img, s_txt, t_img, t_txt, teacher_scale=50.0, labels=labels, student_scale=10.0)
+    mask = labels[:, None] == labels[None, :]
+    s = (50.0 * s_img @ s_txt.T).masked_fill(mask, MASK_VALUE)
+    t = (50.0 * t_img @ t_txt.T).masked_fill(mask, MASK_VALUE)
+    p = torch.softmax(t, -1)
+    expected = (p * (torch.log_softmax(t, -1) - torch.log_softmax(s, -1))).sum() / 4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_kl_variant_uses_no_mask_and_the_student_scale():
+    torch.manual_seed(1)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
+    s_img, s_txt, t_img, t_txt = unit(3, 8), unit(3, 8), unit(3, 8), unit(3, 8)
+    loss = star_regulariser(s_img, s_txt, t_img, t_txt, 50.0, torch.tensor([0, 0, 0]), kind="kl", student_scale=10.0)
+    p = torch.softmax(50.0 * t_img @ t_txt.T, -1)
+    expected = (p * (p.log() - torch.log_softmax(10.0 * s_img @ s_txt.T, -1))).sum() / 3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_regulariser_gradient_reaches_both_student_towers():
+    s_img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
+    s_txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
+    t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    star_regulariser(s_img, s_txt, t, t, 30.0, torch.tensor([0, 1, 2, 3])).backward()
+    assert s_img.grad.abs().sum() > 0 and s_txt.grad.abs().sum() > 0
+
+
+def test_unknown_regulariser_kind_is_named():
+    x = torch.eye(2)
+    with pytest.raises(ValueError, match="'star' or 'kl'.*'l2'"):
+        star_regulariser(x, x, x, x, 1.0, torch.tensor([0, 1]), kind="l2")
+
+
+@pytest.mark.parametrize(("epoch", "expected"), [(0, 0.5 * 2 / 3), (1, 0.5 * 1 / 3), (2, 0.0)])
+def test_diminishing_schedule(epoch, expected):
+    # λ_e = λ(1 − (e+1)/E) with λ = 0.5, E = 3
+    assert diminishing_weight(0.5, epoch, 3) == pytest.approx(expected)
+
+
+def test_schedule_off_and_bad_epochs():
+    assert diminishing_weight(0.5, 2, 3, diminishing=False) == 0.5
+    with pytest.raises(ValueError, match="epoch must be in"):
+        diminishing_weight(0.5, 3, 3)
