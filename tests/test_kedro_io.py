@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from kedro.io import DatasetError
 
-from helpers import PROJECT_ROOT
-from starft_pipeline.figures import message_figure
+from starft_pipeline.evaluate.figures import message_figure
 from starft_pipeline.kedro_io import FigureDataset
+from tests.helpers import PROJECT_ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +75,7 @@ BUILD_THE_CATALOG = textwrap.dedent(
     names = [name for name, _ in catalog.items()] + ["star.group_accuracy_plot"]  # what kedro-mlflow builds, and a figure
     figure_types = sorted({type(catalog.get(name)).__name__ for name in names if name.endswith("_plot")})
     matplotlib_at_start_up = "matplotlib" in sys.modules
-    from starft_pipeline.figures import message_figure
+    from starft_pipeline.evaluate.figures import message_figure
 
     catalog.get("star.group_accuracy_plot")._logging_activated = False  # no MLflow run here
     catalog.save("star.group_accuracy_plot", message_figure("saved through the project's catalog"))

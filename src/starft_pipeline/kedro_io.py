@@ -124,7 +124,7 @@ class FigureDataset(AbstractDataset[Any, Any]):
         raise DatasetError(f"{self._filepath}: a figure file is written by the pipeline, not read back")
 
     def save(self, data: Any) -> None:
-        from .io_utils import atomic_path
+        from starft_pipeline.core.io_utils import atomic_path
 
         with atomic_path(self._filepath) as tmp:  # tmp's suffix is .tmp: the format is passed explicitly
             data.savefig(tmp, **self._save_args)
