@@ -16,7 +16,17 @@ PACKAGE = "starft_pipeline"
 SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: The Kedro application around the library: settings, hooks, the registry, the parameter models,
 #: dataset classes, the pipelines and the command-line entry points that drive Kedro sessions.
-APP_MODULES = ("__main__", "settings", "hooks", "pipeline_registry", "params", "kedro_io", "methods_table", "pipelines")
+APP_MODULES = (
+    "__main__",
+    "settings",
+    "hooks",
+    "pipeline_registry",
+    "params",
+    "kedro_io",
+    "methods_table",
+    "study",
+    "pipelines",
+)
 KEDRO_PACKAGES = ("kedro", "kedro_datasets", "kedro_mlflow", "kedro_viz")
 
 
