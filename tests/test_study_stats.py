@@ -165,7 +165,8 @@ def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
         "confounder_types": ["bg", "texture"],
         "seed": 3,
     }
-    assert params["evaluation"] == {"models": ["kl"], "wise_ft": {"methods": []}}
+    assert params["evaluation"] == {"models": ["kl"], "zero_shot": True, "wise_ft": {"methods": []}}
+    assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
     assert jobs[1].node_names() == ["kl.finetune", "kl.log_loss_curve", "evaluation.evaluate_models"]
     assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
 

@@ -80,10 +80,12 @@ class Job:
     def node_names(self) -> list[str]:
         return [f"{self.method}.finetune", f"{self.method}.log_loss_curve", "evaluation.evaluate_models"]
 
-    def runtime_params(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+    def runtime_params(self, extra: Mapping[str, Any], zero_shot: bool = True) -> dict[str, Any]:
+        """``extra``, the cell's finetune overrides and seed, and an evaluation of this model alone
+        (plus zero-shot when ``zero_shot``: it does not depend on the seed, so a study needs it once)."""
         own = {
             self.method: {"finetune": {**self.finetune, "seed": self.seed}},
-            "evaluation": {"models": [self.method], **LEAN_EVALUATION},
+            "evaluation": {"models": [self.method], "zero_shot": zero_shot, **LEAN_EVALUATION},
         }
         return merged(extra, own)
 
@@ -158,13 +160,19 @@ def _tag_last_run(study: str, job: Job, rows: pd.DataFrame, wall_s: float) -> st
     return run_id
 
 
-def run_job(job: Job, project_path: Path, env: str | None, extra: Mapping[str, Any], catalog: Any) -> pd.DataFrame:
-    """Train and evaluate one cell × seed; its rows (``cell``, ``seed``, ``split``, accuracies) plus zero-shot's."""
-    with kedro_session(project_path, env, job.runtime_params(extra)) as session:
+def run_job(
+    job: Job, project_path: Path, env: str | None, extra: Mapping[str, Any], catalog: Any, zero_shot: bool
+) -> pd.DataFrame:
+    """Train and evaluate one cell × seed; its rows (``cell``, ``seed``, ``split``, accuracies), plus
+    zero-shot's when ``zero_shot``."""
+    with kedro_session(project_path, env, job.runtime_params(extra, zero_shot)) as session:
         run_pipelines(session, ["finetune", "evaluation"], node_names=job.node_names())
-    rows = evaluated_rows(catalog, [job.method], job.seed).assign(cell=job.cell)
-    zero_shot = evaluated_rows(catalog, [ZERO_SHOT], job.seed).assign(cell=ZERO_SHOT)
-    return pd.concat([rows, zero_shot], ignore_index=True).assign(settings_key=job.key)
+    models = [job.method, ZERO_SHOT] if zero_shot else [job.method]
+    rows = [
+        evaluated_rows(catalog, [model], job.seed).assign(cell=job.cell if model == job.method else model)
+        for model in models
+    ]
+    return pd.concat(rows, ignore_index=True).assign(settings_key=job.key)
 
 
 def _eta(times: Sequence[float], left: int) -> str:
@@ -203,11 +211,10 @@ def run_study(
     started, times = time.perf_counter(), []
     for i, job in enumerate(todo, start=1):
         run_started = time.perf_counter()
-        rows = run_job(job, project_path, env, extra, catalog)
+        need_zero_shot = not (read_runs(path)["cell"] == ZERO_SHOT).any()
+        rows = run_job(job, project_path, env, extra, catalog, need_zero_shot)
         wall_s = time.perf_counter() - run_started
-        keep_zero_shot = not (read_runs(path)["cell"] == ZERO_SHOT).any()
-        rows = rows[(rows["cell"] != ZERO_SHOT) | keep_zero_shot].assign(wall_s=wall_s)
-        append_runs(path, rows)
+        append_runs(path, rows.assign(wall_s=wall_s))
         _tag_last_run(name, job, rows[rows["cell"] == job.cell], wall_s)
         times.append(wall_s)
         logger.info(
