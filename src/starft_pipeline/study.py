@@ -316,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     project_path = args.project_path.resolve()
     try:
-        grid = load_grid(args.grid or grid_path(project_path, args.env))
+        path = (args.grid or grid_path(project_path, args.env)).resolve()
+        grid = load_grid(path, str(path.relative_to(project_path)) if path.is_relative_to(project_path) else None)
         grid = grid.subset(args.cells) if args.cells else grid
         extra = parse_overrides(args.params)
     except (ValueError, FileNotFoundError) as error:

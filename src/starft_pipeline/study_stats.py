@@ -158,7 +158,8 @@ def parse_grid(raw: Any, source: str = "<grid>") -> StudyGrid:
     )
 
 
-def load_grid(path: str | Path) -> StudyGrid:
+def load_grid(path: str | Path, source: str | None = None) -> StudyGrid:
+    """The grid in ``path``; errors and reports name it as ``source`` (default: the path)."""
     import yaml
 
     path = Path(path)
@@ -166,7 +167,7 @@ def load_grid(path: str | Path) -> StudyGrid:
         raise FileNotFoundError(
             f"study grid {path} does not exist (the runner reads conf/<env>/study.yml, else conf/base/study.yml)"
         )
-    return parse_grid(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    return parse_grid(yaml.safe_load(path.read_text(encoding="utf-8")), source or str(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +332,7 @@ def display_table(table: pd.DataFrame, reference: str = "flyp") -> pd.DataFrame:
             "metric": table["metric"],
             "cell": table["cell"],
             "n_seeds": table["n_seeds"],
+            "zero-shot (%)": table["zero_shot"].map(_points),
             f"{reference} (%)": table["reference_mean"].map(_points),
             "cell (%)": table["cell_mean"].map(_points),
             f"cell − {reference} (points) [CI]": [
@@ -392,15 +394,15 @@ def plot_recovered(table: pd.DataFrame, metrics: Sequence[str] = ("worst_group_a
     fig = _new_figure((max(6.0, 0.55 * len(cells) + 2), 3.2 * max(1, len(splits))))
     axes = fig.subplots(max(1, len(splits)), 1, squeeze=False)[:, 0]
     x = np.arange(len(cells), dtype=float)
-    width = 0.8 / len(metrics)
     for ax, split in zip(axes, splits, strict=False):
         for i, metric in enumerate(metrics):
             part = test[(test["split"] == split) & (test["metric"] == metric)].set_index("cell").reindex(cells)
             mean = part["recovered"].to_numpy(dtype=float)
             low = mean - part["recovered_ci_low"].to_numpy(dtype=float)
             high = part["recovered_ci_high"].to_numpy(dtype=float) - mean
-            offset = x - 0.4 + width * (i + 0.5)
+            offset = x + 0.2 * (i - (len(metrics) - 1) / 2)  # the metrics side by side at each cell
             ax.errorbar(offset, mean, yerr=[low, high], fmt="o", color=colors[metric], capsize=3, label=metric)
+        ax.set_xlim(-0.6, len(cells) - 0.4)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(split)
