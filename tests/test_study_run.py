@@ -95,7 +95,10 @@ def test_every_run_and_the_table_are_tagged_mlflow_runs(study_project):
     assert (
         star_1.data.params["star.finetune.seed"] == "1" and star_1.data.params["star.finetune.diminishing"] == "False"
     )
-    assert "star_tiny.waterbirds_like.test.worst_group_acc" in star_1.data.metrics
+    assert {"star_tiny.waterbirds_like.test.worst_group_acc", "star.train.loss", "study.wall_s"} <= set(
+        star_1.data.metrics
+    )
+    assert len(client.get_metric_history(star_1.info.run_id, "star.train.loss")) > 1  # the curve, every step
     table = next(r for r in runs if r.data.tags["study.cell"] == "table")  # the newest: both goes write the table
     artifacts = {a.path for a in client.list_artifacts(table.info.run_id, "tiny")}
     assert {"tiny/tiny_table.csv", "tiny/tiny_table.md", "tiny/tiny_recovered.png"} <= artifacts

@@ -167,7 +167,7 @@ def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
     }
     assert params["evaluation"] == {"models": ["kl"], "zero_shot": True, "wise_ft": {"methods": []}}
     assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
-    assert jobs[1].node_names() == ["kl.finetune", "kl.log_loss_curve", "evaluation.evaluate_models"]
+    assert jobs[1].node_names() == ["kl.finetune", "evaluation.evaluate_models"]
     assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
 
 
@@ -196,3 +196,16 @@ def test_the_grid_file_follows_the_environment(tmp_path):
     (tmp_path / "conf" / "mini" / "study.yml").write_text("study: {}")
     assert grid_path(tmp_path, "mini") == tmp_path / "conf" / "mini" / "study.yml"
     assert grid_path(tmp_path, None) == tmp_path / "conf" / "base" / "study.yml"
+
+
+def test_a_runs_metrics_hold_its_loss_curves_and_accuracies():
+    from starft_pipeline.study import run_metrics, study_jobs
+
+    job = study_jobs(_grid(), [0], ["bg"], {})[1]
+    history = pd.DataFrame(
+        {"method": "kl", "step": [1, 2], "epoch": [0, 0], "loss": [3.5, 3.4], "contrastive": [3.4, 3.3]}
+    )
+    rows = pd.DataFrame([{"split": "toy/val", "worst_group_acc": 0.5, "avg_acc": 0.75}])
+    metrics = run_metrics(job, rows, history, 12.5)
+    assert ("kl.train.loss", 3.4, 2) in metrics and ("kl.train.contrastive", 3.5 - 0.1, 1) in metrics
+    assert ("c.toy.val.worst_group_acc", 0.5, 0) in metrics and ("study.wall_s", 12.5, 0) in metrics

@@ -78,7 +78,9 @@ class Job:
     key: str  # fingerprint of the settings: a resumed row must come from the same settings
 
     def node_names(self) -> list[str]:
-        return [f"{self.method}.finetune", f"{self.method}.log_loss_curve", "evaluation.evaluate_models"]
+        """Fine-tuning and the one-pass evaluation. Not ``<method>.log_loss_curve``: it logs one MLflow
+        metric per call (seconds per run, more with many steps); :func:`_record_run` batches them."""
+        return [f"{self.method}.finetune", "evaluation.evaluate_models"]
 
     def runtime_params(self, extra: Mapping[str, Any], zero_shot: bool = True) -> dict[str, Any]:
         """``extra``, the cell's finetune overrides and seed, and an evaluation of this model alone
@@ -140,23 +142,36 @@ def done_keys(runs: pd.DataFrame, jobs: Sequence[Job], path: Path) -> set[tuple[
 # --------------------------------------------------------------------------------------------
 
 
-def _tag_last_run(study: str, job: Job, rows: pd.DataFrame, wall_s: float) -> str:
-    """Name and tag the MLflow run kedro-mlflow just closed; log the run's accuracies and wall time."""
+def run_metrics(job: Job, rows: pd.DataFrame, history: pd.DataFrame, wall_s: float) -> list[tuple[str, float, int]]:
+    """(key, value, step) of one run: its loss curves (the ``log_loss_curve`` node's keys), wall time
+    and accuracies (``<cell>.<dataset>.<split>.<metric>``)."""
+    from .pipelines.finetune.nodes import loss_curve_metrics
+
+    curves = loss_curve_metrics(history).items()
+    out = [(key, float(p["value"]), int(p["step"])) for key, points in curves for p in points]
+    out.append(("study.wall_s", wall_s, 0))
+    for row in rows.to_dict("records"):
+        for metric in STUDY_METRICS:
+            if metric in row and pd.notna(row[metric]):
+                out.append((mlflow_metric_key(job.cell, str(row["split"]), metric), float(row[metric]), 0))
+    return out
+
+
+def _record_run(study: str, job: Job, metrics: Sequence[tuple[str, float, int]]) -> str:
+    """Name and tag the MLflow run kedro-mlflow just closed and log ``metrics`` in batches."""
     import mlflow
+    from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
     run = mlflow.last_active_run()
     if run is None:
         return ""
-    client, run_id = MlflowClient(), run.info.run_id
-    client.set_tag(run_id, "mlflow.runName", f"{study}/{job.cell}/seed{job.seed}")
-    for tag, value in {"study": study, "study.cell": job.cell, "study.seed": job.seed}.items():
-        client.set_tag(run_id, tag, str(value))
-    client.log_metric(run_id, "study.wall_s", wall_s)
-    for row in rows.to_dict("records"):
-        for metric in STUDY_METRICS:
-            if metric in row and pd.notna(row[metric]):
-                client.log_metric(run_id, mlflow_metric_key(job.cell, str(row["split"]), metric), float(row[metric]))
+    client, run_id, now = MlflowClient(), run.info.run_id, int(time.time() * 1000)
+    tags = {"mlflow.runName": f"{study}/{job.cell}/seed{job.seed}", "study": study, "study.cell": job.cell}
+    entities = [Metric(key, float(value), now, int(step)) for key, value, step in metrics]
+    for start in range(0, max(len(entities), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+        batch_tags = [RunTag(k, v) for k, v in (tags | {"study.seed": str(job.seed)}).items()] if start == 0 else []
+        client.log_batch(run_id, metrics=entities[start : start + 1000], tags=batch_tags)
     return run_id
 
 
@@ -202,6 +217,11 @@ def run_study(
     with kedro_session(project_path, env, extra) as session:
         context = session.load_context()  # also points MLflow at the project's tracking URI
         params, catalog = context.params, context.catalog
+    if grid.selection.split is None and "val" not in params["evaluation"]["splits"]:
+        raise ValueError(
+            f"evaluation.splits is {params['evaluation']['splits']}: the study selects its setting on validation "
+            "splits only, so they must include `val` (or set `selection.split` in the grid file)"
+        )
     all_pools = params["descriptions"]["confounder_types"]
     jobs = study_jobs(grid, seeds, all_pools, extra)
     path = project_path / REPORT_DIR / f"{name}_runs.csv"
@@ -215,7 +235,8 @@ def run_study(
         rows = run_job(job, project_path, env, extra, catalog, need_zero_shot)
         wall_s = time.perf_counter() - run_started
         append_runs(path, rows.assign(wall_s=wall_s))
-        _tag_last_run(name, job, rows[rows["cell"] == job.cell], wall_s)
+        own = rows[rows["cell"] == job.cell]
+        _record_run(name, job, run_metrics(job, own, catalog.load(f"{job.method}.history"), wall_s))
         times.append(wall_s)
         logger.info(
             "study %s: %s seed %d done in %.0f s (%d/%d; elapsed %.1f min, ETA %s)",
