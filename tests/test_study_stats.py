@@ -169,6 +169,7 @@ def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
     assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
     assert jobs[1].node_names() == ["kl.finetune", "evaluation.evaluate_models"]
     assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
+    assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {}, upstream="another teacher or data")[0].key
 
 
 def test_the_rows_file_resumes_and_refuses_rows_of_other_settings(tmp_path):

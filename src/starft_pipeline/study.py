@@ -92,14 +92,19 @@ class Job:
         return merged(extra, own)
 
 
-def study_jobs(grid: StudyGrid, seeds: Sequence[int], all_pools: Sequence[str], extra: Mapping[str, Any]) -> list[Job]:
-    """Seed by seed: the reference, then every cell (so a partial study has complete seeds first)."""
+def study_jobs(
+    grid: StudyGrid, seeds: Sequence[int], all_pools: Sequence[str], extra: Mapping[str, Any], upstream: str = ""
+) -> list[Job]:
+    """Seed by seed: the reference, then every cell (so a partial study has complete seeds first).
+
+    A job's key covers its settings, ``extra`` and ``upstream`` (the teacher cache's fingerprint:
+    weights, prompts, descriptions, data), so rows of another environment are never taken for its own."""
     cells = [Cell(grid.reference, grid.reference), *grid.cells]
     jobs = []
     for seed in seeds:
         for cell in cells:
             finetune = cell.finetune_params(all_pools)
-            key = fingerprint(cell.method, finetune, dict(extra))
+            key = fingerprint(cell.method, finetune, dict(extra), upstream)
             jobs.append(Job(cell.name, cell.method, seed, finetune, key))
     return jobs
 
@@ -130,7 +135,8 @@ def done_keys(runs: pd.DataFrame, jobs: Sequence[Job], path: Path) -> set[tuple[
             continue
         if wanted[(cell, int(seed))] != key:
             raise ValueError(
-                f"{path}: cell {cell!r} seed {seed} was run with other settings (the grid or --params changed). "
+                f"{path}: cell {cell!r} seed {seed} was run with other settings (the grid, --params, the environment "
+                "or the upstream stages' outputs changed). "
                 "Use another --name for the new settings, or delete that file to start over."
             )
         done.add((cell, int(seed)))
@@ -223,7 +229,7 @@ def run_study(
             "splits only, so they must include `val` (or set `selection.split` in the grid file)"
         )
     all_pools = params["descriptions"]["confounder_types"]
-    jobs = study_jobs(grid, seeds, all_pools, extra)
+    jobs = study_jobs(grid, seeds, all_pools, extra, str(catalog.load("teacher_model")["fingerprint"]))
     path = project_path / REPORT_DIR / f"{name}_runs.csv"
     done = done_keys(read_runs(path), jobs, path)
     todo = [job for job in jobs if (job.cell, job.seed) not in done]
