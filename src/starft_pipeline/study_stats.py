@@ -364,7 +364,7 @@ def study_markdown(
         f"# Study `{header['name']}`",
         "",
         f"`{header['command']}` — grid `{grid.source}`, seeds {list(header['seeds'])}, "
-        f"{header['runs']} runs, wall time {header['wall_s'] / 60:.1f} min.",
+        f"{header['runs']} runs, this invocation's wall time {header['wall_s'] / 60:.1f} min (runs already in the rows file are not rerun).",
         "",
         f"Paired by seed: cell − {reference}, mean over seeds with a {grid.confidence:.0%} t-interval (n − 1 dof). "
         f"Recovered = (cell − {reference}) / (zero-shot − {reference}): the paired interval divided by the mean "
