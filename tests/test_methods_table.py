@@ -150,7 +150,7 @@ def test_params_merge_into_the_seed_overrides_key_by_key():
 
 def test_each_session_run_leaves_no_mlflow_run_open(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    from starft_pipeline.methods_table import _run
+    from starft_pipeline.methods_table import run_pipelines
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)  # restored after the test
@@ -165,7 +165,7 @@ def test_each_session_run_leaves_no_mlflow_run_open(tmp_path, monkeypatch):
             self.run_id = run_id
 
     session = NestingSession()
-    _run(session, ["finetune", "evaluation"])
+    run_pipelines(session, ["finetune", "evaluation"])
     assert mlflow.active_run() is None
     assert mlflow.get_run(session.run_id).info.status == "FINISHED"
 
@@ -176,6 +176,6 @@ def test_each_session_run_leaves_no_mlflow_run_open(tmp_path, monkeypatch):
 
     failing = FailingSession()
     with pytest.raises(RuntimeError, match="node failed"):
-        _run(failing, ["finetune"])
+        run_pipelines(failing, ["finetune"])
     assert mlflow.active_run() is None
     assert mlflow.get_run(failing.run_id).info.status == "FAILED"

@@ -170,14 +170,19 @@ def table_metrics(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -
 # --------------------------------------------------------------------------------------------
 
 
-def _session(project_path: Path, env: str | None, runtime_params: dict[str, Any] | None = None):
+def kedro_session(project_path: Path, env: str | None, runtime_params: dict[str, Any] | None = None):
     from kedro.framework.session import KedroSession
 
     return KedroSession.create(project_path=project_path, env=env, runtime_params=runtime_params)
 
 
-def _run(session: Any, pipeline_names: Sequence[str], namespaces: Sequence[str] | None = None) -> None:
-    """``session.run``, then close every MLflow run left on the stack.
+def run_pipelines(
+    session: Any,
+    pipeline_names: Sequence[str],
+    namespaces: Sequence[str] | None = None,
+    node_names: Sequence[str] | None = None,
+) -> None:
+    """``session.run`` (of ``node_names`` only, when given), then close every MLflow run left on the stack.
 
     kedro-mlflow re-enters its run at each node (``start_run(run_id=…, nested=True)``) and ends it
     once after the pipeline, so in a long-lived process the run stays active and the next
@@ -186,12 +191,21 @@ def _run(session: Any, pipeline_names: Sequence[str], namespaces: Sequence[str] 
     import mlflow
 
     status = "FAILED"
+    only = {"node_names": list(node_names)} if node_names else {}
     try:
-        session.run(pipeline_names=list(pipeline_names), namespaces=list(namespaces) if namespaces else None)
+        session.run(pipeline_names=list(pipeline_names), namespaces=list(namespaces) if namespaces else None, **only)
         status = "FINISHED"
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run(status)
+
+
+def evaluated_rows(catalog: Any, methods: Sequence[str], seed: int) -> pd.DataFrame:
+    """``methods``' rows of the last evaluation (their ``<method>.evaluation`` outputs) for ``seed``."""
+    from .pipelines.evaluation.nodes import collect_results
+
+    results, groups, _ = collect_results(*(catalog.load(f"{method}.evaluation") for method in methods))
+    return seed_rows(results, groups, catalog.load("dataset_index"), seed)
 
 
 def run_seeds(
@@ -219,9 +233,9 @@ def run_seeds(
 
     bootstrap_project(project_path)
     if run_upstream:
-        with _session(project_path, env, dict(extra_params or {})) as session:
-            _run(session, UPSTREAM_PIPELINES)
-    with _session(project_path, env, dict(extra_params or {})) as session:
+        with kedro_session(project_path, env, dict(extra_params or {})) as session:
+            run_pipelines(session, UPSTREAM_PIPELINES)
+    with kedro_session(project_path, env, dict(extra_params or {})) as session:
         params = session.load_context().params
     runs, times = [], {}
     for seed in seeds:
@@ -230,14 +244,14 @@ def run_seeds(
         if methods:  # the one-pass evaluation node (namespace `evaluation`) evaluates just these
             overrides = merged(overrides, {"evaluation": {"models": list(methods)}})
         logger.info("methods table: seed %d, runtime parameters %s", seed, overrides)
-        with _session(project_path, env, overrides) as session:
-            _run(session, SEED_PIPELINES, [*methods, "evaluation"] if methods else None)
+        with kedro_session(project_path, env, overrides) as session:
+            run_pipelines(session, SEED_PIPELINES, [*methods, "evaluation"] if methods else None)
             catalog = session.load_context().catalog
             if methods:
-                results, groups, _ = collect_results(*(catalog.load(f"{method}.evaluation") for method in methods))
+                runs.append(evaluated_rows(catalog, methods, seed))
             else:
                 results, groups = catalog.load("results"), catalog.load("group_results")
-            runs.append(seed_rows(results, groups, catalog.load("dataset_index"), seed))
+                runs.append(seed_rows(results, groups, catalog.load("dataset_index"), seed))
         times[seed] = time.perf_counter() - started
         logger.info("methods table: seed %d done in %.0f s", seed, times[seed])
     return pd.concat(runs, ignore_index=True), times
@@ -266,7 +280,7 @@ def log_to_mlflow(
     """One MLflow run holding the table's means and stds and the files; tracking set up by kedro-mlflow."""
     import mlflow
 
-    with _session(project_path, env) as session:
+    with kedro_session(project_path, env) as session:
         session.load_context()  # kedro-mlflow's hook points mlflow at conf's tracking URI and experiment
     with mlflow.start_run(run_name=summary["name"]) as run:
         mlflow.log_params({"seeds": " ".join(map(str, summary["seeds"])), "command": summary["command"][:250]})

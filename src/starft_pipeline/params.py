@@ -304,6 +304,7 @@ class EvaluationParams(BaseModel):
     wise_ft: WiseFtParams = Field(default_factory=WiseFtParams)
     allow_empty_groups: Annotated[bool, Strict()] = False
     models: list[MethodName] | None = None  # fine-tuned methods to evaluate (None: every method)
+    zero_shot: Annotated[bool, Strict()] = True  # false: leave the zero-shot model out of this run
     batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
 

@@ -137,6 +137,13 @@ def test_a_subset_evaluates_only_the_selected_models(staged, tmp_path) -> None:
     assert outputs["wise_ft_curve"].empty and not outputs["wise_ft.evaluation"]
 
 
+def test_without_zero_shot_the_selected_models_results_are_unchanged(staged, one_pass, tmp_path) -> None:
+    evaluation = {**staged["evaluation"], "models": ["flyp"], "zero_shot": False}
+    outputs = _run(staged, evaluation, _weights({**staged, "weights": {"flyp": staged["weights"]["flyp"]}}, tmp_path))
+    assert not outputs["zero_shot.evaluation"]["results"]
+    assert outputs["flyp.evaluation"] == one_pass["flyp.evaluation"]
+
+
 def test_missing_weights_name_the_file_and_the_command(staged, tmp_path) -> None:
     evaluation = {**staged["evaluation"], "models": ["flyp", "star", "kl"]}
     with pytest.raises(FileNotFoundError) as error:

@@ -95,7 +95,8 @@ def evaluate_models(
 
     context, device = init_from_env(resolve_device(evaluation.get("device", "auto")))
     base = create_model(ModelSpec(**teacher_model["spec"]), device=device)
-    entries = [ModelUnderTest(ZERO_SHOT, base.model, {}, tuple(splits))]
+    # evaluation.zero_shot: false leaves the zero-shot model out (a study evaluates it once, not every run)
+    entries = [ModelUnderTest(ZERO_SHOT, base.model, {}, tuple(splits))] if evaluation.get("zero_shot", True) else []
     entries += [_model_from(base, bundle, method, tuple(splits)) for method, bundle in selected.items()]
     if settings["methods"]:
         zero_shot_state, heads = state_dict_copy(base.model), zero_shot_heads(teacher_cache, dataset_index)
@@ -125,7 +126,7 @@ def evaluate_models(
     rows = {entry.key: rows_of(entry) for entry in entries}
     curve, chosen = wise_outputs(settings, rows, splits)
     per_method = [rows.get(method, EMPTY_EVALUATION) for method in METHODS]
-    return (rows[ZERO_SHOT], *per_method, chosen, curve)
+    return (rows.get(ZERO_SHOT, EMPTY_EVALUATION), *per_method, chosen, curve)
 
 
 def evaluation_outputs() -> list[str]:

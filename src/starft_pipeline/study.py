@@ -1,0 +1,379 @@
+"""The pre-registered study: FLYP against StarFT settings over seeds, with paired statistics.
+
+    python -m starft_pipeline.study --env miniature --seeds 0 1 2 3 4 [--cells NAME ...] [--name study]
+
+reads the grid (``conf/<env>/study.yml``, else ``conf/base/study.yml``; docs/study.md), runs
+``class_names``, ``descriptions`` and ``teacher`` once (``--skip-upstream`` reuses them), then for each
+seed the reference (FLYP) once and every cell: the cell's ``finetune`` node with its overrides and the
+one-pass evaluation of that model alone (``evaluation.models``), in one Python process, each run its own
+MLflow run (tagged ``study``, ``cell``, ``seed``). Each finished cell × seed is appended atomically to
+``data/08_reporting/<name>_runs.csv``; a rerun skips what is there, so an interrupted study resumes.
+Then it writes ``<name>_table.{csv,md}``, ``<name>_recovered.png`` and ``<name>.json`` and logs them
+as one more MLflow run. The statistics are in :mod:`starft_pipeline.study_stats` (no Kedro).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .io_utils import atomic_path, atomic_write_json, fingerprint
+from .methods_table import (
+    REPORT_DIR,
+    UPSTREAM_PIPELINES,
+    evaluated_rows,
+    kedro_session,
+    merged,
+    parse_overrides,
+    run_pipelines,
+)
+from .results import mlflow_metric_key
+from .study_stats import (
+    STUDY_METRICS,
+    ZERO_SHOT,
+    Cell,
+    StudyGrid,
+    default_selection_split,
+    load_grid,
+    paired_table,
+    plot_recovered,
+    select_cell,
+    selection_rule,
+    study_markdown,
+)
+
+# Not __name__: under `python -m` that is __main__, which conf/logging.yml does not show.
+logger = logging.getLogger("starft_pipeline.study")
+
+GRID_FILE = "study.yml"
+#: A study run evaluates one model: no WiSE-FT sweep (the one-pass node would add every α).
+LEAN_EVALUATION: dict[str, Any] = {"wise_ft": {"methods": []}}
+
+
+def grid_path(project_path: Path, env: str | None) -> Path:
+    """``conf/<env>/study.yml`` when the environment has one, else ``conf/base/study.yml``."""
+    if env:
+        own = project_path / "conf" / env / GRID_FILE
+        if own.is_file():
+            return own
+    return project_path / "conf" / "base" / GRID_FILE
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell × seed: ``cell`` is the reference's name for the reference run."""
+
+    cell: str
+    method: str
+    seed: int
+    finetune: Mapping[str, Any]
+    key: str  # fingerprint of the settings: a resumed row must come from the same settings
+
+    def node_names(self) -> list[str]:
+        """Fine-tuning and the one-pass evaluation. Not ``<method>.log_loss_curve``: it logs one MLflow
+        metric per call (seconds per run, more with many steps); :func:`_record_run` batches them."""
+        return [f"{self.method}.finetune", "evaluation.evaluate_models"]
+
+    def runtime_params(self, extra: Mapping[str, Any], zero_shot: bool = True) -> dict[str, Any]:
+        """``extra``, the cell's finetune overrides and seed, and an evaluation of this model alone
+        (plus zero-shot when ``zero_shot``: it does not depend on the seed, so a study needs it once)."""
+        own = {
+            self.method: {"finetune": {**self.finetune, "seed": self.seed}},
+            "evaluation": {"models": [self.method], "zero_shot": zero_shot, **LEAN_EVALUATION},
+        }
+        return merged(extra, own)
+
+
+def study_jobs(
+    grid: StudyGrid, seeds: Sequence[int], all_pools: Sequence[str], extra: Mapping[str, Any], upstream: str = ""
+) -> list[Job]:
+    """Seed by seed: the reference, then every cell (so a partial study has complete seeds first).
+
+    A job's key covers its settings, ``extra`` and ``upstream`` (the teacher cache's fingerprint:
+    weights, prompts, descriptions, data), so rows of another environment are never taken for its own."""
+    cells = [Cell(grid.reference, grid.reference), *grid.cells]
+    jobs = []
+    for seed in seeds:
+        for cell in cells:
+            finetune = cell.finetune_params(all_pools)
+            key = fingerprint(cell.method, finetune, dict(extra), upstream)
+            jobs.append(Job(cell.name, cell.method, seed, finetune, key))
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------
+# The per-run rows file (resumable)
+# --------------------------------------------------------------------------------------------
+
+
+def read_runs(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["cell", "seed", "split", "settings_key"])
+
+
+def append_runs(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` appended to the file, which is replaced atomically (a crash leaves the previous file)."""
+    runs = pd.concat([frame for frame in (read_runs(path), rows) if not frame.empty], ignore_index=True)
+    with atomic_path(path) as tmp:
+        runs.to_csv(tmp, index=False)
+    return runs
+
+
+def done_keys(runs: pd.DataFrame, jobs: Sequence[Job], path: Path) -> set[tuple[str, int]]:
+    """The (cell, seed) pairs already in ``runs``; a row from other settings under a cell's name is an error."""
+    wanted = {(job.cell, job.seed): job.key for job in jobs}
+    done = set()
+    for cell, seed, key in runs[["cell", "seed", "settings_key"]].drop_duplicates().itertuples(index=False):
+        if (cell, int(seed)) not in wanted:
+            continue
+        if wanted[(cell, int(seed))] != key:
+            raise ValueError(
+                f"{path}: cell {cell!r} seed {seed} was run with other settings (the grid, --params, the environment "
+                "or the upstream stages' outputs changed). "
+                "Use another --name for the new settings, or delete that file to start over."
+            )
+        done.add((cell, int(seed)))
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# Driving Kedro
+# --------------------------------------------------------------------------------------------
+
+
+def run_metrics(job: Job, rows: pd.DataFrame, history: pd.DataFrame, wall_s: float) -> list[tuple[str, float, int]]:
+    """(key, value, step) of one run: its loss curves (the ``log_loss_curve`` node's keys), wall time
+    and accuracies (``<cell>.<dataset>.<split>.<metric>``)."""
+    from .pipelines.finetune.nodes import loss_curve_metrics
+
+    curves = loss_curve_metrics(history).items()
+    out = [(key, float(p["value"]), int(p["step"])) for key, points in curves for p in points]
+    out.append(("study.wall_s", wall_s, 0))
+    for row in rows.to_dict("records"):
+        for metric in STUDY_METRICS:
+            if metric in row and pd.notna(row[metric]):
+                out.append((mlflow_metric_key(job.cell, str(row["split"]), metric), float(row[metric]), 0))
+    return out
+
+
+def _record_run(study: str, job: Job, metrics: Sequence[tuple[str, float, int]]) -> str:
+    """Name and tag the MLflow run kedro-mlflow just closed and log ``metrics`` in batches."""
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.last_active_run()
+    if run is None:
+        return ""
+    client, run_id, now = MlflowClient(), run.info.run_id, int(time.time() * 1000)
+    tags = {"mlflow.runName": f"{study}/{job.cell}/seed{job.seed}", "study": study, "study.cell": job.cell}
+    entities = [Metric(key, float(value), now, int(step)) for key, value, step in metrics]
+    for start in range(0, max(len(entities), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+        batch_tags = [RunTag(k, v) for k, v in (tags | {"study.seed": str(job.seed)}).items()] if start == 0 else []
+        client.log_batch(run_id, metrics=entities[start : start + 1000], tags=batch_tags)
+    return run_id
+
+
+def run_job(
+    job: Job, project_path: Path, env: str | None, extra: Mapping[str, Any], catalog: Any, zero_shot: bool
+) -> pd.DataFrame:
+    """Train and evaluate one cell × seed; its rows (``cell``, ``seed``, ``split``, accuracies), plus
+    zero-shot's when ``zero_shot``."""
+    with kedro_session(project_path, env, job.runtime_params(extra, zero_shot)) as session:
+        run_pipelines(session, ["finetune", "evaluation"], node_names=job.node_names())
+    models = [job.method, ZERO_SHOT] if zero_shot else [job.method]
+    rows = [
+        evaluated_rows(catalog, [model], job.seed).assign(cell=job.cell if model == job.method else model)
+        for model in models
+    ]
+    return pd.concat(rows, ignore_index=True).assign(settings_key=job.key)
+
+
+def _eta(times: Sequence[float], left: int) -> str:
+    if not times:
+        return "?"
+    return f"{sum(times) / len(times) * left / 60:.1f} min"
+
+
+def run_study(
+    grid: StudyGrid,
+    seeds: Sequence[int],
+    project_path: Path,
+    env: str | None,
+    name: str,
+    run_upstream: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """Every job not yet in ``<name>_runs.csv``; returns the file's rows for this grid and seeds, and the
+    fine-tuning data set's name (the others are transfer tasks)."""
+    from kedro.framework.startup import bootstrap_project
+
+    extra = dict(extra or {})
+    bootstrap_project(project_path)
+    if run_upstream:
+        with kedro_session(project_path, env, extra) as session:
+            run_pipelines(session, UPSTREAM_PIPELINES)
+    with kedro_session(project_path, env, extra) as session:
+        context = session.load_context()  # also points MLflow at the project's tracking URI
+        params, catalog = context.params, context.catalog
+    if grid.selection.split is None and "val" not in params["evaluation"]["splits"]:
+        raise ValueError(
+            f"evaluation.splits is {params['evaluation']['splits']}: the study selects its setting on validation "
+            "splits only, so they must include `val` (or set `selection.split` in the grid file)"
+        )
+    all_pools = params["descriptions"]["confounder_types"]
+    jobs = study_jobs(grid, seeds, all_pools, extra, str(catalog.load("teacher_model")["fingerprint"]))
+    path = project_path / REPORT_DIR / f"{name}_runs.csv"
+    done = done_keys(read_runs(path), jobs, path)
+    todo = [job for job in jobs if (job.cell, job.seed) not in done]
+    logger.info("study %s: %d runs, %d already in %s, %d to go", name, len(jobs), len(done), path, len(todo))
+    started, times = time.perf_counter(), []
+    for i, job in enumerate(todo, start=1):
+        run_started = time.perf_counter()
+        need_zero_shot = not (read_runs(path)["cell"] == ZERO_SHOT).any()
+        rows = run_job(job, project_path, env, extra, catalog, need_zero_shot)
+        wall_s = time.perf_counter() - run_started
+        append_runs(path, rows.assign(wall_s=wall_s))
+        own = rows[rows["cell"] == job.cell]
+        _record_run(name, job, run_metrics(job, own, catalog.load(f"{job.method}.history"), wall_s))
+        times.append(wall_s)
+        logger.info(
+            "study %s: %s seed %d done in %.0f s (%d/%d; elapsed %.1f min, ETA %s)",
+            name,
+            job.cell,
+            job.seed,
+            wall_s,
+            i,
+            len(todo),
+            (time.perf_counter() - started) / 60,
+            _eta(times, len(todo) - i),
+        )
+    runs = read_runs(path)
+    wanted = {job.cell for job in jobs}
+    ours = runs[(runs["cell"] == ZERO_SHOT) | (runs["cell"].isin(wanted) & runs["seed"].isin(list(seeds)))]
+    return ours, str(catalog.load("dataset_index")["finetune_dataset"])
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    runs: pd.DataFrame, grid: StudyGrid, finetune_dataset: str, summary: dict[str, Any], folder: Path
+) -> tuple[list[Path], pd.DataFrame]:
+    """``<name>_table.{csv,md}``, ``<name>_recovered.png`` and ``<name>.json``; returns the paths and the table."""
+    name = summary["name"]
+    table = paired_table(runs, [cell.name for cell in grid.cells], grid.reference, confidence=grid.confidence)
+    split = grid.selection.split or default_selection_split(list(runs["split"]), finetune_dataset)
+    chosen = select_cell(table, split, grid.selection.metric, grid.selection.tie_break)
+    summary |= {"selection": {"split": split, "rule": selection_rule(grid.selection, split), "chosen": chosen}}
+    paths = [folder / f"{name}_table.csv", folder / f"{name}_table.md", folder / f"{name}_recovered.png"]
+    with atomic_path(paths[0]) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(study_markdown(table, grid, split, chosen, summary), encoding="utf-8")
+    with atomic_path(paths[2]) as tmp:
+        plot_recovered(table).savefig(tmp, format="png")
+    atomic_write_json(folder / f"{name}.json", summary)
+    return [*paths, folder / f"{name}.json", folder / f"{name}_runs.csv"], table
+
+
+def table_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``<cell>.<dataset>.<split>.<metric>_{diff,diff_ci_low,diff_ci_high,recovered}`` for MLflow."""
+    columns = {
+        "diff_mean": "diff",
+        "diff_ci_low": "diff_ci_low",
+        "diff_ci_high": "diff_ci_high",
+        "recovered": "recovered",
+    }
+    out = {}
+    for row in table.to_dict("records"):
+        for column, suffix in columns.items():
+            if pd.notna(row[column]):
+                out[mlflow_metric_key(row["cell"], str(row["split"]), f"{row['metric']}_{suffix}")] = float(row[column])
+    return out
+
+
+def log_table_run(table: pd.DataFrame, paths: Sequence[Path], summary: Mapping[str, Any]) -> str:
+    """The table as one MLflow run (tracking already pointed at the project by the sessions)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=summary["name"]) as run:
+        mlflow.set_tags({"study": summary["name"], "study.cell": "table"})
+        mlflow.log_params(
+            {
+                "seeds": " ".join(map(str, summary["seeds"])),
+                "cells": " ".join(summary["cells"])[:500],
+                "grid": summary["grid"],
+                "selected": summary["selection"]["chosen"],
+            }
+        )
+        mlflow.log_metrics(table_metrics(table) | {"wall_s": float(summary["wall_s"])})
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path=summary["name"])
+        return run.info.run_id
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--env", default=None, help="Kedro configuration environment (its study.yml, if any)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default: the grid's)")
+    parser.add_argument("--cells", nargs="+", default=None, help="run only these cells of the grid (default: all)")
+    parser.add_argument("--name", default="study", help="stem of the files in data/08_reporting/ (default study)")
+    parser.add_argument(
+        "--grid", type=Path, default=None, help="the grid file (default conf/<env>/study.yml or conf/base/)"
+    )
+    parser.add_argument("--project-path", type=Path, default=Path.cwd(), help="Kedro project root (default: cwd)")
+    parser.add_argument("--skip-upstream", action="store_true", help="reuse cached class_names/descriptions/teacher")
+    parser.add_argument(
+        "--params",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime parameters for every run (e.g. star.finetune.epochs=5)",
+    )
+    args = parser.parse_args(argv)
+    project_path = args.project_path.resolve()
+    try:
+        path = (args.grid or grid_path(project_path, args.env)).resolve()
+        grid = load_grid(path, str(path.relative_to(project_path)) if path.is_relative_to(project_path) else None)
+        grid = grid.subset(args.cells) if args.cells else grid
+        extra = parse_overrides(args.params)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    seeds = list(args.seeds or grid.seeds)
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        parser.error(f"--seeds must be distinct non-negative integers: {seeds}")
+    command = " ".join(["python -m starft_pipeline.study", *(argv if argv is not None else sys.argv[1:])])
+    started = time.perf_counter()
+    runs, finetune_dataset = run_study(grid, seeds, project_path, args.env, args.name, not args.skip_upstream, extra)
+    wall_s = time.perf_counter() - started
+    run_walls = runs[runs["cell"] != ZERO_SHOT].drop_duplicates(["cell", "seed"])["wall_s"]
+    summary = {
+        "name": args.name,
+        "command": command,
+        "grid": str(grid.source),
+        "seeds": seeds,
+        "cells": [cell.name for cell in grid.cells],
+        "reference": grid.reference,
+        "params": extra,
+        "runs": len(run_walls),
+        "wall_s": round(wall_s, 1),
+        "run_wall_s_mean": round(float(run_walls.mean()), 1),
+    }
+    paths, table = write_outputs(runs, grid, finetune_dataset, summary, project_path / REPORT_DIR)
+    run_id = log_table_run(table, paths, summary)
+    logger.info("study %s: %s (MLflow run %s), %.1f min", args.name, paths[1], run_id, wall_s / 60)
+    print(paths[1].read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The study's grid file and its paired statistics, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from starft_pipeline.study_stats import (
+    default_selection_split,
+    load_grid,
+    paired_table,
+    parse_grid,
+    recovered_fraction,
+    select_cell,
+    study_markdown,
+    t_interval,
+    t_quantile,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _runs() -> pd.DataFrame:
+    """FLYP at 0.80 on every seed, zero-shot 0.90; cell `a` +1, +2, +3 points, cell `b` −1 point on toy/val."""
+    rows = [{"cell": "zero_shot", "seed": 0, "split": "toy/val", "worst_group_acc": 0.90, "avg_acc": 0.95}]
+    for seed, (a, b) in enumerate([(0.81, 0.79), (0.82, 0.79), (0.83, 0.79)]):
+        rows += [
+            {"cell": "flyp", "seed": seed, "split": "toy/val", "worst_group_acc": 0.80, "avg_acc": 0.90},
+            {"cell": "a", "seed": seed, "split": "toy/val", "worst_group_acc": a, "avg_acc": 0.90},
+            {"cell": "b", "seed": seed, "split": "toy/val", "worst_group_acc": b, "avg_acc": 0.91},
+        ]
+    return pd.DataFrame(rows)
+
+
+def test_t_quantile_matches_the_table():
+    assert t_quantile(2) == pytest.approx(4.303, abs=5e-4)
+    assert t_quantile(4) == pytest.approx(2.776, abs=5e-4)
+
+
+def test_t_interval_of_three_paired_differences():
+    mean, low, high = t_interval([0.01, 0.02, 0.03])
+    half = 4.3027 * 0.01 / math.sqrt(3)  # sd 0.01, n 3
+    assert mean == pytest.approx(0.02)
+    assert (low, high) == (pytest.approx(0.02 - half, abs=1e-5), pytest.approx(0.02 + half, abs=1e-5))
+    assert math.isnan(t_interval([0.5])[1])  # one seed: no interval
+
+
+def test_paired_table_by_hand():
+    table = paired_table(_runs(), ["a", "b"], "flyp", metrics=["worst_group_acc"])
+    a = table.set_index("cell").loc["a"]
+    half = 4.3027 * 0.01 / math.sqrt(3)
+    assert a["n_seeds"] == 3 and a["reference_mean"] == pytest.approx(0.80) and a["cell_mean"] == pytest.approx(0.82)
+    assert a["diff_mean"] == pytest.approx(0.02)
+    assert a["diff_ci_low"] == pytest.approx(0.02 - half, abs=1e-5)
+    # erosion 0.90 − 0.80 = 0.10: recovered 0.2, its interval the paired one over 0.10
+    assert a["recovered"] == pytest.approx(0.2)
+    assert a["recovered_ci_high"] == pytest.approx((0.02 + half) / 0.10, abs=1e-4)
+    b = table.set_index("cell").loc["b"]
+    assert b["diff_mean"] == pytest.approx(-0.01) and b["diff_ci_low"] == pytest.approx(-0.01)  # no spread
+
+
+def test_pairs_only_seeds_both_have():
+    runs = _runs()
+    runs = runs[~((runs["cell"] == "a") & (runs["seed"] == 2))]
+    a = paired_table(runs, ["a"], metrics=["worst_group_acc"]).iloc[0]
+    assert a["n_seeds"] == 2 and a["diff_mean"] == pytest.approx(0.015)
+
+
+def test_recovered_fraction_is_nan_with_a_note_without_erosion():
+    *values, note = recovered_fraction((0.02, 0.0, 0.04), zero_shot=0.80, reference_mean=0.85)
+    assert all(math.isnan(v) for v in values) and "no erosion" in note and "-5.0" in note
+
+
+def test_selection_uses_validation_and_breaks_ties_by_average():
+    table = paired_table(_runs(), ["a", "b"], "flyp")
+    assert select_cell(table, "toy/val") == "a"
+    tied = _runs().assign(worst_group_acc=0.80)  # every worst-group difference 0: b's +1 average point wins
+    assert select_cell(paired_table(tied, ["a", "b"], "flyp"), "toy/val") == "b"
+    with pytest.raises(ValueError, match="never on test"):
+        select_cell(table, "toy/test")
+
+
+def test_default_selection_split_is_the_transfer_tasks_val():
+    splits = ["synthetic/val", "synthetic/test", "waterbirds_like/val", "waterbirds_like/test"]
+    assert default_selection_split(splits, "synthetic") == "waterbirds_like/val"
+    assert default_selection_split(splits[:2], "synthetic") == "synthetic/val"
+
+
+def test_markdown_names_the_selected_cell_and_its_test_rows():
+    runs = _runs()
+    runs = pd.concat([runs, runs.assign(split="toy/test")], ignore_index=True)
+    table = paired_table(runs, ["a", "b"], "flyp")
+    grid = parse_grid({"study": {"cells": {"a": {"method": "star"}, "b": {"method": "kl"}}}})
+    header = {"name": "s", "command": "python -m starft_pipeline.study", "seeds": [0, 1, 2], "runs": 9, "wall_s": 60}
+    text = study_markdown(table, grid, "toy/val", "a", header)
+    assert "Selected: `a`" in text and "### toy/test" in text
+    assert "+2.0 [-0.5, +4.5]" in text and "+0.20 [-0.05, +0.45]" in text
+
+
+def test_the_committed_grid_is_the_pre_registered_one():
+    grid = load_grid(ROOT / "conf" / "base" / "study.yml")
+    assert grid.reference == "flyp" and grid.seeds == (0, 1, 2, 3, 4)
+    cells = {cell.name: cell for cell in grid.cells}
+    assert len(cells) == 12
+    lambdas = {(c.overrides["diminishing"], c.overrides["reg_weight"]) for c in cells.values() if "online_bg" in c.name}
+    assert lambdas == {(d, w) for d in (True, False) for w in (0.5, 1.0, 2.0, 5.0)}
+    assert cells["star_online_all_dim_0.5"].finetune_params(["x", "y"])["confounder_types"] == ["x", "y"]
+    assert cells["kl_online_bg_dim_0.5"].method == "kl"
+    assert grid.subset(["kl_online_bg_dim_0.5"]).cells == (cells["kl_online_bg_dim_0.5"],)
+    with pytest.raises(ValueError, match="nope"):
+        grid.subset(["nope"])
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ({"method": "flyp"}, "unknown method namespace 'flyp'"),
+        ({"method": "star", "reg_wieght": 2}, r"unknown key\(s\) \['reg_wieght'\]"),
+        ({"method": "star", "seed": 3}, "runner sets the seed"),
+        ({"method": "star", "confounder_types": "some"}, "non-empty list or `all`"),
+        ({"reg_weight": 2}, "expected a mapping with `method`"),
+    ],
+)
+def test_a_bad_cell_is_named_with_the_file(tmp_path, cell, message):
+    path = tmp_path / "study.yml"
+    path.write_text(yaml.safe_dump({"study": {"cells": {"bad_cell": cell}}}))
+    with pytest.raises(ValueError, match=message) as error:
+        load_grid(path)
+    assert str(path) in str(error.value) and "'bad_cell'" in str(error.value)
+
+
+def test_unknown_grid_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['seed'\] under `study`"):
+        parse_grid({"study": {"seed": [0], "cells": {"a": {"method": "star"}}}}, "g.yml")
+    with pytest.raises(ValueError, match="`seeds` has duplicates"):
+        parse_grid({"study": {"seeds": [0, 0], "cells": {"a": {"method": "star"}}}}, "g.yml")
+    with pytest.raises(FileNotFoundError, match="missing.yml"):
+        load_grid(tmp_path / "missing.yml")
+
+
+# --------------------------------------------------------------------------------------------
+# The runner's pure parts: jobs, runtime parameters, the resumable rows file
+# --------------------------------------------------------------------------------------------
+
+
+def _grid():
+    return parse_grid(
+        {"study": {"cells": {"c": {"method": "kl", "reg_weight": 2.0, "confounder_types": "all"}}}}, "g.yml"
+    )
+
+
+def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
+    from starft_pipeline.study import study_jobs
+
+    jobs = study_jobs(_grid(), [3, 4], ["bg", "texture"], {})
+    assert [(job.cell, job.seed) for job in jobs] == [("flyp", 3), ("c", 3), ("flyp", 4), ("c", 4)]
+    params = jobs[1].runtime_params({"kl": {"finetune": {"epochs": 1}}})
+    assert params["kl"]["finetune"] == {
+        "epochs": 1,
+        "reg_weight": 2.0,
+        "confounder_types": ["bg", "texture"],
+        "seed": 3,
+    }
+    assert params["evaluation"] == {"models": ["kl"], "zero_shot": True, "wise_ft": {"methods": []}}
+    assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
+    assert jobs[1].node_names() == ["kl.finetune", "evaluation.evaluate_models"]
+    assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
+    assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {}, upstream="another teacher or data")[0].key
+
+
+def test_the_rows_file_resumes_and_refuses_rows_of_other_settings(tmp_path):
+    from starft_pipeline.study import append_runs, done_keys, read_runs, study_jobs
+
+    path = tmp_path / "s_runs.csv"
+    jobs = study_jobs(_grid(), [0, 1], ["bg"], {})
+    assert done_keys(read_runs(path), jobs, path) == set()
+    row = {"split": "toy/val", "worst_group_acc": 0.5}
+    append_runs(path, pd.DataFrame([{**row, "cell": "flyp", "seed": 0, "settings_key": jobs[0].key}]))
+    append_runs(path, pd.DataFrame([{**row, "cell": "c", "seed": 0, "settings_key": jobs[1].key}]))
+    assert done_keys(read_runs(path), jobs, path) == {("flyp", 0), ("c", 0)}
+    assert len(read_runs(path)) == 2 and not list(tmp_path.glob(".*.tmp"))  # no temporary file left
+    changed = study_jobs(_grid(), [0, 1], ["bg", "texture"], {})  # `all` now means another pool list
+    with pytest.raises(ValueError, match="cell 'c' seed 0 was run with other settings"):
+        done_keys(read_runs(path), changed, path)
+
+
+def test_the_grid_file_follows_the_environment(tmp_path):
+    from starft_pipeline.study import grid_path
+
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "mini").mkdir()
+    assert grid_path(tmp_path, "mini") == tmp_path / "conf" / "base" / "study.yml"
+    (tmp_path / "conf" / "mini" / "study.yml").write_text("study: {}")
+    assert grid_path(tmp_path, "mini") == tmp_path / "conf" / "mini" / "study.yml"
+    assert grid_path(tmp_path, None) == tmp_path / "conf" / "base" / "study.yml"
+
+
+def test_a_runs_metrics_hold_its_loss_curves_and_accuracies():
+    from starft_pipeline.study import run_metrics, study_jobs
+
+    job = study_jobs(_grid(), [0], ["bg"], {})[1]
+    history = pd.DataFrame(
+        {"method": "kl", "step": [1, 2], "epoch": [0, 0], "loss": [3.5, 3.4], "contrastive": [3.4, 3.3]}
+    )
+    rows = pd.DataFrame([{"split": "toy/val", "worst_group_acc": 0.5, "avg_acc": 0.75}])
+    metrics = run_metrics(job, rows, history, 12.5)
+    assert ("kl.train.loss", 3.4, 2) in metrics and ("kl.train.contrastive", 3.5 - 0.1, 1) in metrics
+    assert ("c.toy.val.worst_group_acc", 0.5, 0) in metrics and ("study.wall_s", 12.5, 0) in metrics
