@@ -19,7 +19,17 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: The Kedro application around the library: settings, hooks, the registry, the parameter models,
 #: dataset classes, the pipelines and the command-line entry points that drive Kedro sessions. Every
 #: top-level module of the package belongs to it.
-APP_MODULES = ("__main__", "settings", "hooks", "pipeline_registry", "params", "kedro_io", "methods_table", "study", "pipelines")
+APP_MODULES = (
+    "__main__",
+    "settings",
+    "hooks",
+    "pipeline_registry",
+    "params",
+    "kedro_io",
+    "methods_table",
+    "study",
+    "pipelines",
+)
 #: The Kedro-free library: these subpackages (``core`` holds what every area shares).
 LIBRARY_PACKAGES = ("core", "data", "models", "train", "evaluate", "llm")
 KEDRO_PACKAGES = ("kedro", "kedro_datasets", "kedro_mlflow", "kedro_viz")

@@ -202,7 +202,7 @@ def run_pipelines(
 
 def evaluated_rows(catalog: Any, methods: Sequence[str], seed: int) -> pd.DataFrame:
     """``methods``' rows of the last evaluation (their ``<method>.evaluation`` outputs) for ``seed``."""
-    from .pipelines.evaluation.nodes import collect_results
+    from starft_pipeline.pipelines.evaluation.nodes import collect_results
 
     results, groups, _ = collect_results(*(catalog.load(f"{method}.evaluation") for method in methods))
     return seed_rows(results, groups, catalog.load("dataset_index"), seed)
@@ -224,7 +224,6 @@ def run_seeds(
     """
     from kedro.framework.startup import bootstrap_project
 
-    from starft_pipeline.pipelines.evaluation.nodes import collect_results
     from starft_pipeline.train.finetune import METHODS
 
     unknown = sorted(set(methods or ()) - set(METHODS))

@@ -9,7 +9,7 @@ one-pass evaluation of that model alone (``evaluation.models``), in one Python p
 MLflow run (tagged ``study``, ``cell``, ``seed``). Each finished cell × seed is appended atomically to
 ``data/08_reporting/<name>_runs.csv``; a rerun skips what is there, so an interrupted study resumes.
 Then it writes ``<name>_table.{csv,md}``, ``<name>_recovered.png`` and ``<name>.json`` and logs them
-as one more MLflow run. The statistics are in :mod:`starft_pipeline.study_stats` (no Kedro).
+as one more MLflow run. The statistics are in :mod:`starft_pipeline.evaluate.study_stats` (no Kedro).
 """
 
 from __future__ import annotations
@@ -25,18 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from .io_utils import atomic_path, atomic_write_json, fingerprint
-from .methods_table import (
-    REPORT_DIR,
-    UPSTREAM_PIPELINES,
-    evaluated_rows,
-    kedro_session,
-    merged,
-    parse_overrides,
-    run_pipelines,
-)
-from .results import mlflow_metric_key
-from .study_stats import (
+from starft_pipeline.core.io_utils import atomic_path, atomic_write_json, fingerprint
+from starft_pipeline.evaluate.results import mlflow_metric_key
+from starft_pipeline.evaluate.study_stats import (
     STUDY_METRICS,
     ZERO_SHOT,
     Cell,
@@ -48,6 +39,15 @@ from .study_stats import (
     select_cell,
     selection_rule,
     study_markdown,
+)
+from starft_pipeline.methods_table import (
+    REPORT_DIR,
+    UPSTREAM_PIPELINES,
+    evaluated_rows,
+    kedro_session,
+    merged,
+    parse_overrides,
+    run_pipelines,
 )
 
 # Not __name__: under `python -m` that is __main__, which conf/logging.yml does not show.
@@ -151,7 +151,7 @@ def done_keys(runs: pd.DataFrame, jobs: Sequence[Job], path: Path) -> set[tuple[
 def run_metrics(job: Job, rows: pd.DataFrame, history: pd.DataFrame, wall_s: float) -> list[tuple[str, float, int]]:
     """(key, value, step) of one run: its loss curves (the ``log_loss_curve`` node's keys), wall time
     and accuracies (``<cell>.<dataset>.<split>.<metric>``)."""
-    from .pipelines.finetune.nodes import loss_curve_metrics
+    from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
 
     curves = loss_curve_metrics(history).items()
     out = [(key, float(p["value"]), int(p["step"])) for key, points in curves for p in points]

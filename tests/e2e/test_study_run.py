@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_project, kedro_env, tiny_parameters
+from tests.helpers import copy_project, kedro_env, tiny_parameters
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from starft_pipeline.configs import known_keys
-from starft_pipeline.markdown import markdown_table
-from starft_pipeline.training import FinetuneConfig
+from starft_pipeline.core.configs import known_keys
+from starft_pipeline.evaluate.markdown import markdown_table
+from starft_pipeline.train.finetune import FinetuneConfig
 
 if TYPE_CHECKING:  # matplotlib is imported by the function that draws
     from matplotlib.figure import Figure
@@ -385,7 +385,7 @@ def study_markdown(
 
 def plot_recovered(table: pd.DataFrame, metrics: Sequence[str] = ("worst_group_acc", "avg_acc")) -> Figure:
     """Recovered fraction per cell with its interval, one panel per test split, a colour per metric."""
-    from starft_pipeline.figures import _new_figure, method_colors
+    from starft_pipeline.evaluate.figures import _new_figure, method_colors
 
     test = table[(table["split"].str.rpartition("/")[2] == "test") & table["metric"].isin(list(metrics))]
     splits = list(dict.fromkeys(test["split"]))

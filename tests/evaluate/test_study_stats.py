@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from starft_pipeline.study_stats import (
+from starft_pipeline.evaluate.study_stats import (
     default_selection_split,
     load_grid,
     paired_table,
@@ -21,7 +21,7 @@ from starft_pipeline.study_stats import (
     t_quantile,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _runs() -> pd.DataFrame:
