@@ -88,9 +88,10 @@ def test_bad_compound_classes_are_named(fields, message):
 def test_mixed_random_and_fixed_colours_name_only_the_fixed_ones():
     spec = synthetic.GroupShiftSpec("t", ["circle", "circle"], [0, 1], 4, 1, 1, colour_ids=[None, "cyan"])
     assert spec.class_names == ["circle", "cyan circle"]
-    assert "colour_ids" in spec.as_dict() and spec.fingerprint() != synthetic.GroupShiftSpec(
-        "t", ["circle", "square"], [0, 1], 4, 1, 1
-    ).fingerprint()
+    assert (
+        "colour_ids" in spec.as_dict()
+        and spec.fingerprint() != synthetic.GroupShiftSpec("t", ["circle", "square"], [0, 1], 4, 1, 1).fingerprint()
+    )
 
 
 def test_colour_captions_name_the_drawn_colour():
@@ -102,7 +103,9 @@ def test_colour_captions_name_the_drawn_colour():
         assert f"{synthetic.COLOURS[colour]} {synthetic.OBJECTS[obj]}" in caption, caption
     plain = PretrainConfig(corpus_size=144, object_only_steps=0)  # colour_prob 0: no colour words
     assert not any(
-        colour in caption for caption in batch_captions(corpus, torch.arange(72), plain, 0) for colour in synthetic.COLOURS
+        colour in caption
+        for caption in batch_captions(corpus, torch.arange(72), plain, 0)
+        for colour in synthetic.COLOURS
     )
 
 

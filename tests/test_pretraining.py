@@ -188,7 +188,9 @@ def test_the_committed_default_teacher_knows_both_concepts(caplog):
     assert accuracies["objects"] > 0.85 and accuracies["backgrounds"] > 0.85, accuracies  # committed: 94.7%, 100%
 
 
-@pytest.mark.parametrize(("env", "name"), [("base", "starft-tiny-vit-world"), ("miniature", "starft-tiny-vit-world-colours")])
+@pytest.mark.parametrize(
+    ("env", "name"), [("base", "starft-tiny-vit-world"), ("miniature", "starft-tiny-vit-world-colours")]
+)
 def test_pretraining_writes_under_data_not_into_the_package(env, name):
     """Promotion into src/ is an explicit, checked step (starft_pipeline.promote_teacher), never a run's side effect."""
     from helpers import PROJECT_ROOT

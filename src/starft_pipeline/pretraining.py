@@ -16,9 +16,9 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np

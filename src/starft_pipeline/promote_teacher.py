@@ -61,7 +61,11 @@ def check_promotable(
     """
     accuracies = stored_accuracies(path)
     checked = list(concepts) if concepts else sorted(accuracies)
-    problems = [f"{concept} not measured (the file reports {sorted(accuracies)})" for concept in checked if concept not in accuracies]
+    problems = [
+        f"{concept} not measured (the file reports {sorted(accuracies)})"
+        for concept in checked
+        if concept not in accuracies
+    ]
     problems += [
         f"{concept} {accuracies[concept]:.1%} < {min_accuracy:.1%}"
         for concept in checked
@@ -92,7 +96,9 @@ def promote(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="source", type=Path, required=True, help="weights written by the pretrain pipeline")
+    parser.add_argument(
+        "--from", dest="source", type=Path, required=True, help="weights written by the pretrain pipeline"
+    )
     parser.add_argument("--to", dest="target", type=Path, required=True, help="where the package keeps them")
     parser.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY, help=f"default {MIN_ACCURACY}")
     parser.add_argument("--concepts", nargs="+", default=None, help="concepts to check (default: all the file reports)")

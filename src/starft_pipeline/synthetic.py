@@ -242,7 +242,9 @@ def _shape_alpha(object_id: int, rng: np.random.Generator, image_size: int) -> n
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _foreground_colour(rng: np.random.Generator, image_size: int, colour_id: int | None = None) -> tuple[np.ndarray, int]:
+def _foreground_colour(
+    rng: np.random.Generator, image_size: int, colour_id: int | None = None
+) -> tuple[np.ndarray, int]:
     """Palette colour with a little jitter and a linear light gradient, (H, W, 3) float, and its palette id.
 
     A random palette entry unless ``colour_id`` fixes it; the draw happens either way, so a fixed
@@ -421,9 +423,7 @@ def pretraining_corpus(n: int, seed: int, image_size: int = 32, single_concept_p
     captions = [
         make_caption(int(o), int(b), caption_rng, single_concept_prob) for o, b in zip(object_ids, background_ids)
     ]
-    return PretrainingCorpus(
-        images, captions, object_ids.astype(np.int64), background_ids.astype(np.int64), colour_ids
-    )
+    return PretrainingCorpus(images, captions, object_ids.astype(np.int64), background_ids.astype(np.int64), colour_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,9 +431,7 @@ def pretraining_corpus(n: int, seed: int, image_size: int = 32, single_concept_p
 # --------------------------------------------------------------------------------------------
 
 
-def _ids_tuple(
-    field: str, value: Any, names: Sequence[str], kind: str, distinct: bool = True
-) -> tuple[int, ...]:
+def _ids_tuple(field: str, value: Any, names: Sequence[str], kind: str, distinct: bool = True) -> tuple[int, ...]:
     """Coerce ids or names (e.g. from YAML) to a tuple of valid ids (``distinct``: no repeats), naming the field on error."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -548,9 +546,10 @@ class GroupShiftSpec:
     @property
     def class_names(self) -> list[str]:
         """The shape name, or "<colour> <shape>" for a class with a fixed colour."""
+        colours = [self.class_colour(y) for y in range(self.n_classes)]
         return [
-            OBJECTS[obj] if self.class_colour(y) is None else f"{COLOURS[self.class_colour(y)]} {OBJECTS[obj]}"
-            for y, obj in enumerate(self.object_ids)
+            OBJECTS[obj] if colour is None else f"{COLOURS[colour]} {OBJECTS[obj]}"
+            for obj, colour in zip(self.object_ids, colours, strict=True)
         ]
 
     @property
@@ -760,9 +759,9 @@ def miniature_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
     """
     return GroupShiftSpec(
         name="miniature",
-        object_ids=tuple(shape for shape in MINIATURE_SHAPES for _ in COLOURS),
-        colour_ids=tuple(colour for _ in MINIATURE_SHAPES for colour in COLOURS),
-        background_ids=("forest", "water", "sand", "snow"),
+        object_ids=tuple(OBJECTS.index(shape) for shape in MINIATURE_SHAPES for _ in COLOURS),
+        colour_ids=tuple(colour for _ in MINIATURE_SHAPES for colour in range(len(COLOURS))),
+        background_ids=tuple(BACKGROUNDS.index(place) for place in ("forest", "water", "sand", "snow")),
         train_per_class=120,
         val_per_group=50,
         test_per_group=100,
