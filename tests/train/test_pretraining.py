@@ -186,3 +186,15 @@ def test_the_committed_default_teacher_knows_both_concepts(caplog):
     config = PretrainConfig(**{**TINY, "eval_per_pair": 5})
     accuracies = zero_shot_accuracies(loaded, eval_corpus(config), config)
     assert accuracies["objects"] > 0.85 and accuracies["backgrounds"] > 0.85, accuracies  # committed: 94.7%, 100%
+
+
+@pytest.mark.parametrize(
+    ("env", "name"), [("base", "starft-tiny-vit-world"), ("miniature", "starft-tiny-vit-world-colours")]
+)
+def test_pretraining_writes_under_data_not_into_the_package(env, name):
+    """Promotion into src/ is an explicit, checked step (starft_pipeline.promote_teacher), never a run's side effect."""
+    from helpers import PROJECT_ROOT
+    from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+
+    loader = CONFIG_LOADER_CLASS(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    assert loader["catalog"]["pretrained_weights"]["filepath"] == f"data/06_models/pretrained/{name}.safetensors"

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ LAND_BACKGROUNDS: frozenset[str] = frozenset(b for b in BACKGROUNDS if b not in 
 
 # Saturated colours that no background texture comes near (greens, blues, tans, whites, brick red
 # and browns are all taken), so every object stays visible on every background (docs/miniature-world.md).
-# The colour is drawn independently of class and background: it carries no label information.
+# By default the colour is drawn independently of class and background and carries no label
+# information; a GroupShiftSpec's ``colour_ids`` can fix it per class (compound classes, "magenta circle").
 FOREGROUND_PALETTE: tuple[tuple[int, int, int], ...] = (
     (235, 40, 200),  # magenta
     (250, 225, 30),  # yellow
@@ -43,6 +44,8 @@ FOREGROUND_PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 130, 20),  # orange
     (150, 60, 245),  # violet
 )
+COLOURS: tuple[str, ...] = ("magenta", "yellow", "cyan", "orange", "violet")  # the palette's names, in order
+assert len(COLOURS) == len(FOREGROUND_PALETTE)
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-downsampled: cheap anti-aliasing
 SCALE_RANGE = (0.38, 0.65)  # object extent as a fraction of the image side
@@ -239,30 +242,51 @@ def _shape_alpha(object_id: int, rng: np.random.Generator, image_size: int) -> n
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _foreground_colour(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """Palette colour with a little jitter and a linear light gradient, (H, W, 3) float."""
-    base = np.asarray(FOREGROUND_PALETTE[int(rng.integers(len(FOREGROUND_PALETTE)))], dtype=np.float32)
+def _foreground_colour(
+    rng: np.random.Generator, image_size: int, colour_id: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Palette colour with a little jitter and a linear light gradient, (H, W, 3) float, and its palette id.
+
+    A random palette entry unless ``colour_id`` fixes it; the draw happens either way, so a fixed
+    colour consumes ``rng`` exactly as a random one (same size, position, jitter and light).
+    """
+    drawn = int(rng.integers(len(FOREGROUND_PALETTE)))
+    colour_id = drawn if colour_id is None else _check_id(colour_id, COLOURS, "colour_id")
+    base = np.asarray(FOREGROUND_PALETTE[colour_id], dtype=np.float32)
     base = base + rng.uniform(-12, 12, size=3).astype(np.float32)
     yy, xx = _grid(image_size)
     direction = rng.uniform(0, 2 * np.pi)
     light = 1.0 + 0.12 * ((xx - 0.5) * np.cos(direction) + (yy - 0.5) * np.sin(direction))
-    return base[None, None, :] * light[:, :, None]
+    return base[None, None, :] * light[:, :, None], colour_id
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render_image(object_id: int, background_id: int, rng: np.random.Generator, image_size: int = 32) -> np.ndarray:
-    """One object on one background, (image_size, image_size, 3) uint8.
+def _render(
+    object_id: int, background_id: int, rng: np.random.Generator, image_size: int, colour_id: int | None
+) -> tuple[np.ndarray, int]:
+    """One image and the palette id of its object's colour."""
+    background = _background_float(background_id, rng, image_size)
+    alpha = _shape_alpha(object_id, rng, image_size)[:, :, None]
+    colour, colour_id = _foreground_colour(rng, image_size, colour_id)
+    return _to_uint8(background * (1.0 - alpha) + colour * alpha), colour_id
+
+
+def render_image(
+    object_id: int,
+    background_id: int,
+    rng: np.random.Generator,
+    image_size: int = 32,
+    colour_id: int | None = None,
+) -> np.ndarray:
+    """One object on one background, (image_size, image_size, 3) uint8; a random colour unless ``colour_id``.
 
     The background is drawn from ``rng`` first, so ``render_background`` with a same-seeded
     generator returns exactly this image's background.
     """
-    background = _background_float(background_id, rng, image_size)
-    alpha = _shape_alpha(object_id, rng, image_size)[:, :, None]
-    colour = _foreground_colour(rng, image_size)
-    return _to_uint8(background * (1.0 - alpha) + colour * alpha)
+    return _render(object_id, background_id, rng, image_size, colour_id)[0]
 
 
 def render_images(
@@ -272,12 +296,23 @@ def render_images(
     image_size: int = 32,
 ) -> np.ndarray:
     """Render pairs in order from one generator, (N, H, W, 3) uint8."""
+    return _render_with_colours(object_ids, background_ids, rng, image_size)[0]
+
+
+def _render_with_colours(
+    object_ids: Sequence[int] | np.ndarray,
+    background_ids: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    image_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_images` plus the (random) colour each object got, (N,) int64 palette ids."""
     if len(object_ids) != len(background_ids):
         raise ValueError(f"object_ids and background_ids differ in length: {len(object_ids)} vs {len(background_ids)}")
     out = np.empty((len(object_ids), image_size, image_size, 3), dtype=np.uint8)
+    colours = np.empty(len(object_ids), dtype=np.int64)
     for i, (obj, bg) in enumerate(zip(object_ids, background_ids, strict=True)):
-        out[i] = render_image(int(obj), int(bg), rng, image_size)
-    return out
+        out[i], colours[i] = _render(int(obj), int(bg), rng, image_size, None)
+    return out, colours
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +344,14 @@ BACKGROUND_CAPTION_TEMPLATES: tuple[str, ...] = (
     "a {background} background.",
     "a picture of {background}.",
 )
+# Colour words (the colour world's teacher, pretrain.colour_prob > 0): the colour alone, or the
+# colour in front of the object in any object phrasing ("a magenta circle on grass.").
+COLOUR_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{colour}.",
+    "a {colour} shape.",
+    "something {colour}.",
+    "the colour {colour}.",
+)
 
 
 def make_caption(
@@ -316,15 +359,32 @@ def make_caption(
     background_id: int,
     rng: np.random.Generator,
     single_concept_prob: float = 0.2,
+    colour_id: int | None = None,
+    colour_prob: float = 0.0,
 ) -> str:
-    """A caption for the pair; with ``single_concept_prob`` it names only one concept (either, 50/50)."""
+    """A caption for the pair; with ``single_concept_prob`` it names only one concept (either, 50/50).
+
+    With a ``colour_id`` and ``colour_prob > 0`` the object is named with its colour ("magenta
+    circle") with probability ``colour_prob``, and a single-concept caption names the object, the
+    background or the colour (1/3 each). Without them ``rng`` is consumed as it always was.
+    """
     obj = OBJECTS[_check_id(object_id, OBJECTS, "object_id")]
     bg = BACKGROUNDS[_check_id(background_id, BACKGROUNDS, "background_id")]
+    if colour_id is None or colour_prob <= 0.0:
+        if rng.random() < single_concept_prob:
+            pool = OBJECT_CAPTION_TEMPLATES if rng.random() < 0.5 else BACKGROUND_CAPTION_TEMPLATES
+        else:
+            pool = CAPTION_TEMPLATES
+        return pool[int(rng.integers(len(pool)))].format(object=obj, background=bg)
+    colour = COLOURS[_check_id(colour_id, COLOURS, "colour_id")]
+    if rng.random() < colour_prob:
+        obj = f"{colour} {obj}"
     if rng.random() < single_concept_prob:
-        pool = OBJECT_CAPTION_TEMPLATES if rng.random() < 0.5 else BACKGROUND_CAPTION_TEMPLATES
+        pools = (OBJECT_CAPTION_TEMPLATES, BACKGROUND_CAPTION_TEMPLATES, COLOUR_CAPTION_TEMPLATES)
+        pool = pools[int(rng.integers(len(pools)))]
     else:
         pool = CAPTION_TEMPLATES
-    return pool[int(rng.integers(len(pool)))].format(object=obj, background=bg)
+    return pool[int(rng.integers(len(pool)))].format(object=obj, background=bg, colour=colour)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +400,7 @@ class PretrainingCorpus:
     captions: list[str]
     object_ids: np.ndarray  # (N,) int64
     background_ids: np.ndarray  # (N,) int64
+    colour_ids: np.ndarray  # (N,) int64, the palette entry each object was drawn in (index into COLOURS)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -357,12 +418,12 @@ def pretraining_corpus(n: int, seed: int, image_size: int = 32, single_concept_p
     n_pairs = len(OBJECTS) * len(BACKGROUNDS)
     pair = np.random.default_rng(layout_ss).permutation(np.arange(n) % n_pairs)
     object_ids, background_ids = np.divmod(pair, len(BACKGROUNDS))
-    images = render_images(object_ids, background_ids, np.random.default_rng(pixel_ss), image_size)
+    images, colour_ids = _render_with_colours(object_ids, background_ids, np.random.default_rng(pixel_ss), image_size)
     caption_rng = np.random.default_rng(caption_ss)
     captions = [
         make_caption(int(o), int(b), caption_rng, single_concept_prob) for o, b in zip(object_ids, background_ids)
     ]
-    return PretrainingCorpus(images, captions, object_ids.astype(np.int64), background_ids.astype(np.int64))
+    return PretrainingCorpus(images, captions, object_ids.astype(np.int64), background_ids.astype(np.int64), colour_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,8 +431,8 @@ def pretraining_corpus(n: int, seed: int, image_size: int = 32, single_concept_p
 # --------------------------------------------------------------------------------------------
 
 
-def _ids_tuple(field: str, value: Any, names: Sequence[str], kind: str) -> tuple[int, ...]:
-    """Coerce ids or names (e.g. from YAML) to a tuple of distinct valid ids, naming the field on error."""
+def _ids_tuple(field: str, value: Any, names: Sequence[str], kind: str, distinct: bool = True) -> tuple[int, ...]:
+    """Coerce ids or names (e.g. from YAML) to a tuple of valid ids (``distinct``: no repeats), naming the field on error."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -388,9 +449,28 @@ def _ids_tuple(field: str, value: Any, names: Sequence[str], kind: str) -> tuple
             ids.append(int(item))
         else:
             raise ValueError(f"GroupShiftSpec.{field}: {item!r} is not a {kind} id in [0, {len(names)})")
-    if len(set(ids)) != len(ids):
+    if distinct and len(set(ids)) != len(ids):
         raise ValueError(f"GroupShiftSpec.{field} has duplicates: {list(value)}")
     return tuple(ids)
+
+
+def _colour_ids_tuple(value: Any, n_classes: int) -> tuple[int | None, ...] | None:
+    """``colour_ids``: None, or one colour (name or id) or None (random) per class."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != n_classes:
+        raise ValueError(
+            f"GroupShiftSpec.colour_ids must be null or a list of {n_classes} entries (one per class in "
+            f"object_ids: a colour of {list(COLOURS)}, its id, or null for a random colour), got {value!r}"
+        )
+    fixed = [(k, item) for k, item in enumerate(value) if item is not None]
+    ids = _ids_tuple("colour_ids", [item for _, item in fixed], COLOURS, "colour", distinct=False) if fixed else ()
+    colours: list[int | None] = [None] * n_classes
+    for (k, _), colour_id in zip(fixed, ids, strict=True):
+        colours[k] = colour_id
+    return tuple(colours)
 
 
 @dataclass(frozen=True)
@@ -401,6 +481,11 @@ class GroupShiftSpec:
     train, class ``y`` sits on place ``y % n_places`` for a ``correlation`` share of its images and
     on the other places evenly otherwise; val and test are balanced over all (y, place) groups.
     Ids may be given as names (``"circle"``); they are stored as ids.
+
+    ``colour_ids`` (optional, one entry per class) fixes a class's colour: compound classes such as
+    "magenta circle", where a shape may repeat in ``object_ids`` with different colours. None (the
+    default, or a None entry) keeps the random colour, and a spec without colours fingerprints and
+    renders exactly as before the field existed.
     """
 
     name: str
@@ -412,12 +497,21 @@ class GroupShiftSpec:
     correlation: float = 0.95
     seed: int = 0
     image_size: int = 32
+    colour_ids: tuple[int | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"GroupShiftSpec.name must be a non-empty string, got {self.name!r}")
         # frozen: normalise through object.__setattr__ (YAML gives lists and may give names)
-        object.__setattr__(self, "object_ids", _ids_tuple("object_ids", self.object_ids, OBJECTS, "object"))
+        object_ids = _ids_tuple("object_ids", self.object_ids, OBJECTS, "object", distinct=False)
+        object.__setattr__(self, "object_ids", object_ids)
+        object.__setattr__(self, "colour_ids", _colour_ids_tuple(self.colour_ids, len(object_ids)))
+        classes = list(zip(object_ids, self.colour_ids or [None] * len(object_ids), strict=True))
+        if len(set(classes)) != len(classes):
+            raise ValueError(
+                f"GroupShiftSpec.object_ids has duplicate classes {self.class_names}: a shape may repeat "
+                "only with a different colour in colour_ids"
+            )
         object.__setattr__(
             self, "background_ids", _ids_tuple("background_ids", self.background_ids, BACKGROUNDS, "background")
         )
@@ -445,9 +539,18 @@ class GroupShiftSpec:
             raise ValueError(f"GroupShiftSpec: unknown fields {sorted(unknown)}")
         return cls(**params)
 
+    def class_colour(self, y: int) -> int | None:
+        """Class ``y``'s fixed palette id, or None for a random colour."""
+        return None if self.colour_ids is None else self.colour_ids[y]
+
     @property
     def class_names(self) -> list[str]:
-        return [OBJECTS[i] for i in self.object_ids]
+        """The shape name, or "<colour> <shape>" for a class with a fixed colour."""
+        colours = [self.class_colour(y) for y in range(self.n_classes)]
+        return [
+            OBJECTS[obj] if colour is None else f"{COLOURS[colour]} {OBJECTS[obj]}"
+            for obj, colour in zip(self.object_ids, colours, strict=True)
+        ]
 
     @property
     def place_names(self) -> list[str]:
@@ -461,9 +564,16 @@ class GroupShiftSpec:
     def n_places(self) -> int:
         return len(self.background_ids)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields; ``colour_ids`` only when set, so specs without colours keep their fingerprints."""
+        fields = asdict(self)
+        if fields["colour_ids"] is None:
+            del fields["colour_ids"]
+        return fields
+
     def fingerprint(self) -> str:
         """Changes whenever the spec or the renderer does: the cache key of the written data set."""
-        return fingerprint("group_shift", RENDER_VERSION, asdict(self))
+        return fingerprint("group_shift", RENDER_VERSION, self.as_dict())
 
 
 def train_place_counts(spec: GroupShiftSpec) -> np.ndarray:
@@ -509,15 +619,16 @@ def _metadata_rows(spec: GroupShiftSpec) -> list[dict[str, Any]]:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RENDER_VERSION, 1]))
     rows: list[dict[str, Any]] = []
     next_id = 1  # the Waterbirds release numbers images from 1
+    folders = [name.replace(" ", "_") for name in spec.class_names]  # "magenta circle" -> magenta_circle/
     for split_code, (split, counts) in enumerate(split_group_counts(spec).items()):
         labels = [(y, p) for y in range(spec.n_classes) for p in range(spec.n_places) for _ in range(counts[y, p])]
         for index in rng.permutation(len(labels)):
             y, place = labels[index]
-            obj, bg = OBJECTS[spec.object_ids[y]], BACKGROUNDS[spec.background_ids[place]]
+            folder, bg = folders[y], BACKGROUNDS[spec.background_ids[place]]
             rows.append(
                 {
                     "img_id": next_id,
-                    "img_filename": f"images/{split}/{obj}/{next_id:06d}.png",
+                    "img_filename": f"images/{split}/{folder}/{next_id:06d}.png",
                     "y": y,
                     "split": split_code,
                     "place": place,
@@ -577,7 +688,8 @@ def write_group_shift_dataset(spec: GroupShiftSpec, root: Path | str) -> Path:
     for row in rows:
         obj_id = spec.object_ids[row["y"]]
         bg_id = spec.background_ids[row["place"]]
-        pixels = render_image(obj_id, bg_id, _image_rng(spec, row["img_id"]), spec.image_size)
+        colour_id = spec.class_colour(row["y"])
+        pixels = render_image(obj_id, bg_id, _image_rng(spec, row["img_id"]), spec.image_size, colour_id)
         path = root / row["img_filename"]
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(path, format="PNG")
@@ -593,7 +705,7 @@ def _manifest(spec: GroupShiftSpec) -> dict[str, Any]:
         "format": "waterbirds-release",
         "render_version": RENDER_VERSION,
         "fingerprint": spec.fingerprint(),
-        "spec": asdict(spec),
+        "spec": spec.as_dict(),
         "class_names": spec.class_names,
         "place_names": spec.place_names,
         "group_definition": "g = y * n_places + place",
@@ -635,7 +747,43 @@ def waterbirds_like_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
     )
 
 
+MINIATURE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+
+
+def miniature_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
+    """The miniature's fine-tuning task (conf/miniature): 4 shapes x 5 colours = 20 compound classes.
+
+    Class y = shape · 5 + colour ("magenta circle", "yellow circle", …, "violet cross"), mostly on
+    background y % 4 of forest / water / sand / snow, so every background holds five classes of
+    mixed shapes and colours. Sizes: docs/miniature-world.md.
+    """
+    return GroupShiftSpec(
+        name="miniature",
+        object_ids=tuple(OBJECTS.index(shape) for shape in MINIATURE_SHAPES for _ in COLOURS),
+        colour_ids=tuple(colour for _ in MINIATURE_SHAPES for colour in range(len(COLOURS))),
+        background_ids=tuple(BACKGROUNDS.index(place) for place in ("forest", "water", "sand", "snow")),
+        train_per_class=120,
+        val_per_group=50,
+        test_per_group=100,
+        correlation=0.95,
+        seed=seed,
+        image_size=image_size,
+    )
+
+
+def waterbirds_like_miniature_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
+    """:func:`waterbirds_like_spec` with groups large enough for a worst-group interval of about ±4 points."""
+    return replace(
+        waterbirds_like_spec(seed, image_size),
+        name="waterbirds_like_miniature",
+        val_per_group=200,
+        test_per_group=400,
+    )
+
+
 DEFAULT_SPECS: dict[str, GroupShiftSpec] = {
     "finetune": finetune_spec(),
     "waterbirds_like": waterbirds_like_spec(),
+    "miniature": miniature_spec(),
+    "waterbirds_like_miniature": waterbirds_like_miniature_spec(),
 }

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,14 @@ def _class_slot(templates: Sequence[str], placeholder: str) -> tuple[str, ...]:
 # The zero-shot prompts: the single-concept caption phrasings of the world, averaged per class.
 OBJECT_PROMPTS: tuple[str, ...] = _class_slot(synthetic.OBJECT_CAPTION_TEMPLATES, "{object}")
 BACKGROUND_PROMPTS: tuple[str, ...] = _class_slot(synthetic.BACKGROUND_CAPTION_TEMPLATES, "{background}")
+COLOUR_PROMPTS: tuple[str, ...] = _class_slot(synthetic.COLOUR_CAPTION_TEMPLATES, "{colour}")
 CONCEPTS: dict[str, tuple[str, ...]] = {"objects": synthetic.OBJECTS, "backgrounds": synthetic.BACKGROUNDS}
+# Judged too when the captions name colours: the colour alone, and colour + shape as one class
+# ("magenta circle", the miniature's compound classes; shape-major like synthetic.miniature_spec).
+COLOUR_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "colours": synthetic.COLOURS,
+    "coloured_objects": tuple(f"{colour} {obj}" for obj in synthetic.OBJECTS for colour in synthetic.COLOURS),
+}
 N_PAIRS = len(synthetic.OBJECTS) * len(synthetic.BACKGROUNDS)
 
 
@@ -78,14 +86,22 @@ class PretrainConfig:
       object only; then all kinds of captions (``single_concept_prob``) follow with a warm restart
       of the learning rate (warm-up and cosine again), which the backgrounds need: at the tail of a
       single cosine they stay near chance.
+
+    A model that already knows the world is taught more with ``init_weights`` (warm start from a
+    weights file) and ``object_only_steps: 0``: one warm-up and one cosine decay to zero at the last
+    step, so the run ends converged. ``colour_prob > 0`` adds colour words to the captions (the
+    object named with its colour, and colour-only captions) and colours to the zero-shot report.
     """
 
     architecture: str = "starft-tiny-vit"
+    init_weights: str | None = None
     init_seed: int = 0
     seed: int = 0
     image_size: int = bounded(32, ge=1)
     corpus_size: int = bounded(36_000, ge=1)
     single_concept_prob: float = bounded(0.3, ge=0, le=1)
+    colour_prob: float = bounded(0.0, ge=0, le=1)
+    colour_only_steps: int = bounded(0, ge=0)
     steps: int = bounded(4000, ge=1)
     batch_size: int = bounded(36, ge=1)
     lr: float = bounded(1e-3, ge=0)
@@ -100,6 +116,7 @@ class PretrainConfig:
     eval_every: int = bounded(500, ge=0)
     object_prompts: tuple[str, ...] = OBJECT_PROMPTS
     background_prompts: tuple[str, ...] = BACKGROUND_PROMPTS
+    colour_prompts: tuple[str, ...] = COLOUR_PROMPTS
     device: str = bounded("cpu", check=check_device)
     num_threads: int | None = bounded(2, ge=1)
 
@@ -119,8 +136,31 @@ class PretrainConfig:
                 f"pretrain.object_only_steps ({self.object_only_steps}) must be less than pretrain.steps "
                 f"({self.steps}): the backgrounds are learnt after the object-only captions"
             )
-        if not self.object_prompts or not self.background_prompts:
-            raise ValueError("pretrain.object_prompts and pretrain.background_prompts need at least one template")
+        if self.object_only_steps + self.colour_only_steps >= self.steps:
+            raise ValueError(
+                f"pretrain.colour_only_steps ({self.colour_only_steps}) + object_only_steps ({self.object_only_steps}) "
+                f"must be less than pretrain.steps ({self.steps}): every kind of caption follows them"
+            )
+        if not self.object_prompts or not self.background_prompts or not self.colour_prompts:
+            raise ValueError(
+                "pretrain.object_prompts, pretrain.background_prompts and pretrain.colour_prompts need at least one template"
+            )
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ValueError(
+                f"pretrain.init_weights: {self.init_weights} is not a file; give a weights file to warm-start "
+                "from (e.g. src/starft_pipeline/assets/weights/starft-tiny-vit-world.safetensors) or null"
+            )
+
+    @property
+    def concepts(self) -> dict[str, tuple[str, ...]]:
+        """The concepts the zero-shot report judges, each with its class names."""
+        return CONCEPTS | (COLOUR_CONCEPTS if self.colour_prob > 0 else {})
+
+    def prompts(self, concept: str) -> tuple[str, ...]:
+        """Zero-shot templates of ``concept`` (a compound class reads like an object: "a magenta circle.")."""
+        if concept == "backgrounds":
+            return self.background_prompts
+        return self.colour_prompts if concept == "colours" else self.object_prompts
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,11 +173,12 @@ class PretrainConfig:
 
 @dataclass
 class Corpus:
-    """Rendered images as a uint8 tensor (N, 3, S, S) with their object and background ids."""
+    """Rendered images as a uint8 tensor (N, 3, S, S) with their object, background and colour ids."""
 
     images: torch.Tensor
     object_ids: np.ndarray
     background_ids: np.ndarray
+    colour_ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -168,7 +209,7 @@ def render_corpus(n: int, seed: int, image_size: int) -> Corpus:
     """``n`` images balanced over every object × background pair (the captions are drawn per step)."""
     corpus = synthetic.pretraining_corpus(n, seed, image_size)
     images = torch.from_numpy(corpus.images).permute(0, 3, 1, 2).contiguous()
-    return Corpus(images, corpus.object_ids, corpus.background_ids)
+    return Corpus(images, corpus.object_ids, corpus.background_ids, corpus.colour_ids)
 
 
 def eval_corpus(config: PretrainConfig) -> Corpus:
@@ -202,18 +243,31 @@ def object_caption(object_id: int, rng: np.random.Generator) -> str:
     return templates[int(rng.integers(len(templates)))].format(object=synthetic.OBJECTS[object_id])
 
 
+def colour_caption(colour_id: int, rng: np.random.Generator) -> str:
+    """A caption naming only the object's colour ("a magenta shape.")."""
+    templates = synthetic.COLOUR_CAPTION_TEMPLATES
+    return templates[int(rng.integers(len(templates)))].format(colour=synthetic.COLOURS[colour_id])
+
+
 def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig, step: int) -> list[str]:
     """A fresh phrasing per sample and step: object+background, object only or background only.
 
     During the first ``object_only_steps`` steps every caption names the object only (see
-    :class:`PretrainConfig`).
+    :class:`PretrainConfig`). With ``colour_prob > 0`` captions may name the colour too.
     """
     rng = np.random.default_rng([config.seed, 2, step])
     if step < config.object_only_steps:
         return [object_caption(int(corpus.object_ids[i]), rng) for i in indices.tolist()]
+    if step < config.object_only_steps + config.colour_only_steps:
+        return [colour_caption(int(corpus.colour_ids[i]), rng) for i in indices.tolist()]
     return [
         synthetic.make_caption(
-            int(corpus.object_ids[i]), int(corpus.background_ids[i]), rng, config.single_concept_prob
+            int(corpus.object_ids[i]),
+            int(corpus.background_ids[i]),
+            rng,
+            config.single_concept_prob,
+            int(corpus.colour_ids[i]),
+            config.colour_prob,
         )
         for i in indices.tolist()
     ]
@@ -259,16 +313,23 @@ def training_step(
     return {"loss": float(loss.detach()), "lr": lr, "logit_scale": float(logit_scale(model).detach())}
 
 
+def initial_model(config: PretrainConfig, device: torch.device | str = "cpu") -> LoadedModel:
+    """The model before the first step: ``init_weights`` (a warm start) or random from ``init_seed``."""
+    spec = ModelSpec(config.architecture, pretrained=config.init_weights, init_seed=config.init_seed)
+    loaded = create_model(spec, device=device)
+    if config.init_logit_scale is not None:
+        with torch.no_grad():
+            loaded.model.logit_scale.fill_(math.log(config.init_logit_scale))
+    return loaded
+
+
 def pretrain(config: PretrainConfig) -> PretrainResult:
-    """Pretrain from random initialisation; :func:`stored_weights` then gives the file and its report."""
+    """Pretrain from random initialisation or ``init_weights``; :func:`stored_weights` then gives the file and its report."""
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     started = time.perf_counter()
-    loaded = create_model(ModelSpec(config.architecture, init_seed=config.init_seed), device=device)
-    if config.init_logit_scale is not None:
-        with torch.no_grad():
-            loaded.model.logit_scale.fill_(math.log(config.init_logit_scale))
+    loaded = initial_model(config, device)
     corpus = render_corpus(config.corpus_size, config.seed, config.image_size)
     test = eval_corpus(config)
     logger.info(
@@ -288,13 +349,12 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
                 f"zero_shot_{key}": value for key, value in zero_shot_accuracies(loaded, test, config, device).items()
             }
             logger.info(
-                "pretrain step %d/%d: loss %.4f, τ %.1f, zero-shot objects %.3f, backgrounds %.3f, %.0f s",
+                "pretrain step %d/%d: loss %.4f, τ %.1f, zero-shot %s, %.0f s",
                 step + 1,
                 config.steps,
                 record["loss"],
                 record["logit_scale"],
-                record["zero_shot_objects"],
-                record["zero_shot_backgrounds"],
+                ", ".join(f"{concept} {record[f'zero_shot_{concept}']:.3f}" for concept in config.concepts),
                 time.perf_counter() - started,
             )
         history.append(record)
@@ -308,9 +368,15 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
 
 
 def _labels(corpus: Corpus, concept: str) -> np.ndarray:
-    if concept not in CONCEPTS:
-        raise ValueError(f"concept must be one of {sorted(CONCEPTS)}, got {concept!r}")
-    return corpus.object_ids if concept == "objects" else corpus.background_ids
+    labels = {
+        "objects": corpus.object_ids,
+        "backgrounds": corpus.background_ids,
+        "colours": corpus.colour_ids,
+        "coloured_objects": corpus.object_ids * len(synthetic.COLOURS) + corpus.colour_ids,
+    }
+    if concept not in labels:
+        raise ValueError(f"concept must be one of {sorted(labels)}, got {concept!r}")
+    return labels[concept]
 
 
 def zero_shot_predictions(
@@ -321,8 +387,8 @@ def zero_shot_predictions(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Argmax over the concept's classes (prompt-ensemble head from the current text tower)."""
-    prompts = config.object_prompts if concept == "objects" else config.background_prompts
-    head = zero_shot_head(loaded.model, loaded.tokenizer, CONCEPTS[concept], prompts, device=device).cpu()
+    names = config.concepts[concept]
+    head = zero_shot_head(loaded.model, loaded.tokenizer, names, config.prompts(concept), device=device).cpu()
     return (features @ head.T).argmax(dim=1).numpy()
 
 
@@ -334,13 +400,13 @@ def _image_features(loaded: LoadedModel, corpus: Corpus, device: torch.device | 
 def zero_shot_accuracies(
     loaded: LoadedModel, test: Corpus, config: PretrainConfig, device: torch.device | str = "cpu"
 ) -> dict[str, float]:
-    """Zero-shot top-1 on ``test``, objects as classes and backgrounds as classes."""
+    """Zero-shot top-1 on ``test`` with each concept's names as the classes (objects, backgrounds, …)."""
     features = _image_features(loaded, test, device)
     return {
         concept: float(
             (zero_shot_predictions(loaded, features, concept, config, device) == _labels(test, concept)).mean()
         )
-        for concept in CONCEPTS
+        for concept in config.concepts
     }
 
 
@@ -350,7 +416,7 @@ def zero_shot_report(
     """Accuracy, per-class accuracy and worst class of each concept, plus what the test set was."""
     features = _image_features(loaded, test, device)
     report: dict[str, Any] = {"n_test": len(test), "eval_seed": config.eval_seed, "chance": {}}
-    for concept, names in CONCEPTS.items():
+    for concept, names in config.concepts.items():
         labels = _labels(test, concept)
         correct = zero_shot_predictions(loaded, features, concept, config, device) == labels
         per_class = {name: float(correct[labels == k].mean()) for k, name in enumerate(names)}
@@ -383,8 +449,18 @@ def stored_weights(
     state = round_weights(result.loaded.model, dtype)
     report = zero_shot_report(result.loaded, result.test, config, resolve_device(config.device))
     report |= {
+        "last_evaluations": last_evaluations(result.history),
         "train_wall_s": result.wall_s,
         "stored_dtype": str(dtype).removeprefix("torch."),
         "config": config.as_dict(),
     }
     return state, report
+
+
+def last_evaluations(history: list[dict[str, float]], count: int = 3) -> list[dict[str, float]]:
+    """The last ``count`` periodic zero-shot evaluations (step, lr, accuracies): flat when converged."""
+    evaluated = [record for record in history if any(key.startswith("zero_shot_") for key in record)]
+    return [
+        {key: value for key, value in record.items() if key in ("step", "lr") or key.startswith("zero_shot_")}
+        for record in evaluated[-count:]
+    ]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.core.tensor_bundle import TensorBundle
-from starft_pipeline.train.pretraining import CONCEPTS, PretrainConfig, pretrain, stored_weights
+from starft_pipeline.pretraining import PretrainConfig, pretrain, stored_weights
+from starft_pipeline.tensor_bundle import TensorBundle
 
 logger = logging.getLogger(__name__)
 
@@ -18,13 +18,14 @@ def pretrain_world_model(pretrain_params: dict[str, Any]) -> tuple[TensorBundle,
     config = PretrainConfig.from_params(pretrain_params)
     result = pretrain(config)
     state, report = stored_weights(result, config)
-    accuracy = {concept: report[concept]["accuracy"] for concept in CONCEPTS}
+    accuracy = {concept: report[concept]["accuracy"] for concept in config.concepts}
     logger.info("pretrain: zero-shot accuracy of the stored weights %s after %.0f s", accuracy, result.wall_s)
     metadata = {
         "architecture": config.architecture,
         "made_by": "kedro run --pipelines=pretrain",
         "pretrain": config.as_dict(),
         "zero_shot_accuracy": accuracy,
+        "worst_class_accuracy": {concept: report[concept]["worst_class_accuracy"] for concept in config.concepts},
     }
     return TensorBundle(state, metadata), pd.DataFrame(result.history), report
 
@@ -42,7 +43,7 @@ def pretrain_metrics(history: pd.DataFrame, report: dict[str, Any]) -> dict[str,
     }
     final = {
         f"pretrain.final.{concept}_{key}": {"value": float(report[concept][key]), "step": 0}
-        for concept in CONCEPTS
+        for concept in report["chance"]
         for key in ("accuracy", "worst_class_accuracy")
     }
     return curves | final | {"pretrain.wall_s": {"value": float(report["train_wall_s"]), "step": 0}}
