@@ -192,9 +192,9 @@ def test_the_committed_default_teacher_knows_both_concepts(caplog):
     ("env", "name"), [("base", "starft-tiny-vit-world"), ("miniature", "starft-tiny-vit-world-colours")]
 )
 def test_pretraining_writes_under_data_not_into_the_package(env, name):
-    """Promotion into src/ is an explicit, checked step (starft_pipeline.promote_teacher), never a run's side effect."""
-    from helpers import PROJECT_ROOT
+    """Promotion into src/ is an explicit, checked step (starft_pipeline.train.promote_teacher), never a run's side effect."""
     from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+    from tests.helpers import PROJECT_ROOT
 
     loader = CONFIG_LOADER_CLASS(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
     assert loader["catalog"]["pretrained_weights"]["filepath"] == f"data/06_models/pretrained/{name}.safetensors"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from starft_pipeline.pretraining import PretrainConfig, pretrain, stored_weights
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.train.pretraining import PretrainConfig, pretrain, stored_weights
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import PROJECT_ROOT, project_parameters
-from starft_pipeline import synthetic
-from starft_pipeline.models import ModelSpec, create_model, save_weights
+from starft_pipeline.core.tensor_bundle import TensorBundle
+from starft_pipeline.data import synthetic
+from starft_pipeline.models.clip import ModelSpec, create_model, save_weights
 from starft_pipeline.params import parameter_errors
-from starft_pipeline.pretraining import PretrainConfig, batch_captions, initial_model, render_corpus
-from starft_pipeline.promote_teacher import PromotionRefused, main, promote
-from starft_pipeline.tensor_bundle import TensorBundle
+from starft_pipeline.train.pretraining import PretrainConfig, batch_captions, initial_model, render_corpus
+from starft_pipeline.train.promote_teacher import PromotionRefused, main, promote
+from tests.helpers import PROJECT_ROOT, project_parameters
 
 # Measured before colour_ids existed: the default specs' fingerprints, metadata and first pixels.
 BEFORE_COLOURS = {

@@ -1,6 +1,6 @@
 """Promote pretrained teacher weights into the package, after checking them against thresholds.
 
-    python -m starft_pipeline.promote_teacher \
+    python -m starft_pipeline.train.promote_teacher \
         --from data/06_models/pretrained/starft-tiny-vit-world-colours.safetensors \
         --to src/starft_pipeline/assets/weights/starft-tiny-vit-world-colours.safetensors
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .io_utils import atomic_path
+from starft_pipeline.core.io_utils import atomic_path
 
 MIN_ACCURACY = 0.90  # the issue's bar for a teacher of the miniature world
 MAX_MB = 20.0
