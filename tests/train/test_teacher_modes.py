@@ -240,3 +240,24 @@ def test_finetune_node_runs_each_teacher_mode(tmp_path, monkeypatch):
     assert abs(regulariser["online"][0]) < 1e-6 and abs(regulariser["cached_views"][0]) < 1e-6, regulariser
     assert regulariser["cached"][0] > 1e-5, regulariser
     assert len(list((tmp_path / "data/04_feature/teacher_views").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize(("reg_logit_scale", "expected"), [(None, 10.0), (100.0, 100.0)])
+def test_the_regulariser_scale_is_the_teachers_unless_fixed(reg_logit_scale, expected):
+    pool = tiny_pool()
+    data = train_data_from_cache(
+        torch.zeros(6, 3, 32, 32, dtype=torch.uint8),
+        torch.tensor([0, 1, 2] * 2),
+        ("circle", "square", "triangle"),
+        pool,
+        torch.zeros(6, 4),
+        torch.zeros(len(pool.texts), 4),
+        10.0,
+        tiny_config(reg_logit_scale=reg_logit_scale),
+    )
+    assert data.teacher_scale == expected
+
+
+def test_a_non_positive_regulariser_scale_is_an_error():
+    with pytest.raises(ValueError, match="reg_logit_scale"):
+        tiny_config(reg_logit_scale=0.0)

@@ -80,6 +80,9 @@ class FinetuneConfig:
     weight_decay: float = bounded(0.1, ge=0)
     warmup_steps: int = bounded(0, ge=0)
     reg_weight: float = bounded(0.5, ge=0)  # λ
+    # τ₀, the logit scale of the regulariser's softmaxes: None takes the teacher's own learnt scale
+    # (CLIP's is saturated at 100); a number fixes it, e.g. for a teacher whose scale never grew.
+    reg_logit_scale: float | None = bounded(None, gt=0)
     diminishing: bool = True
     confounder_types: tuple[str, ...] = ("background",)
     caption_templates: tuple[str, ...] = ("a photo of a {c}.",)
@@ -776,5 +779,5 @@ def train_data_from_cache(
         teacher_image=teacher_image,
         descriptions=pool.select(config.confounder_types),
         teacher_descriptions=description_features[positions],
-        teacher_scale=teacher_scale,
+        teacher_scale=teacher_scale if config.reg_logit_scale is None else config.reg_logit_scale,
     )
