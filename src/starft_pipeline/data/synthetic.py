@@ -713,37 +713,37 @@ def _manifest(spec: GroupShiftSpec) -> dict[str, Any]:
     }
 
 
+def _named_spec(
+    name: str, objects: Sequence[str], places: Sequence[str], sizes: tuple[int, int, int], **rest: Any
+) -> GroupShiftSpec:
+    """A spec from object and place names; ``sizes`` = (train per class, val per group, test per group)."""
+    train, val, test = sizes
+    return GroupShiftSpec(
+        name=name,
+        object_ids=tuple(OBJECTS.index(o) for o in objects),
+        background_ids=tuple(BACKGROUNDS.index(p) for p in places),
+        train_per_class=train,
+        val_per_group=val,
+        test_per_group=test,
+        **rest,
+    )
+
+
 def finetune_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
     """The default fine-tuning task: 4 shapes on 4 backgrounds, class y mostly on background y."""
-    return GroupShiftSpec(
-        name="finetune",
-        object_ids=(0, 1, 2, 3),  # circle, square, triangle, cross
-        background_ids=(5, 1, 2, 3),  # forest, water, sand, snow
-        train_per_class=400,
-        val_per_group=25,
-        test_per_group=50,
-        correlation=0.95,
-        seed=seed,
-        image_size=image_size,
-    )
+    places = ("forest", "water", "sand", "snow")
+    return _named_spec("finetune", OBJECTS[:4], places, (400, 25, 50), seed=seed, image_size=image_size)
 
 
 def waterbirds_like_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
     """The zero-shot transfer task, binary like Waterbirds: held-out shapes on land (forest) vs water.
 
     y = 0 "ring" (the landbird role) mostly on place 0 = forest, y = 1 "star" (the waterbird role)
-    mostly on place 1 = water; group g = 2 * y + place as in the release.
+    mostly on place 1 = water; group g = 2 * y + place as in the release. Ring and star are not in
+    the fine-tuning task.
     """
-    return GroupShiftSpec(
-        name="waterbirds_like",
-        object_ids=(4, 5),  # ring, star: not in the fine-tuning task
-        background_ids=(5, 1),  # forest (land), water
-        train_per_class=200,
-        val_per_group=25,
-        test_per_group=60,
-        correlation=0.95,
-        seed=seed,
-        image_size=image_size,
+    return _named_spec(
+        "waterbirds_like", ("ring", "star"), ("forest", "water"), (200, 25, 60), seed=seed, image_size=image_size
     )
 
 
@@ -757,15 +757,12 @@ def miniature_spec(seed: int = 0, image_size: int = 32) -> GroupShiftSpec:
     background y % 4 of forest / water / sand / snow, so every background holds five classes of
     mixed shapes and colours. Sizes: docs/miniature-world.md.
     """
-    return GroupShiftSpec(
-        name="miniature",
-        object_ids=tuple(OBJECTS.index(shape) for shape in MINIATURE_SHAPES for _ in COLOURS),
+    return _named_spec(
+        "miniature",
+        [shape for shape in MINIATURE_SHAPES for _ in COLOURS],
+        ("forest", "water", "sand", "snow"),
+        (120, 50, 100),
         colour_ids=tuple(colour for _ in MINIATURE_SHAPES for colour in range(len(COLOURS))),
-        background_ids=tuple(BACKGROUNDS.index(place) for place in ("forest", "water", "sand", "snow")),
-        train_per_class=120,
-        val_per_group=50,
-        test_per_group=100,
-        correlation=0.95,
         seed=seed,
         image_size=image_size,
     )
