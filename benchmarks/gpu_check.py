@@ -56,18 +56,14 @@ from bench_train_step import (
     synchronise,
 )
 
+from starft_pipeline.core.precision import resolve_precision
 from starft_pipeline.data.imagenet_like import write_imagenet_like
 from starft_pipeline.data.shards import resolve_decode, shard_batches, write_shards
 from starft_pipeline.data.splits import GroupSplit
-from starft_pipeline.evaluate.predictions import (
-    EvalTask,
-    ModelUnderTest,
-    PassSettings,
-    SplitToEvaluate,
-    one_pass_predictions,
-)
+from starft_pipeline.data.tasks import EvalTask
+from starft_pipeline.evaluate.predictions import ModelUnderTest, PassSettings, SplitToEvaluate, one_pass_predictions
 from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, resolve_device
-from starft_pipeline.train.engine import compile_towers, resolve_precision
+from starft_pipeline.train.engine import compile_towers
 from starft_pipeline.train.finetune import (
     FinetuneConfig,
     TrainData,

@@ -141,6 +141,25 @@ def test_no_import_loop():
     assert cycle is None, "import loop: " + " → ".join(cycle or [])
 
 
+def area_graph() -> dict[str, set[str]]:
+    """The library's subpackages and which others each imports (the picture a newcomer reads)."""
+    areas: dict[str, set[str]] = {area: set() for area in LIBRARY_PACKAGES}
+    for module, targets in package_graph().items():
+        source = module.split(".")[1] if module.count(".") >= 1 else ""
+        for target in targets:
+            area = target.split(".")[1] if target.count(".") >= 1 else ""
+            if source in areas and area in areas and area != source:
+                areas[source].add(area)
+    return areas
+
+
+def test_the_library_areas_import_each_other_in_one_direction():
+    # core <- data <- models <- train <- evaluate (llm on core): no loop between areas either
+    graph = area_graph()
+    assert find_cycle(graph) is None, f"the library's areas import each other in a loop: {graph}"
+    assert graph["core"] == set(), f"core imports other areas: {graph['core']}"
+
+
 @pytest.mark.parametrize(
     ("graph", "has_cycle"),
     [

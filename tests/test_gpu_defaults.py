@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from starft_pipeline.core.precision import resolve_precision
 from starft_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
-from starft_pipeline.train.engine import Encoders, configure_tf32, resolve_precision
+from starft_pipeline.train.engine import Encoders, configure_tf32
 from starft_pipeline.train.finetune import FinetuneConfig
 from tests.helpers import PROJECT_ROOT
 

@@ -38,7 +38,7 @@ from pydantic import (
 
 from starft_pipeline.core.configs import check_device, field_bounds, field_checks
 from starft_pipeline.data.metadata import DataChecks
-from starft_pipeline.evaluate.metrics import CONVENTIONS
+from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
 from starft_pipeline.llm import LLMSettings
 from starft_pipeline.models.clip import ModelSpec

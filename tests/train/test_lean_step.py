@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from starft_pipeline.models.clip import fill_template
+from starft_pipeline.data.tasks import fill_template
 from starft_pipeline.train.augment import apply_crops, crop_boxes
 from starft_pipeline.train.engine import Encoders, encode_text_trimmed, token_lengths
 from starft_pipeline.train.finetune import (

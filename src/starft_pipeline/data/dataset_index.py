@@ -16,9 +16,7 @@ import pandas as pd
 from starft_pipeline.core.io_utils import fingerprint
 from starft_pipeline.data.metadata import SPLIT_CODES, DataError
 from starft_pipeline.data.splits import GroupSplit, group_counts
-from starft_pipeline.evaluate.metrics import CONVENTIONS
-from starft_pipeline.evaluate.predictions import EvalTask, default_group_names
-from starft_pipeline.models.clip import fill_template
+from starft_pipeline.data.tasks import CONVENTIONS, EvalTask, default_group_names, fill_template
 
 DatasetIndex = dict[str, Any]
 

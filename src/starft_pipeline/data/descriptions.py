@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starft_pipeline.core.io_utils import fingerprint
-from starft_pipeline.models.clip import fill_template
+from starft_pipeline.data.tasks import fill_template
 
 DescriptionTable = dict[str, dict[str, list[str]]]  # confounder type -> class name -> texts
 FORMAT_VERSION = 1

@@ -26,9 +26,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from starft_pipeline.data.tasks import CONVENTIONS
+
 __all__ = [
     "CELEBA_GROUP_NAMES",
-    "CONVENTIONS",
     "HEADLINE_METRIC",
     "WATERBIRDS_GROUP_NAMES",
     "WATERBIRDS_TRAIN_GROUP_COUNTS",
@@ -360,7 +361,6 @@ def check_waterbirds_group_counts(train_group_counts: Sequence[int] | ArrayLike)
 Convention = Literal["waterbirds", "celeba", "generic"]
 
 #: Benchmark conventions a data set can be declared under (``class_names.datasets.<name>.convention``).
-CONVENTIONS: tuple[str, ...] = ("waterbirds", "celeba", "generic")
 
 #: The metric each convention reports as its headline "average accuracy".
 HEADLINE_METRIC: dict[str, str] = {

@@ -18,28 +18,13 @@ import torch.nn.functional as F
 from starft_pipeline.core.distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
 from starft_pipeline.data.splits import GroupSplit, normalise_images
 from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.data.tasks import EvalTask
 from starft_pipeline.evaluate.metrics import GroupMetrics, group_robust_metrics
 from starft_pipeline.models.clip import LoadedModel, encode_images, zero_shot_head
 from starft_pipeline.models.heads import ClassifierHead, head_for_classes
 
 if TYPE_CHECKING:
     import open_clip
-
-
-@dataclass(frozen=True)
-class EvalTask:
-    """One evaluation data set: its class names, prompt templates and group layout."""
-
-    name: str
-    class_names: tuple[str, ...]
-    templates: tuple[str, ...]
-    n_places: int
-    group_names: tuple[str, ...]
-    train_group_counts: tuple[int, ...]
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.class_names) * self.n_places
 
 
 def zero_shot_predictions(
@@ -72,11 +57,6 @@ def split_metrics(predictions: np.ndarray, split: GroupSplit, task: EvalTask) ->
         train_group_counts=np.asarray(task.train_group_counts),
         n_classes=len(task.class_names),
     )
-
-
-def default_group_names(class_names: Sequence[str], place_names: Sequence[str]) -> tuple[str, ...]:
-    """ "<class> on <place>" for g = y · n_places + place."""
-    return tuple(f"{name} on {place}" for name in class_names for place in place_names)
 
 
 def predictions_by_split(

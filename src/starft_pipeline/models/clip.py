@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from starft_pipeline.core.configs import bounded, check_fields
+from starft_pipeline.data.tasks import fill_template
 
 if TYPE_CHECKING:
     import open_clip
@@ -331,15 +332,6 @@ def encode_texts(
             for start in _batches(len(texts), batch_size)
         ]
     return torch.cat(chunks)
-
-
-def fill_template(template: str, class_name: str) -> str:
-    """Fill a prompt template's class slot; templates use ``{c}`` (or the OpenAI style ``{}``)."""
-    if "{c}" in template:
-        return template.replace("{c}", class_name)
-    if "{}" in template:
-        return template.replace("{}", class_name)
-    raise ValueError(f"template {template!r} has no class slot: write {{c}} where the class name goes")
 
 
 def zero_shot_head(

@@ -36,6 +36,7 @@ from starft_pipeline.core.distributed import (
     shard_rows,
 )
 from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.core.precision import autocast
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.dataset_index import DatasetIndex, class_prompts, data_identity
 from starft_pipeline.data.descriptions import DescriptionPool
@@ -43,7 +44,6 @@ from starft_pipeline.data.shards import Decode, shard_batches, write_shards
 from starft_pipeline.data.splits import GroupSplit, normalise_images
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.models.clip import LoadedModel, encode_texts, logit_scale, zero_shot_head
-from starft_pipeline.train.engine import autocast
 
 logger = logging.getLogger(__name__)
 

@@ -36,24 +36,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext
+from starft_pipeline.core.precision import Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
     import open_clip
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 COMPILED_TOWERS = ("visual", "transformer", "text")  # open_clip's image tower and text transformer(s)
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
-    """``auto``: bf16 on CUDA (what a GPU user expects), fp32 elsewhere (the CPU default's results stay put)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"finetune precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def configure_tf32(device: torch.device, enabled: bool) -> None:
@@ -61,13 +51,6 @@ def configure_tf32(device: torch.device, enabled: bool) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
-
-
-def autocast(device: torch.device, precision: Precision) -> AbstractContextManager:
-    """bf16 autocast on CUDA or the CPU; fp32 is a no-op (``auto`` as :func:`resolve_precision`)."""
-    if resolve_precision(precision, device) == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def compile_towers(model: nn.Module) -> list[str]:

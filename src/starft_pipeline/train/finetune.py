@@ -26,18 +26,18 @@ import torch.nn.functional as F
 
 from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
+from starft_pipeline.core.precision import PRECISIONS, Precision
 from starft_pipeline.data.descriptions import DescriptionPool
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.data.streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
-from starft_pipeline.models.clip import LoadedModel, fill_template, logit_scale
+from starft_pipeline.data.tasks import fill_template
+from starft_pipeline.models.clip import LoadedModel, logit_scale
 from starft_pipeline.models.heads import HEAD_MODULE
 from starft_pipeline.train.augment import apply_crops, crop_boxes
 from starft_pipeline.train.checkpointing import Checkpointer
 from starft_pipeline.train.engine import (
-    PRECISIONS,
     Encoders,
     EpochMeter,
-    Precision,
     accumulate_gradients,
     compile_towers,
     configure_tf32,

@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from starft_pipeline.core.io_utils import fingerprint
+from starft_pipeline.core.precision import Precision
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.data.streaming import ImageSource, StreamedImages
 from starft_pipeline.models.clip import LoadedModel
 from starft_pipeline.train.augment import apply_crops, crop_boxes
-from starft_pipeline.train.engine import Encoders, Precision, to_device
+from starft_pipeline.train.engine import Encoders, to_device
 from starft_pipeline.train.finetune import FinetuneConfig, StepBatch, TeacherFeatures, TeacherSource, TeacherStep
 
 logger = logging.getLogger(__name__)
