@@ -166,7 +166,16 @@ def test_the_miniature_environment_validates_and_names_its_world():
     assert params["pretrain"]["init_weights"] == "src/starft_pipeline/assets/weights/starft-tiny-vit-world.safetensors"
     assert params["pretrain"]["colour_prob"] > 0 and params["pretrain"]["object_only_steps"] == 0
     base = project_parameters()
-    assert params["star"]["finetune"]["reg_weight"] == base["star"]["finetune"]["reg_weight"]
+    star = params["star"]["finetune"]
+    # the study's validation choice (README "The study"); every other key merged from base
+    assert (star["reg_weight"], star["diminishing"], star["teacher_mode"], star["reg_logit_scale"]) == (
+        2.0,
+        False,
+        "online",
+        100.0,
+    )
+    assert star["confounder_types"] == base["star"]["finetune"]["confounder_types"]
+    assert params["kl"]["finetune"]["reg_weight"] == base["kl"]["finetune"]["reg_weight"]
     # the committed teacher was measured on colours too (its numbers: docs/miniature-world.md)
     measured = TensorBundle.load(PROJECT_ROOT / weights).metadata["zero_shot_accuracy"]
     assert set(measured) == {"objects", "backgrounds", "colours", "coloured_objects"}, measured
