@@ -2,8 +2,8 @@
 
 Figures are returned as :class:`matplotlib.figure.Figure` objects attached to an Agg canvas
 and built without pyplot (so nothing is shown, no global backend is switched, and nothing
-leaks between calls or needs ``plt.close``); save them with ``fig.savefig`` or a kedro
-``matplotlib.MatplotlibDataset``. Axes are in percent. No Kedro here.
+leaks between calls or needs ``plt.close``); save them with ``fig.savefig`` (the app's
+``kedro_io.FigureDataset`` does). Axes are in percent. No Kedro here.
 """
 
 from __future__ import annotations
