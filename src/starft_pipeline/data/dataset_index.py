@@ -88,12 +88,34 @@ def dataset_split(metadata: pd.DataFrame, index: DatasetIndex, dataset: str, spl
     rows = metadata[(metadata["dataset"] == dataset) & (metadata["split"] == SPLIT_CODES[split])]
     labels = rows["y"].to_numpy(dtype=np.int64)
     places = rows["place"].to_numpy(dtype=np.int64)
+    _check_rows_match_index(labels, places, dataset_info(index, dataset), f"{dataset}/{split}")
     return GroupSplit(
         name=split,
         paths=tuple(Path(path) for path in rows["path"]),
         labels=labels,
         places=places,
         groups=labels * n_places + places,
+    )
+
+
+def _check_rows_match_index(labels: np.ndarray, places: np.ndarray, entry: Mapping[str, Any], label: str) -> None:
+    """Refuse a metadata table the index was not built from (e.g. one written by another run): labels
+    or places outside the index's names, or (for ``train``) group counts other than the index's."""
+    n_classes, n_places = len(entry["class_names"]), int(entry["n_places"])
+    groups = labels * n_places + places
+    outside = bool(len(labels)) and bool(
+        (labels < 0).any() or (labels >= n_classes).any() or (places < 0).any() or (places >= n_places).any()
+    )
+    recounted = label.endswith("/train") and not outside
+    if not outside and not (
+        recounted and group_counts(groups, n_classes * n_places).tolist() != list(entry["train_group_counts"])
+    ):
+        return
+    raise DataError(
+        f"{label}: the dataset metadata (data/02_intermediate/dataset_metadata.csv) does not match the dataset "
+        f"index (dataset_index.json: {n_classes} classes, {n_places} places, training group counts "
+        f"{list(entry['train_group_counts'])}); they come from different runs. "
+        "Rerun `kedro run --pipelines=class_names` to rebuild both."
     )
 
 

@@ -92,6 +92,14 @@ def prepare_datasets(datasets: dict[str, Any]) -> pd.DataFrame:
     return prepare_checked_datasets(datasets)[0]
 
 
+def publish_checked_tables(
+    dataset_metadata: pd.DataFrame, skipped_items: pd.DataFrame, dataset_index: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The stage's checked results, unchanged: the one node whose outputs the catalog persists, so
+    nothing is written until every check of the stage has passed."""
+    return dataset_metadata, skipped_items, dataset_index
+
+
 def data_quality_metrics(dataset_metadata: pd.DataFrame, skipped_items: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Images per split and skipped rows per reason of every data set (MLflow: ``data.<key>``, the catalog's prefix)."""
     counts = data_quality_counts(dataset_metadata, skipped_items)
