@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,13 @@ from starft_pipeline.evaluate.results import require_columns, split_parts
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs every kedro command start-up time
     from matplotlib.figure import Figure
+
+
+class SavableFigure(Protocol):
+    """What a figure's consumers use (``kedro_io.FigureDataset`` calls ``savefig``): node functions
+    are annotated with it, a name Kedro can resolve at runtime without importing matplotlib."""
+
+    def savefig(self, fname: Any, **kwargs: Any) -> Any: ...
 
 
 def _listed_colors(name: str) -> list[Any]:

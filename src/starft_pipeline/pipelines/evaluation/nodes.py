@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import dataset_info, dataset_split, eval_task
 from starft_pipeline.data.splits import check_groups_present, load_split_images
 from starft_pipeline.evaluate.figures import (
+    SavableFigure,
     message_figure,
     plot_group_accuracy_comparison,
     plot_method_group_accuracy,
@@ -35,9 +36,6 @@ from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict
 from starft_pipeline.models.heads import head_for_classes, split_heads
 from starft_pipeline.models.teacher import check_trained_from
 from starft_pipeline.train.finetune import METHODS
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 ZERO_SHOT = "zero_shot"
@@ -209,20 +207,20 @@ def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
     }
 
 
-def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> Figure:
+def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> SavableFigure:
     """One method's per-group accuracy on every data set and split."""
     if not evaluation.get("groups"):
         return message_figure("Not evaluated in this run (see evaluation.models).", "per-group accuracy")
     return plot_method_group_accuracy(pd.DataFrame(evaluation["groups"]))
 
 
-def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
+def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]) -> SavableFigure:
     """Every method's per-group accuracy on the comparison split."""
     split = reporting.get("comparison_split", "test")
     return plot_group_accuracy_comparison(group_results, split, method_order=MODEL_ORDER)
 
 
-def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
+def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> SavableFigure:
     """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split."""
     if wise_ft_curve.empty:
         return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
@@ -230,7 +228,7 @@ def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figu
     return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=MODEL_ORDER)
 
 
-def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Figure:
+def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> SavableFigure:
     """Loss terms against step for every fine-tuned method with a history (an empty one: not trained yet)."""
     present = [history for history in histories if not history.empty]
     if not present:

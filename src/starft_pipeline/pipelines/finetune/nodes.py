@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+import sys
+from typing import Any, TypedDict, cast
 
 import pandas as pd
 import torch
@@ -29,7 +30,10 @@ from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_
 from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
 from starft_pipeline.train.teacher_modes import teacher_source
 
-if TYPE_CHECKING:
+# Imported at runtime, not only for the type checker: Kedro reads node functions' type hints.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
     from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """finetune stage: a namespaced pipeline per method, so kedro viz shows them side by side.
 
 LP fits a head on the cached teacher features (seconds, towers unchanged; once per run, on rank 0
-under torchrun); LP-FT fine-tunes from that same head (``lp.linear_probe``), FT from the zero-shot head; FLYP, StarFT (`star`) and its plain-KL variant (`kl`) train both
+under torchrun); LP-FT fine-tunes from that same head (``lp_linear_probe``), FT from the zero-shot head; FLYP, StarFT (`star`) and its plain-KL variant (`kl`) train both
 towers contrastively. `kedro run --namespaces=<method>` runs one of them.
 """
 
@@ -21,9 +21,10 @@ SHARED_INPUTS = tuple(StageInputs.__annotations__)
 
 
 #: The method whose namespace fits the linear probe; the other methods that start from it (LP-FT) read
-#: its ``lp.linear_probe``, so the probe is fitted once per run.
+#: its probe, so the probe is fitted once per run. The dataset's name has no dot: a namespaced name read
+#: from another namespace would be flagged by Kedro as a dotted dataset name.
 PROBE_METHOD = "lp"
-PROBE = f"{PROBE_METHOD}.linear_probe"
+PROBE = f"{PROBE_METHOD}_linear_probe"
 
 
 def _method_nodes(method: str) -> list[Node]:
@@ -35,17 +36,18 @@ def _method_nodes(method: str) -> list[Node]:
         probe = Node(fit_linear_probe, inputs, "linear_probe", name="fit_linear_probe")
         weights = ["linear_probe", "teacher_model", "params:finetune"]
         return [probe, Node(linear_probe_weights, weights, ["weights", "history"], name="linear_probe_weights")]
-    return [Node(finetune_method, inputs | {"linear_probe": PROBE}, ["weights", "history"], name="finetune")]
+    return [Node(finetune_method, inputs | {"linear_probe": "linear_probe"}, ["weights", "history"], name="finetune")]
 
 
 def method_pipeline(method: str) -> Pipeline:
     template = Pipeline(
         [*_method_nodes(method), Node(loss_curve_metrics, "history", "loss_curve", name="log_loss_curve")]
     )
-    shared = set(SHARED_INPUTS) | (
-        {PROBE} if method != PROBE_METHOD and HEAD_INIT.get(method) == "linear_probe" else set()
-    )
-    return Pipeline(template, namespace=method, inputs=shared, tags=["finetune", method])
+    shared = {name: name for name in SHARED_INPUTS}
+    probe = {"linear_probe": PROBE} if HEAD_INIT.get(method) == "linear_probe" else {}
+    if method == PROBE_METHOD:
+        return Pipeline(template, namespace=method, inputs=shared, outputs=probe, tags=["finetune", method])
+    return Pipeline(template, namespace=method, inputs=shared | probe, tags=["finetune", method])
 
 
 def create_pipeline(**kwargs) -> Pipeline:
