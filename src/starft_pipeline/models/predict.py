@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from starft_pipeline.core.io_utils import atomic_path
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import eval_task
+from starft_pipeline.data.metadata import DataError
 from starft_pipeline.data.splits import load_image, normalise_images
 from starft_pipeline.models.clip import (
     LoadedModel,
@@ -45,6 +47,9 @@ FILE_COLUMN, PREDICTED_COLUMN = "file", "predicted_class"
 TEACHER_MODEL_FILE = Path("data/04_feature/teacher_model.json")
 DATASET_INDEX_FILE = Path("data/02_intermediate/dataset_index.json")
 MODELS_DIR = Path("data/06_models")
+#: Skipped (undecodable) files named in the warning.
+MAX_LISTED_SKIPPED = 5
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,18 +147,53 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def _decodable(files: Sequence[Path], image_size: int, skipped: list[str]) -> tuple[list[Path], list[torch.Tensor]]:
+    """The files of a batch that decode, with their images; the others' paths appended to ``skipped``."""
+    kept, images = [], []
+    for path in files:
+        try:
+            images.append(load_image(path, image_size))
+        except DataError:
+            skipped.append(str(path))
+            continue
+        kept.append(path)
+    return kept, images
+
+
 def predictions(classifier: ImageClassifier, folder: str | Path, batch_size: int = 256) -> Iterator[pd.DataFrame]:
-    """One table per batch of images: ``file`` (relative to ``folder``), ``predicted_class``, a probability per class."""
+    """One table per batch of images: ``file`` (relative to ``folder``), ``predicted_class``, a probability per class.
+
+    A file that cannot be decoded (corrupt, truncated, not an image) is skipped; the skipped files are
+    counted in a warning at the end that names the first few. A folder with no decodable image is an error.
+    """
     folder, names = Path(folder), list(classifier.head.class_names)
     files = image_files(folder)
+    skipped: list[str] = []
     for start in range(0, len(files), batch_size):
-        batch = files[start : start + batch_size]
-        images = torch.stack([load_image(path, classifier.loaded.image_size) for path in batch])
-        probabilities = classifier.probabilities(images)
+        batch, images = _decodable(files[start : start + batch_size], classifier.loaded.image_size, skipped)
+        if not batch:
+            continue
+        probabilities = classifier.probabilities(torch.stack(images))
         table = pd.DataFrame(probabilities.numpy().astype("float64"), columns=names)
         table.insert(0, PREDICTED_COLUMN, [names[i] for i in probabilities.argmax(dim=1).tolist()])
         table.insert(0, FILE_COLUMN, [path.relative_to(folder).as_posix() for path in batch])
         yield table
+    if len(skipped) == len(files):
+        raise DataError(
+            f"none of the {len(files)} image files under {str(folder)!r} can be decoded (first: {skipped[0]!r}); "
+            "check that predict.images / --images points at a folder of images"
+        )
+    if skipped:
+        listed = ", ".join(repr(path) for path in skipped[:MAX_LISTED_SKIPPED])
+        more = f" and {len(skipped) - MAX_LISTED_SKIPPED} more" if len(skipped) > MAX_LISTED_SKIPPED else ""
+        logger.warning(
+            "%d of %d image files under %s cannot be decoded and were skipped (not in the predictions): %s%s",
+            len(skipped),
+            len(files),
+            folder,
+            listed,
+            more,
+        )
 
 
 def write_predictions(tables: Iterator[pd.DataFrame], out: str | Path) -> int:
