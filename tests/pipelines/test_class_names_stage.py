@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from kedro_datasets.pandas import CSVDataset
 from starft_pipeline.data.dataset_index import dataset_split
 from starft_pipeline.data.metadata import DataError
 from starft_pipeline.pipelines.class_names import create_pipeline
+from starft_pipeline.pipelines.class_names.nodes import build_dataset_index
 from tests.helpers import PROJECT_ROOT, tiny_parameters
 
 PUBLISHED = ("dataset_metadata.csv", "skipped_items.csv", "dataset_index.json")
@@ -88,3 +91,18 @@ def test_later_stages_refuse_a_table_the_index_was_not_built_from(
     metadata.loc[row, "y"] = 7 if split == 2 else (metadata.loc[row, "y"] + 1) % 3
     with pytest.raises(DataError, match=r"does not match the dataset index .*pipelines=class_names"):
         dataset_split(metadata, index, "synthetic", split_name)
+
+
+def test_the_waterbirds_release_counts_are_checked_where_the_data_is_read(
+    published: tuple[dict[str, Any], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    params, out = published
+    metadata = pd.read_csv(out / "dataset_metadata.csv")
+    templates = yaml.safe_load((PROJECT_ROOT / "conf/base/templates/prompt_templates.yml").read_text())
+    class_names = copy.deepcopy(params["class_names"])
+    class_names["datasets"]["waterbirds_like"]["convention"] = "waterbirds"
+    with caplog.at_level(logging.WARNING, logger="starft_pipeline.pipelines.class_names.nodes"):
+        build_dataset_index(metadata, templates, class_names)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("data set 'waterbirds_like' (read from ")
+    assert "differ from the release [3498, 184, 56, 1057]" in warnings[0]

@@ -24,6 +24,7 @@ from starft_pipeline.data.metadata import (
     skipped_table,
 )
 from starft_pipeline.data.splits import read_image_folder_splits
+from starft_pipeline.evaluate.metrics import convention_warning
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,15 @@ def _class_and_place_names(rows: pd.DataFrame, config: dict[str, Any], dataset: 
     return class_list, [str(places[i]) for i in range(n_places)]
 
 
+def _warn_about_convention(dataset: str, rows: pd.DataFrame, entry: dict[str, Any]) -> None:
+    """Where the data is read, not only at evaluation: a ``waterbirds`` data set whose training group
+    counts are not the release's (its adjusted average would not match published numbers)."""
+    warning = convention_warning(entry["convention"], entry["train_group_counts"])
+    if warning:
+        roots = sorted(set(rows["root"].astype(str)))
+        logger.warning("data set %r (read from %s): %s", dataset, ", ".join(roots), warning)
+
+
 def build_dataset_index(
     dataset_metadata: pd.DataFrame, prompt_template_sets: dict[str, list[str]], class_names: dict[str, Any]
 ) -> dict[str, Any]:
@@ -157,6 +167,7 @@ def build_dataset_index(
         convention = config.get("convention", "generic")
         entries[dataset] = dataset_entry(rows, class_list, place_list, template_list, dataset, convention)
         logger.info("data set %r: classes %s", dataset, class_list)
+        _warn_about_convention(dataset, rows, entries[dataset])
     finetune_dataset = class_names["finetune_dataset"]
     if finetune_dataset not in entries:
         raise names.ClassNameError(
