@@ -21,6 +21,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: top-level module of the package belongs to it.
 APP_MODULES = (
     "__main__",
+    "cli",
     "settings",
     "hooks",
     "pipeline_registry",
