@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from starft_pipeline.core.io_utils import atomic_path, atomic_write_json, fingerprint
+from starft_pipeline.core.progress import format_duration, progress_line
 from starft_pipeline.evaluate.results import mlflow_metric_key
 from starft_pipeline.evaluate.study_stats import (
     STUDY_METRICS,
@@ -196,12 +197,6 @@ def run_job(
     return pd.concat(rows, ignore_index=True).assign(settings_key=job.key)
 
 
-def _eta(times: Sequence[float], left: int) -> str:
-    if not times:
-        return "?"
-    return f"{sum(times) / len(times) * left / 60:.1f} min"
-
-
 def run_study(
     grid: StudyGrid,
     seeds: Sequence[int],
@@ -234,7 +229,7 @@ def run_study(
     done = done_keys(read_runs(path), jobs, path)
     todo = [job for job in jobs if (job.cell, job.seed) not in done]
     logger.info("study %s: %d runs, %d already in %s, %d to go", name, len(jobs), len(done), path, len(todo))
-    started, times = time.perf_counter(), []
+    started = time.perf_counter()
     for i, job in enumerate(todo, start=1):
         run_started = time.perf_counter()
         need_zero_shot = not (read_runs(path)["cell"] == ZERO_SHOT).any()
@@ -243,17 +238,14 @@ def run_study(
         append_runs(path, rows.assign(wall_s=wall_s))
         own = rows[rows["cell"] == job.cell]
         _record_run(name, job, run_metrics(job, own, catalog.load(f"{job.method}.history"), wall_s))
-        times.append(wall_s)
+        # One line per run (each takes minutes, between the runs' own Kedro logs): the shared progress line.
+        elapsed = time.perf_counter() - started
         logger.info(
-            "study %s: %s seed %d done in %.0f s (%d/%d; elapsed %.1f min, ETA %s)",
-            name,
+            "%s (%s seed %d took %s)",
+            progress_line(f"study {name}", i, len(todo), elapsed, "runs"),
             job.cell,
             job.seed,
-            wall_s,
-            i,
-            len(todo),
-            (time.perf_counter() - started) / 60,
-            _eta(times, len(todo) - i),
+            format_duration(wall_s),
         )
     runs = read_runs(path)
     wanted = {job.cell for job in jobs}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from starft_pipeline.core.distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
+from starft_pipeline.core.progress import Progress
 from starft_pipeline.data.splits import GroupSplit, normalise_images
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.data.tasks import EvalTask
@@ -153,13 +154,16 @@ def _local_predictions(
         pin_memory=settings.device.type == "cuda",
         rows=rows,
     )
-    for images, index in batches:
-        pixels = normalise_images(images.to(settings.device, non_blocking=True), base.image_mean, base.image_std)
-        positions = index - rows.start
-        for entry in entries:
-            with torch.no_grad(), _autocast(settings.device):
-                features = F.normalize(entry.model.encode_image(pixels).float(), dim=-1)
-            predictions[entry.key][positions] = _predict(features, heads[entry.key]).cpu()
+    description = f"evaluation {target.dataset}/{target.split_name}, {len(entries)} model(s)"
+    with Progress(len(rows), description, settings.context.is_main, unit="images") as bar:
+        for images, index in batches:
+            pixels = normalise_images(images.to(settings.device, non_blocking=True), base.image_mean, base.image_std)
+            positions = index - rows.start
+            for entry in entries:
+                with torch.no_grad(), _autocast(settings.device):
+                    features = F.normalize(entry.model.encode_image(pixels).float(), dim=-1)
+                predictions[entry.key][positions] = _predict(features, heads[entry.key]).cpu()
+            bar.update(len(index))
     return predictions
 
 

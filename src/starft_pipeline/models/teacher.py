@@ -37,6 +37,7 @@ from starft_pipeline.core.distributed import (
 )
 from starft_pipeline.core.io_utils import fingerprint
 from starft_pipeline.core.precision import autocast
+from starft_pipeline.core.progress import Progress
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.dataset_index import DatasetIndex, class_prompts, data_identity
 from starft_pipeline.data.descriptions import DescriptionPool
@@ -216,40 +217,47 @@ def _features_of(
     it), any other is encoded (each rank its share, gathered) and kept as a part by rank 0."""
     features = torch.empty(len(split), feature_dim(loaded))
     shards = _shards_of(loaded, key, split, settings, context)
-    for start, stop in part_ranges(len(split), settings.part_rows):
-        name = part_key(key, start, stop, len(split))
-        finished = None
-        if parts is not None:
-            finished = broadcast_from_main(parts.load(name, stop - start) if context.is_main else None, context)
-            if finished is not None:
-                logger.info(
-                    "teacher: reusing the finished features of %s (%d images) from %s", name, stop - start, parts.folder
+    with Progress(len(split), f"teacher {key}", context.is_main, unit="images") as bar:
+        for start, stop in part_ranges(len(split), settings.part_rows):
+            name = part_key(key, start, stop, len(split))
+            finished = None
+            if parts is not None:
+                finished = broadcast_from_main(parts.load(name, stop - start) if context.is_main else None, context)
+                if finished is not None:
+                    logger.info(
+                        "teacher: reusing the finished features of %s (%d images) from %s",
+                        name,
+                        stop - start,
+                        parts.folder,
+                    )
+                    bar.update(stop - start)
+            if finished is None:
+                share = shard_rows(stop - start, context)
+                local = split_features(
+                    loaded,
+                    split,
+                    settings.batch_size,
+                    settings.device,
+                    settings.num_workers,
+                    rows=range(start + share.start, start + share.stop),
+                    precision=settings.precision,
+                    shards=shards,
+                    decode=settings.decode,
+                    progress=bar,
                 )
-        if finished is None:
-            share = shard_rows(stop - start, context)
-            local = split_features(
-                loaded,
-                split,
-                settings.batch_size,
-                settings.device,
-                settings.num_workers,
-                rows=range(start + share.start, start + share.stop),
-                precision=settings.precision,
-                shards=shards,
-                decode=settings.decode,
-            )
-            finished = all_gather_rows(local, context)
-            if parts is not None and context.is_main:
-                parts.save(name, finished)
-            logger.info(
-                "teacher: encoded %d images of %s (rank %d of %d encoded %d)",
-                stop - start,
-                name,
-                context.rank,
-                context.world_size,
-                len(share),
-            )
-        features[start:stop] = finished
+                finished = all_gather_rows(local, context)
+                bar.update(len(finished) - len(local))  # the other ranks' images
+                if parts is not None and context.is_main:
+                    parts.save(name, finished)
+                logger.info(
+                    "teacher: encoded %d images of %s (rank %d of %d encoded %d)",
+                    stop - start,
+                    name,
+                    context.rank,
+                    context.world_size,
+                    len(share),
+                )
+            features[start:stop] = finished
     return features
 
 
@@ -334,12 +342,13 @@ def split_features(
     precision: TeacherPrecision = "fp32",
     shards: Path | None = None,
     decode: Decode = "cpu",
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Normalised image features (N, d), on the CPU in fp32, of ``rows`` (default: all) of a split's
     un-augmented images, streamed: decoded by ``num_workers`` loader workers and normalised one batch
     at a time (the same batches and arithmetic as decoding the whole split first, so the same values).
     With ``shards`` (a folder of :mod:`~starft_pipeline.data.shards`) the images come from there, decoded
-    per ``decode``."""
+    per ``decode``. ``progress`` counts the images encoded."""
     device = torch.device(device)
     rows = range(len(split)) if rows is None else rows
     features = torch.empty(len(rows), feature_dim(loaded))
@@ -366,6 +375,8 @@ def split_features(
             pixels = normalise_images(images.to(device, non_blocking=True), loaded.image_mean, loaded.image_std)
             features[done : done + len(images)] = F.normalize(model.encode_image(pixels).float(), dim=-1).cpu()
             done += len(images)
+            if progress is not None:
+                progress.update(len(images))
     return features
 
 

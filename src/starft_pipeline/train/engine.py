@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext
 from starft_pipeline.core.precision import Precision, autocast, resolve_precision
+from starft_pipeline.core.progress import Progress
 
 if TYPE_CHECKING:
     import open_clip
@@ -274,13 +274,9 @@ class EpochMeter:
         }
 
 
-def progress_bar(total: int, description: str, enabled: bool, initial: int = 0, leave: bool = True) -> tqdm:
-    """A tqdm bar (a context manager) that tqdm disables when stderr is not a terminal; ``enabled=False`` always."""
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=description,
-        leave=leave,
-        dynamic_ncols=True,
-        disable=None if enabled else True,
-    )
+def progress_bar(
+    total: int, description: str, enabled: bool, initial: int = 0, leave: bool = True, unit: str = "it"
+) -> Progress:
+    """A progress context manager (:class:`core.progress.Progress`): tqdm's bar on a terminal, log lines
+    elsewhere; ``enabled=False`` shows nothing."""
+    return Progress(total, description, enabled, unit=unit, initial=initial, leave=leave)

@@ -684,7 +684,9 @@ def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: F
     plan = micro_batch_rows(len(batches[0]), config.grad_accum_steps, state.context)
     meter = EpochMeter(device)
     show = config.progress and state.context.is_main
-    with progress_bar(len(batches), f"epoch {state.epoch + 1}/{config.epochs}", show, leave=False) as bar:
+    with progress_bar(
+        len(batches), f"{config.method} epoch {state.epoch + 1}/{config.epochs}", show, leave=False, unit="steps"
+    ) as bar:
         for indices in epoch_steps(data.images, batches, torch.cat([rows.local for rows in plan])):
             meter.start_step()
             record = training_step(loaded, state, data, indices, config, reg_weight, device)
@@ -745,7 +747,7 @@ def finetune(
     if checkpoints is not None:
         checkpoints.resume(state, run_key)
     show = config.progress and context.is_main
-    with progress_bar(config.epochs, config.method, show, initial=state.epoch) as bar:
+    with progress_bar(config.epochs, config.method, show, initial=state.epoch, unit="epochs") as bar:
         while state.epoch < config.epochs:
             run_epoch(loaded, state, data, config)
             state.epoch += 1
