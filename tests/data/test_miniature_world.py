@@ -167,7 +167,7 @@ def test_the_miniature_environment_validates_and_names_its_world():
     assert params["pretrain"]["colour_prob"] > 0 and params["pretrain"]["object_only_steps"] == 0
     base = project_parameters()
     star = params["star"]["finetune"]
-    # the study's validation choice (README "The study"); every other key merged from base
+    # the study's validation choice (docs/results.md, "The study"); every other key merged from base
     assert (star["reg_weight"], star["diminishing"], star["teacher_mode"], star["reg_logit_scale"]) == (
         2.0,
         False,

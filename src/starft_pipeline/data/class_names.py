@@ -153,7 +153,9 @@ def names_from_folders(folders: Sequence[str], class_map: str | Path | None = No
         return check_class_names([clean_class_name(folder) for folder in folders], "class folders")
     path = Path(class_map)
     if not path.is_file():
-        raise ClassNameError(f"class map {path} not found; give a CSV with columns folder,name (see README)")
+        raise ClassNameError(
+            f"class map {path} not found; give a CSV with columns folder,name (see conf/imagenet/parameters_class_names.yml)"
+        )
     frame = pd.read_csv(path, dtype=str)
     for column in ("folder", "name"):
         if column not in frame.columns:

@@ -74,7 +74,7 @@ N_PAIRS = len(synthetic.OBJECTS) * len(synthetic.BACKGROUNDS)
 class PretrainConfig:
     """Everything that decides a pretraining run's weights and its zero-shot report.
 
-    Two choices matter in this world (measured, see the README):
+    Two choices matter in this world (measured, see docs/results.md):
 
     * ``batch_size`` is a multiple of the 36 object × background pairs and every batch is balanced;
       with 36, no two-concept caption of a batch also describes another image of the batch.
