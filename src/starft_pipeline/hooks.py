@@ -22,6 +22,8 @@ from kedro.validation import ParameterValidationError
 
 logger = logging.getLogger(__name__)
 _PARAMS = "params:"
+#: The parameter block a hook reads, not a node: every run checks it (ProcessGroupHooks).
+HOOK_PARAMETERS = "distributed"
 _RUNTIME_PARAM = re.compile(r"runtime_params:\s*([A-Za-z_][\w.]*)")
 
 
@@ -64,8 +66,8 @@ class ParameterValidationHooks:
         from starft_pipeline.params import parameter_errors, parameter_warnings, precondition_errors
 
         params = catalog.load("parameters")
-        run_paths = parameter_paths([pipeline])
-        read_paths = parameter_paths([*_registered_pipelines(), pipeline])
+        run_paths = parameter_paths([pipeline]) | {HOOK_PARAMETERS}
+        read_paths = parameter_paths([*_registered_pipelines(), pipeline]) | {HOOK_PARAMETERS}
         for warning in parameter_warnings(params, run_paths, read_paths):
             logger.warning("parameters of another stage (this run does not read them): %s", warning)
         errors = parameter_errors(params, run_paths, read_paths, runtime_parameter_names(self._conf_source))
@@ -122,6 +124,19 @@ class RankZeroOutputsHooks:
             rank,
             len(pipeline.all_outputs()),
         )
+
+
+class ProcessGroupHooks:
+    """``distributed`` parameters (the process group's timeout) for the process group a node joins
+    under torchrun (:func:`starft_pipeline.core.distributed.init_from_env`). Read here, not by a
+    node, because the first node of a run that joins sets them for every stage after it."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        from starft_pipeline.core.distributed import ProcessGroupConfig, configure_process_group
+
+        params = catalog.load("parameters")
+        configure_process_group(ProcessGroupConfig.from_params(params.get(HOOK_PARAMETERS)))
 
 
 def _memory_copy_mode(catalog: Any, name: str) -> Literal["assign"] | None:
