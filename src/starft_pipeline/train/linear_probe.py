@@ -117,6 +117,7 @@ def fit_softmax_regression(
         [weight, bias],
         lr=1.0,
         max_iter=max_iter,
+        max_eval=25 * max_iter,  # iterations are the budget, as scikit-learn's max_iter (line searches: ≤ 25 calls)
         tolerance_grad=GRADIENT_TOLERANCE,
         tolerance_change=1e-12,
         history_size=10,
