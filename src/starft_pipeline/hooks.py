@@ -28,10 +28,11 @@ _RUNTIME_PARAM = re.compile(r"runtime_params:\s*([A-Za-z_][\w.]*)")
 
 
 def parameter_paths(pipelines: Iterable[Pipeline]) -> set[str]:
-    """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``)."""
+    """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``), and
+    the block a hook reads for every run (``distributed``)."""
     return {
         name[len(_PARAMS) :] for pipeline in pipelines for name in pipeline.all_inputs() if name.startswith(_PARAMS)
-    }
+    } | {HOOK_PARAMETERS}
 
 
 def runtime_parameter_names(conf_source: str | Path | None) -> set[str]:
@@ -66,8 +67,8 @@ class ParameterValidationHooks:
         from starft_pipeline.params import parameter_errors, parameter_warnings, precondition_errors
 
         params = catalog.load("parameters")
-        run_paths = parameter_paths([pipeline]) | {HOOK_PARAMETERS}
-        read_paths = parameter_paths([*_registered_pipelines(), pipeline]) | {HOOK_PARAMETERS}
+        run_paths = parameter_paths([pipeline])
+        read_paths = parameter_paths([*_registered_pipelines(), pipeline])
         for warning in parameter_warnings(params, run_paths, read_paths):
             logger.warning("parameters of another stage (this run does not read them): %s", warning)
         errors = parameter_errors(params, run_paths, read_paths, runtime_parameter_names(self._conf_source))
