@@ -297,9 +297,9 @@ def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
         try:
             value = compute()
         except BaseException as error:
-            store.set(key, pickle.dumps(("error", f"{type(error).__name__}: {error}")))
+            _publish(store, key, ("error", f"{type(error).__name__}: {error}"))
             raise
-        store.set(key, pickle.dumps(("ok", value)))
+        _publish(store, key, ("ok", value))
         return value
     waited, deadline = time.monotonic(), time.monotonic() + _settings.main_wait_s
     while not store.check([key]):
@@ -314,6 +314,11 @@ def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
         raise RuntimeError(f"rank 0 failed in {what}: {value}")
     logger.info("rank %d: rank 0's %s received after %.1fs", context.rank, what, time.monotonic() - waited)
     return value
+
+
+def _publish(store: dist.Store, key: str, outcome: tuple[str, Any]) -> None:
+    # Store.set takes bytes as well as str (torch's stub names only str).
+    store.set(key, pickle.dumps(outcome))  # type: ignore[arg-type]
 
 
 def on_main_rank(func: Callable[..., T]) -> Callable[..., T]:
