@@ -95,7 +95,7 @@ def configure_process_group(config: ProcessGroupConfig) -> None:
     global _settings
     _settings = config
     if dist.is_available() and dist.is_initialized():
-        logger.info("the process group is already joined; distributed.timeout_s applies from the next run")
+        logger.info("this process already joined its process group: its timeout stays; main_wait_s is updated")
 
 
 def process_group_config() -> ProcessGroupConfig:
