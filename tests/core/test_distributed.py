@@ -119,3 +119,19 @@ def test_the_hook_configures_the_process_group_from_the_parameters():
         assert process_group_config() == ProcessGroupConfig(timeout_s=90.0)
     finally:
         configure_process_group(previous)
+
+
+def test_a_node_run_on_rank_zero_keeps_the_signature_kedro_binds_inputs_to():
+    import inspect
+
+    from kedro.pipeline import Node
+
+    from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
+
+    assert list(inspect.signature(generate_descriptions).parameters) == [
+        "dataset_index",
+        "spurious_template_pools",
+        "descriptions",
+    ]
+    node = Node(generate_descriptions, ["a", "b", "c"], ["d", "e"], name="generate_descriptions")
+    assert node.inputs == ["a", "b", "c"]
