@@ -98,3 +98,61 @@ def test_the_project_catalog_imports_matplotlib_only_when_a_figure_is_drawn(tmp_
     assert report["matplotlib_at_start_up"] is False
     saved = tmp_path / "data/08_reporting/figures/group_accuracy_star.png"
     assert saved.read_bytes().startswith(PNG_MAGIC)
+
+
+# --- metrics: one MLflow call per 1,000 values ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tracking_store(tmp_path_factory):
+    """One SQLite store for the module's tests (creating one costs seconds); the previous URI restored after."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def _curve(n_steps: int) -> dict[str, list[dict[str, float]]]:
+    return {
+        "star.train.loss": [{"step": step, "value": 1.0 / step} for step in range(1, n_steps + 1)],
+        "star.train.epoch_loss": [{"step": 1, "value": 0.5}],
+    }
+
+
+def test_metrics_are_logged_in_batches_of_at_most_1000_with_kedro_mlflows_keys(tracking_store, monkeypatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from starft_pipeline.kedro_io import BatchedMlflowMetricsHistoryDataset
+
+    batches: list[int] = []
+    log_batch = MlflowClient.log_batch
+
+    def counting_log_batch(self, run_id, metrics=(), **kwargs):
+        batches.append(len(metrics))
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting_log_batch)
+    monkeypatch.setattr(MlflowClient, "log_metric", lambda *args, **kwargs: pytest.fail("one call per value"))
+    with mlflow.start_run() as run:
+        BatchedMlflowMetricsHistoryDataset(prefix="curves").save(_curve(2400))
+    assert batches == [1000, 1000, 401]
+    client = MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "curves.star.train.loss")
+    assert sorted((point.step, point.value) for point in history) == [(s, 1.0 / s) for s in range(1, 2401)]
+    # read back as kedro-mlflow's own dataset reads it
+    loaded = BatchedMlflowMetricsHistoryDataset(run_id=run.info.run_id, prefix="curves").load()
+    assert loaded["curves.star.train.epoch_loss"] == {"step": 1, "value": 0.5}
+
+
+def test_without_an_active_run_no_metric_and_no_run_is_logged(tracking_store) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from starft_pipeline.kedro_io import BatchedMlflowMetricsHistoryDataset
+
+    client = MlflowClient()
+    runs_before = sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments())
+    BatchedMlflowMetricsHistoryDataset().save(_curve(3))
+    assert sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments()) == runs_before

@@ -22,14 +22,17 @@ from kedro.validation import ParameterValidationError
 
 logger = logging.getLogger(__name__)
 _PARAMS = "params:"
+#: The parameter block a hook reads, not a node: every run checks it (ProcessGroupHooks).
+HOOK_PARAMETERS = "distributed"
 _RUNTIME_PARAM = re.compile(r"runtime_params:\s*([A-Za-z_][\w.]*)")
 
 
 def parameter_paths(pipelines: Iterable[Pipeline]) -> set[str]:
-    """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``)."""
+    """The parameter blocks the pipelines' nodes read (``params:star.finetune`` → ``star.finetune``), and
+    the block a hook reads for every run (``distributed``)."""
     return {
         name[len(_PARAMS) :] for pipeline in pipelines for name in pipeline.all_inputs() if name.startswith(_PARAMS)
-    }
+    } | {HOOK_PARAMETERS}
 
 
 def runtime_parameter_names(conf_source: str | Path | None) -> set[str]:
@@ -122,6 +125,19 @@ class RankZeroOutputsHooks:
             rank,
             len(pipeline.all_outputs()),
         )
+
+
+class ProcessGroupHooks:
+    """``distributed`` parameters (the process group's timeout) for the process group a node joins
+    under torchrun (:func:`starft_pipeline.core.distributed.init_from_env`). Read here, not by a
+    node, because the first node of a run that joins sets them for every stage after it."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        from starft_pipeline.core.distributed import ProcessGroupConfig, configure_process_group
+
+        params = catalog.load("parameters")
+        configure_process_group(ProcessGroupConfig.from_params(params.get(HOOK_PARAMETERS)))
 
 
 def _memory_copy_mode(catalog: Any, name: str) -> Literal["assign"] | None:

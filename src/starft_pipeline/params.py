@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from starft_pipeline.core.configs import check_device, field_bounds, field_checks
+from starft_pipeline.core.distributed import ProcessGroupConfig
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
@@ -336,7 +337,10 @@ class PredictParams(BaseModel):
     device: Device = "auto"
 
 
-#: The model of each top-level block a node reads (``params:<block>``).
+DistributedParams = model_from_dataclass(ProcessGroupConfig)
+
+
+#: The model of each top-level block a node (or a hook: ``distributed``) reads (``params:<block>``).
 BLOCK_MODELS: dict[str, type[BaseModel]] = {
     "datasets": DatasetsParams,
     "class_names": ClassNamesParams,
@@ -347,6 +351,7 @@ BLOCK_MODELS: dict[str, type[BaseModel]] = {
     "pretrain": PretrainParams,
     "export": ExportParams,
     "predict": PredictParams,
+    "distributed": DistributedParams,
 }
 #: The model of a namespaced block by its last key (``params:<method>.finetune``).
 NAMESPACED_MODELS: dict[str, type[BaseModel]] = {"finetune": FinetuneParams}

@@ -8,11 +8,11 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 from omegaconf import OmegaConf
 
-from starft_pipeline.hooks import ParameterValidationHooks, RankZeroOutputsHooks, untracked_pipelines
+from starft_pipeline.hooks import ParameterValidationHooks, ProcessGroupHooks, RankZeroOutputsHooks, untracked_pipelines
 
 # Typed parameters (starft_pipeline.params) are checked before any node runs; under torchrun only
-# rank 0 writes outputs and logs to MLflow.
-HOOKS = (ParameterValidationHooks(), RankZeroOutputsHooks())
+# rank 0 writes outputs and logs to MLflow, and the process group gets the `distributed` timeout.
+HOOKS = (ParameterValidationHooks(), RankZeroOutputsHooks(), ProcessGroupHooks())
 
 # At exit the interpreter's garbage collector walks every object MLflow, torch and pandas created
 # (1–2 s of every kedro command; docs/stack-notes.md): freezing them first skips that walk. Registered

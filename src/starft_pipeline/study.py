@@ -167,8 +167,10 @@ def run_metrics(job: Job, rows: pd.DataFrame, history: pd.DataFrame, wall_s: flo
 def _record_run(study: str, job: Job, metrics: Sequence[tuple[str, float, int]]) -> str:
     """Name and tag the MLflow run kedro-mlflow just closed and log ``metrics`` in batches."""
     import mlflow
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
+
+    from starft_pipeline.kedro_io import log_metrics_in_batches
 
     run = mlflow.last_active_run()
     if run is None:
@@ -176,9 +178,7 @@ def _record_run(study: str, job: Job, metrics: Sequence[tuple[str, float, int]])
     client, run_id, now = MlflowClient(), run.info.run_id, int(time.time() * 1000)
     tags = {"mlflow.runName": f"{study}/{job.cell}/seed{job.seed}", "study": study, "study.cell": job.cell}
     entities = [Metric(key, float(value), now, int(step)) for key, value, step in metrics]
-    for start in range(0, max(len(entities), 1), 1000):  # MLflow takes at most 1000 metrics per batch
-        batch_tags = [RunTag(k, v) for k, v in (tags | {"study.seed": str(job.seed)}).items()] if start == 0 else []
-        client.log_batch(run_id, metrics=entities[start : start + 1000], tags=batch_tags)
+    log_metrics_in_batches(client, run_id, entities, tags | {"study.seed": str(job.seed)})
     return run_id
 
 

@@ -114,7 +114,7 @@ TEACHER_SHARE = re.compile(r"teacher: encoded (\d+) images of (\S+) \(rank (\d) 
 
 
 @pytest.mark.slow
-def test_the_teacher_and_evaluation_are_sharded_and_the_probe_fitted_on_one_rank(two_runs) -> None:
+def test_the_teacher_and_evaluation_are_sharded_and_the_probe_fitted_on_every_rank(two_runs) -> None:
     logs = [(two_runs[1].parent / f"node{index}.log").read_text() for index in range(2)]
     shares: dict[str, dict[int, tuple[int, int]]] = {}
     for log in logs:
@@ -129,7 +129,7 @@ def test_the_teacher_and_evaluation_are_sharded_and_the_probe_fitted_on_one_rank
         0,
         1,
     ]
-    assert sorted("linear probe C=" in log for log in logs) == [False, True]
+    assert ["linear probe C=" in log for log in logs] == [True, True]  # no rank waits for another's fit
 
 
 @pytest.mark.slow

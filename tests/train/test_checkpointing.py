@@ -142,3 +142,68 @@ def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     for key in expected:
         assert torch.equal(actual[key], expected[key]), key  # bitwise: same draws, same arithmetic
     assert not (killed_dir / CHECKPOINT_FILE).exists()  # the finished run removed its checkpoint
+
+
+# --- torchrun without a shared filesystem: rank 0 reads, every rank resumes its state -------------
+
+
+def _toy_state(seed: int):
+    """A Resumable: a linear model whose weights depend on ``seed``, SGD with momentum, a step schedule."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    return SimpleNamespace(model=model, optimizer=optimizer, scheduler=scheduler, epoch=0, step=0, history=[])
+
+
+def _trained_toy_state(seed: int, epoch: int):
+    state = _toy_state(seed)
+    state.model(torch.ones(4, 3)).sum().backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.epoch, state.step, state.history = epoch, 5 * epoch, [{"loss": 1.0 / epoch}]
+    return state
+
+
+def _resume_worker(rank: int, port: int, root: str) -> None:
+    import torch.distributed as dist
+
+    from starft_pipeline.core.distributed import ProcessGroupConfig, init_from_env
+    from tests.core.test_distributed import join
+
+    join(rank, port, ProcessGroupConfig(timeout_s=60.0))
+    context, _ = init_from_env(torch.device("cpu"))
+    try:
+        state = _toy_state(seed=100 + rank)  # ranks start from different weights: the resume must overwrite them
+        resumed = Checkpointer(Path(root) / f"node{rank}").resume(state, "run", context)
+        torch.save(
+            {
+                "resumed": resumed,
+                "epoch": state.epoch,
+                "model": state.model.state_dict(),
+                "lr": state.scheduler.get_last_lr(),
+            },
+            Path(root) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_rank_zeros_checkpoint_from_its_own_disk_only(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tests.core.test_distributed import _free_port
+
+    Checkpointer(tmp_path / "node0").save(_trained_toy_state(seed=1, epoch=2), "run")
+    Checkpointer(tmp_path / "node1").save(_trained_toy_state(seed=2, epoch=1), "run")  # rank 1's disk: a stale one
+    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    expected = _trained_toy_state(seed=1, epoch=2)
+    for rank, result in enumerate(ranks):
+        assert result["resumed"] and result["epoch"] == 2, rank
+        for key, value in expected.model.state_dict().items():
+            assert torch.equal(result["model"][key], value), (rank, key)
+        assert result["lr"] == pytest.approx(expected.scheduler.get_last_lr())

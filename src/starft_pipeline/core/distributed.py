@@ -17,17 +17,30 @@ full gradient on every rank and are averaged to it as well.
 Under torchrun (``WORLD_SIZE > 1`` in the environment) :func:`init_from_env` joins the process
 group through ``env://``: NCCL on CUDA (one GPU per process, ``LOCAL_RANK``), gloo on the CPU.
 Only rank 0 writes files (checkpoints) and shows progress bars.
+
+Waiting. A collective (all-gather, broadcast, barrier) that waits longer than the process group's
+timeout kills the job (NCCL's default: 10 minutes), so :class:`ProcessGroupConfig` sets it
+explicitly (``distributed.timeout_s``, 2 h by default), and work done by rank 0 alone that can
+take long (Claude requests) is shared by :func:`run_on_main`, where the other ranks poll the
+rendezvous store instead of sitting in a collective.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from starft_pipeline.core.configs import bounded, check_fields, config_from_params
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +65,41 @@ class DistContext:
 
 
 SINGLE_PROCESS = DistContext()
+
+
+@dataclass(frozen=True)
+class ProcessGroupConfig:
+    """The ``distributed`` parameters block: how long ranks may wait for each other under torchrun.
+
+    ``timeout_s``: the process group's timeout, i.e. the longest any collective may wait for the
+    slowest rank before the job is killed. ``main_wait_s``: the longest the other ranks wait for
+    rank 0's own work (class names, Claude's descriptions) in :func:`run_on_main`.
+    """
+
+    timeout_s: float = bounded(7200.0, gt=0)
+    main_wait_s: float = bounded(86400.0, gt=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "distributed.")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> ProcessGroupConfig:
+        return config_from_params(cls, params, "distributed")
+
+
+_settings = ProcessGroupConfig()
+
+
+def configure_process_group(config: ProcessGroupConfig) -> None:
+    """Use ``config`` for the process group this process joins next (the Kedro hook calls it per run)."""
+    global _settings
+    _settings = config
+    if dist.is_available() and dist.is_initialized():
+        logger.info("this process already joined its process group: its timeout stays; main_wait_s is updated")
+
+
+def process_group_config() -> ProcessGroupConfig:
+    return _settings
 
 
 def _env_int(name: str, default: int) -> int:
@@ -88,8 +136,16 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
-        logger.info("joined the %s process group: rank %d of %d on %s", backend, rank, world_size, device)
+        timeout = timedelta(seconds=_settings.timeout_s)
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
+        logger.info(
+            "joined the %s process group: rank %d of %d on %s (collectives time out after %gs: distributed.timeout_s)",
+            backend,
+            rank,
+            world_size,
+            device,
+            _settings.timeout_s,
+        )
     return DistContext(rank, world_size, local_rank), device
 
 
@@ -214,3 +270,64 @@ def broadcast_from_main(value: T, context: DistContext) -> T:
     box: list[Any] = [value if context.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # rank 0's value, of rank 0's type
+
+
+# --- work done by rank 0 alone, shared without a collective ------------------------------------
+
+_MAIN_POLL_S = 0.5
+_main_calls = 0  # every rank counts its calls in the same order, so the n-th call's key matches
+
+
+def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
+    """``compute()`` on rank 0, its result on every rank; the other ranks poll, they wait in no collective.
+
+    Rank 0 publishes the pickled result under a key of the rendezvous store; the others check the
+    key every half second for up to ``distributed.main_wait_s``, so a long rank-0 phase (Claude
+    answering for an hour) cannot hit the process group's timeout. A failure on rank 0 is published
+    too, and the other ranks stop with its message instead of waiting.
+    """
+    if not context.enabled:
+        return compute()
+    global _main_calls
+    _main_calls += 1
+    key = f"starft/run_on_main/{_main_calls}"
+    # The store the process group rendezvoused through; torch has no public accessor for it.
+    store = dist.distributed_c10d._get_default_store()
+    if context.is_main:
+        try:
+            value = compute()
+        except BaseException as error:
+            _publish(store, key, ("error", f"{type(error).__name__}: {error}"))
+            raise
+        _publish(store, key, ("ok", value))
+        return value
+    waited, deadline = time.monotonic(), time.monotonic() + _settings.main_wait_s
+    while not store.check([key]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rank {context.rank} waited {_settings.main_wait_s:g}s for rank 0's {what}; "
+                "raise distributed.main_wait_s if rank 0 needs longer"
+            )
+        time.sleep(_MAIN_POLL_S)
+    status, value = pickle.loads(store.get(key))  # written by rank 0 of this job, as broadcast_object_list would
+    if status == "error":
+        raise RuntimeError(f"rank 0 failed in {what}: {value}")
+    logger.info("rank %d: rank 0's %s received after %.1fs", context.rank, what, time.monotonic() - waited)
+    return value
+
+
+def _publish(store: dist.Store, key: str, outcome: tuple[str, Any]) -> None:
+    # Store.set takes bytes as well as str (torch's stub names only str).
+    store.set(key, pickle.dumps(outcome))  # type: ignore[arg-type]
+
+
+def on_main_rank(func: Callable[..., T]) -> Callable[..., T]:
+    """A node function that runs on rank 0 only under torchrun; every rank returns rank 0's result
+    (:func:`run_on_main`). Without torchrun it is ``func``; the signature is kept (Kedro reads it)."""
+
+    @functools.wraps(func)
+    def on_main(*args: Any, **kwargs: Any) -> T:
+        context, _ = init_from_env(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return run_on_main(lambda: func(*args, **kwargs), context, func.__name__)
+
+    return on_main

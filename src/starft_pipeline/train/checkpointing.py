@@ -1,6 +1,7 @@
 """Per-epoch training checkpoints: resume a killed fine-tuning run where it stopped.
 
-One file per run directory, ``last.pt``, rewritten atomically (temp file + rename) after every
+One file per run directory, ``last.pt``, written by rank 0 only under torchrun and read back by it
+alone (it broadcasts the state: see :meth:`Checkpointer.resume`), rewritten atomically (temp file + rename) after every
 epoch: model, optimiser and scheduler state, the torch RNG states, epoch, step, history, and the
 run's fingerprint. Everything that is not a tensor is stored as plain types (the history and the
 counters as one JSON string), so the file loads with ``torch.load(..., weights_only=True)``: a
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from starft_pipeline.core.configs import config_from_params
+from starft_pipeline.core.distributed import SINGLE_PROCESS, DistContext, broadcast_from_main
 from starft_pipeline.core.io_utils import atomic_path, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -154,9 +156,13 @@ class Checkpointer:
             logger.warning("checkpoint %s cannot be read (%s); starting fresh", self.path, error)
             return None
 
-    def resume(self, state: Resumable, run_key: str) -> bool:
-        """Restore ``state`` from the checkpoint if it belongs to this run; True when it did."""
-        payload = self.load()
+    def resume(self, state: Resumable, run_key: str, context: DistContext = SINGLE_PROCESS) -> bool:
+        """Restore ``state`` from the checkpoint if it belongs to this run; True when it did.
+
+        Under torchrun only rank 0 reads (it alone writes checkpoints) and broadcasts what it read,
+        so the nodes need no shared filesystem and every rank resumes from the same state.
+        """
+        payload = broadcast_from_main(self.load() if context.is_main else None, context)
         if payload is None:
             return False
         if payload.get("format_version") != FORMAT_VERSION or payload.get("fingerprint") != run_key:

@@ -745,7 +745,7 @@ def finetune(
     state = state or setup_state(loaded, config, len(data.images), device, context)
     run_key = checkpoints.fingerprint(config.result_dict(), state.model, len(data.images)) if checkpoints else ""
     if checkpoints is not None:
-        checkpoints.resume(state, run_key)
+        checkpoints.resume(state, run_key, context)
     show = config.progress and context.is_main
     with progress_bar(config.epochs, config.method, show, initial=state.epoch, unit="epochs") as bar:
         while state.epoch < config.epochs:

@@ -1,7 +1,8 @@
 """Linear probing (LP): logistic regression on the frozen model's image features, C chosen on val.
 
 The features are the teacher cache's normalised image embeddings of the un-augmented images, so LP
-costs seconds and leaves both towers unchanged; its head (class weights and biases) is what LP adds
+costs seconds and leaves both towers unchanged; the regression is scikit-learn's objective solved by
+torch's full-batch L-BFGS, so it runs on the GPU and on every torchrun rank at once; its head (class weights and biases) is what LP adds
 to the model, and what LP-FT starts fine-tuning from. No Kedro here.
 """
 
@@ -10,20 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
 
 from starft_pipeline.core.configs import config_from_params
 from starft_pipeline.models.heads import ClassifierHead
-
-if TYPE_CHECKING:
-    from sklearn.linear_model import LogisticRegression
 
 logger = logging.getLogger(__name__)
 
@@ -54,38 +49,95 @@ class LinearProbeConfig:
         return asdict(self)
 
 
-def fit_logistic_regression(
-    features: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 1000
-) -> LogisticRegression:
-    """Multinomial (binary: logistic) regression with L2 penalty 1/C and an intercept."""
-    # Imported here: scikit-learn costs seconds of start-up to every kedro command.
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(C=c, max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a C that does not converge is judged on val anyway
-        model.fit(features, labels)
-    return model
+#: L-BFGS stops when the objective's largest gradient entry is below this (scikit-learn's ``tol``).
+GRADIENT_TOLERANCE = 1e-4
 
 
-def head_from_logistic_regression(model: LogisticRegression, class_names: Sequence[str]) -> ClassifierHead:
-    """The fitted classifier as a head with one row per class.
+@dataclass(frozen=True)
+class SoftmaxFit:
+    """A fitted probe: its head and the penalised objective it reached (see :func:`fit_softmax_regression`)."""
 
-    scikit-learn keeps one row ``w`` for two classes (p(1) = σ(w·x + b)); it becomes the rows
-    ``[−w/2, w/2]`` (and biases ``[−b/2, b/2]``), whose softmax is exactly that sigmoid.
+    head: ClassifierHead
+    objective: float
+    iterations: int
+
+
+def l2_strength(c: float, n_samples: int, n_classes: int) -> float:
+    """λ of the objective ``mean CE + λ/2 · ‖W‖²`` that scikit-learn's ``LogisticRegression(C=c)`` minimises.
+
+    scikit-learn's is ``1 / (C · n)``. For two classes it fits one row ``w`` while the head has the
+    rows ``[−w/2, w/2]``, whose squared norm is ``‖w‖²/2``: the same penalty on it needs twice λ.
     """
-    classes = [int(label) for label in model.classes_]
-    if classes != list(range(len(class_names))):
+    return (2.0 if n_classes == 2 else 1.0) / (c * n_samples)
+
+
+def penalised_objective(
+    weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, strength: float
+) -> torch.Tensor:
+    """``mean cross-entropy + strength/2 · ‖W‖²`` (the intercept is not penalised, as in scikit-learn)."""
+    logits = torch.addmm(bias, features, weight.T)
+    return torch.nn.functional.cross_entropy(logits, labels) + 0.5 * strength * weight.square().sum()
+
+
+def _check_labels(labels: torch.Tensor, class_names: Sequence[str]) -> None:
+    seen = torch.unique(labels).tolist()
+    if seen != list(range(len(class_names))):
         raise ValueError(
-            f"the linear probe saw labels {classes} in the train split but the data set has "
+            f"the linear probe saw labels {seen} in the train split but the data set has "
             f"{len(class_names)} classes; every class needs training images"
         )
-    weight = torch.as_tensor(model.coef_, dtype=torch.float32)
-    bias = torch.as_tensor(model.intercept_, dtype=torch.float32)
-    if len(class_names) == 2:
-        weight, bias = torch.cat([-weight / 2, weight / 2]), torch.cat([-bias / 2, bias / 2])
-    return ClassifierHead(weight, bias, tuple(class_names))
+
+
+def fit_softmax_regression(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    c: float,
+    max_iter: int = 1000,
+    device: torch.device | str = "cpu",
+    start: ClassifierHead | None = None,
+) -> SoftmaxFit:
+    """Multinomial logistic regression with L2 penalty 1/C and an intercept, by full-batch L-BFGS in torch.
+
+    The objective is scikit-learn's ``LogisticRegression(C=c)`` (:func:`l2_strength`), so the head
+    is its solution up to the solvers' tolerances; it runs on ``device`` (a GPU fits ImageNet's
+    1.28 M features in minutes; the logits, n × classes floats, must fit there). ``start``: a head
+    to start from (a neighbouring C's solution), else zeros.
+    """
+    _check_labels(labels, class_names)
+    x = features.to(device=device, dtype=torch.float32)
+    y = labels.to(device=device, dtype=torch.long)
+    n_classes = len(class_names)
+    strength = l2_strength(c, len(y), n_classes)
+    weight = torch.zeros(n_classes, x.shape[1], device=device) if start is None else start.weight.to(device).clone()
+    bias = torch.zeros(n_classes, device=device) if start is None else start.bias.to(device).clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=25 * max_iter,  # iterations are the budget, as scikit-learn's max_iter (line searches: ≤ 25 calls)
+        tolerance_grad=GRADIENT_TOLERANCE,
+        tolerance_change=1e-12,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        objective = penalised_objective(weight, bias, x, y, strength)
+        objective.backward()
+        return objective
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        objective = float(penalised_objective(weight, bias, x, y, strength))
+        # Softmax ignores a constant added to every bias, which the unpenalised intercept leaves free.
+        centred = bias - bias.mean()
+    iterations = int(optimizer.state[weight].get("n_iter", 0))
+    head = ClassifierHead(weight.detach().cpu(), centred.cpu(), tuple(class_names))
+    return SoftmaxFit(head, objective, iterations)
 
 
 def mean_log_loss(head: ClassifierHead, features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -103,18 +155,20 @@ def select_linear_probe(
     val_labels: torch.Tensor | None,
     class_names: Sequence[str],
     config: LinearProbeConfig,
+    device: torch.device | str = "cpu",
 ) -> tuple[ClassifierHead, pd.DataFrame]:
-    """Fit one probe per C; keep the best val accuracy (ties: the smaller C). Returns it and the sweep."""
+    """Fit one probe per C (on ``device``); keep the best val accuracy (ties: the smaller C). Returns it and the sweep."""
     has_val = val_features is not None and len(val_features) > 0
     if len(config.c_grid) > 1 and not has_val:
         raise ValueError(
             "the linear probe chooses C on the val split, which is empty; add val rows or give one linear_probe.c_grid value"
         )
-    rows, best, best_acc = [], None, -1.0
+    rows, best, best_acc, previous = [], None, -1.0, None
     for step, c in enumerate(sorted(config.c_grid), start=1):
-        head = head_from_logistic_regression(
-            fit_logistic_regression(train_features.numpy(), train_labels.numpy(), c, config.max_iter), class_names
+        fit = fit_softmax_regression(
+            train_features, train_labels, class_names, c, config.max_iter, device, start=previous
         )
+        head, previous = fit.head, fit.head  # the next, larger C starts from this solution
         val_acc = (
             accuracy(head, val_features, val_labels)
             if val_features is not None and val_labels is not None and has_val
@@ -127,6 +181,8 @@ def select_linear_probe(
                 "step": step,
                 "C": c,
                 "loss": train_loss,
+                "objective": fit.objective,
+                "iterations": fit.iterations,
                 "train_acc": accuracy(head, train_features, train_labels),
                 "val_acc": val_acc,
             }

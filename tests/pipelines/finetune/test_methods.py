@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,11 +22,7 @@ from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
 from starft_pipeline.pipelines.finetune.pipeline import METHODS, SHARED_INPUTS, create_pipeline
 from starft_pipeline.train.finetune import FinetuneConfig, step_losses
-from starft_pipeline.train.linear_probe import (
-    LinearProbeConfig,
-    head_from_logistic_regression,
-    select_linear_probe,
-)
+from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
 from starft_pipeline.train.losses import head_cross_entropy
 from tests.helpers import stage_tiny
 
@@ -51,22 +45,6 @@ def test_zero_shot_linear_head_is_scaled_class_features_with_zero_bias():
     assert torch.equal(head.bias, torch.zeros(2))
     # logits of feature [1, 0]: [6, 10]
     assert torch.equal(head.logits(torch.tensor([[1.0, 0.0]])), torch.tensor([[6.0, 10.0]]))
-
-
-def test_binary_logistic_regression_becomes_two_symmetric_rows():
-    fitted = SimpleNamespace(classes_=np.array([0, 1]), coef_=np.array([[2.0, -4.0]]), intercept_=np.array([1.0]))
-    head = head_from_logistic_regression(fitted, ["land", "water"])
-    assert torch.equal(head.weight, torch.tensor([[-1.0, 2.0], [1.0, -2.0]]))
-    assert torch.equal(head.bias, torch.tensor([-0.5, 0.5]))
-    # softmax over the two rows is sklearn's sigmoid: x = [1, 1] → w·x + b = 2 − 4 + 1 = −1
-    probability = torch.softmax(head.logits(torch.tensor([[1.0, 1.0]])), dim=1)[0, 1]
-    assert probability.item() == pytest.approx(1 / (1 + math.exp(1)), abs=1e-6)
-
-
-def test_a_class_missing_from_training_is_an_error():
-    fitted = SimpleNamespace(classes_=np.array([0, 2]), coef_=np.zeros((2, 2)), intercept_=np.zeros(2))
-    with pytest.raises(ValueError, match="every class needs training images"):
-        head_from_logistic_regression(fitted, ["a", "b", "c"])
 
 
 def test_linear_probe_chooses_c_on_val_and_prefers_the_smaller_c_on_ties():

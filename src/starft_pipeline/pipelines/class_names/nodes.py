@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from starft_pipeline.core.distributed import on_main_rank
 from starft_pipeline.data import class_names as names
 from starft_pipeline.data import synthetic
 from starft_pipeline.data.dataset_index import dataset_entry
@@ -151,6 +152,7 @@ def _warn_about_convention(dataset: str, rows: pd.DataFrame, entry: dict[str, An
         logger.warning("data set %r (read from %s): %s", dataset, ", ".join(roots), warning)
 
 
+@on_main_rank  # under torchrun: rank 0 builds it, the others receive it
 def build_dataset_index(
     dataset_metadata: pd.DataFrame, prompt_template_sets: dict[str, list[str]], class_names: dict[str, Any]
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from starft_pipeline.core.distributed import on_main_rank
 from starft_pipeline.data.dataset_index import dataset_info
 from starft_pipeline.data.descriptions import (
     DescriptionsError,
@@ -64,6 +65,7 @@ def _from_anthropic(
     return result.descriptions, result.usage, review
 
 
+@on_main_rank  # under torchrun: only rank 0 asks Claude; the others receive its document
 def generate_descriptions(
     dataset_index: dict[str, Any], spurious_template_pools: dict[str, list[str]], descriptions: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:

@@ -85,16 +85,17 @@ def _initial_head(
 def fit_linear_probe(finetune_params: dict[str, Any], **inputs: Unpack[StageInputs]) -> TensorBundle:
     """LP: logistic regression on the cached teacher image features of the train split, C chosen on val.
 
-    Under torchrun only rank 0 fits (scikit-learn's L-BFGS is one process; the result is the same
-    on every rank) and the other ranks receive its head.
+    Under torchrun every rank fits the same probe on its own device from the same cached features,
+    so no rank waits for another in a collective meanwhile; rank 0's head is then broadcast, so the
+    ranks agree to the bit even where their GPUs round differently.
     """
     config = LinearProbeConfig.from_params(finetune_params.get("linear_probe"))
-    context, _ = init_from_env(resolve_device(finetune_params.get("device", "auto")))
-    probe = _fit_probe(inputs, config) if context.is_main else None
-    return cast(TensorBundle, broadcast_from_main(probe, context))  # rank 0's probe on every rank, never None
+    context, device = init_from_env(resolve_device(finetune_params.get("device", "auto")))
+    probe = _fit_probe(inputs, config, device)
+    return cast(TensorBundle, broadcast_from_main(probe, context))
 
 
-def _fit_probe(inputs: StageInputs, config: LinearProbeConfig) -> TensorBundle:
+def _fit_probe(inputs: StageInputs, config: LinearProbeConfig, device: torch.device) -> TensorBundle:
     dataset, class_names, _, cache = _finetune_task(inputs)
     train, val = (
         dataset_split(inputs["dataset_metadata"], inputs["dataset_index"], dataset, split) for split in ("train", "val")
@@ -106,6 +107,7 @@ def _fit_probe(inputs: StageInputs, config: LinearProbeConfig) -> TensorBundle:
         torch.tensor(val.labels),
         class_names,
         config,
+        device,
     )
     metadata = {"config": config.as_dict(), "sweep": sweep.to_dict("records"), "teacher_fingerprint": cache.fingerprint}
     return TensorBundle(head_tensors({dataset: head}), metadata | head_metadata({dataset: head}))
