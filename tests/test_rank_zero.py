@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,6 @@ from kedro_datasets.json import JSONDataset
 
 from starft_pipeline.core.distributed import launch_rank
 from starft_pipeline.hooks import RankZeroOutputsHooks, untracked_pipelines
-from tests.helpers import copy_project, kedro_env
 
 
 def _identity(value):
@@ -92,24 +89,3 @@ def test_mlflow_tracking_is_off_on_other_ranks_only(monkeypatch):
     assert untracked_pipelines() == []
     monkeypatch.setenv("RANK", "1")
     assert {"__default__", "full", "finetune", "pretrain"} <= set(untracked_pipelines())
-
-
-@pytest.mark.slow
-def test_a_secondary_rank_run_writes_no_output_and_no_mlflow_run(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    project = copy_project(tmp_path / "project")
-    kedro = Path(sys.executable).with_name("kedro")
-    env = kedro_env() | {"WORLD_SIZE": "2", "RANK": "1"}
-    completed = subprocess.run(
-        [str(kedro), "run", "--pipelines=class_names"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
-    assert not list((project / "data").glob("0[2-8]_*/*")), "a secondary rank wrote a catalog output"
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert not any(client.search_runs([e.experiment_id]) for e in client.search_experiments())

@@ -201,3 +201,13 @@ def test_the_run_reaches_export_with_every_stage_written_once(rehearsal) -> None
     # every rank fitted the probe (none waited for another meanwhile), both on the same C
     fits = [line for line in lines if "linear probe C=0.316" in line]
     assert len(fits) == 2, fits
+
+
+@pytest.mark.slow
+def test_only_rank_zero_opens_an_mlflow_run(rehearsal) -> None:
+    from mlflow.tracking import MlflowClient
+
+    project, _, _ = rehearsal
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
+    assert len(runs) == 1, [run.info.run_name for run in runs]
