@@ -61,7 +61,7 @@ def test_imagenet_resolves_to_the_recipe_bf16_tf32_and_workers_keeping_base_keys
         config = _config(params[method]["finetune"])
         assert config.confounder_types == ("background",) and config.reg_weight == 0.5 and config.diminishing
     assert params["lp"]["finetune"]["linear_probe"] == {"c_grid": [0.316], "max_iter": 1000}
-    assert params["teacher"]["model"]["architecture"] == "ViT-B-16"
+    assert params["teacher"]["model"]["architecture"] == "ViT-B-16-quickgelu"  # OpenAI's weights: QuickGELU
 
 
 @pytest.mark.parametrize("env", ["imagenet", "waterbirds"])

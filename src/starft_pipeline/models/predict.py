@@ -79,7 +79,12 @@ def exported_classifier(checkpoint: str | Path, device: torch.device) -> ImageCl
         )
     bundle = TensorBundle.load(classifier_file)
     head = read_classifier(bundle, str(classifier_file))
-    loaded = create_model(ModelSpec(bundle.metadata["architecture"], pretrained=str(checkpoint)), device=device)
+    spec = ModelSpec(
+        bundle.metadata["architecture"],
+        pretrained=str(checkpoint),
+        pretrained_tag=bundle.metadata.get("pretrained_tag"),
+    )
+    loaded = create_model(spec, device=device)  # the tag the teacher came from: its preprocessing
     return ImageClassifier(loaded, head, device)
 
 
@@ -148,7 +153,10 @@ def predictions(classifier: ImageClassifier, folder: str | Path, batch_size: int
     files = image_files(folder)
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
-        images = torch.stack([load_image(path, classifier.loaded.image_size) for path in batch])
+        loaded = classifier.loaded
+        images = torch.stack(
+            [load_image(path, loaded.image_size, loaded.interpolation, loaded.resize_mode) for path in batch]
+        )
         probabilities = classifier.probabilities(images)
         table = pd.DataFrame(probabilities.numpy().astype("float64"), columns=names)
         table.insert(0, PREDICTED_COLUMN, [names[i] for i in probabilities.argmax(dim=1).tolist()])
