@@ -1,5 +1,5 @@
 """Models built as their weights were trained: QuickGELU and preprocessing from open_clip's pretrained
-config (issue 17).
+config (issue 17), and a CUDA request that fails naming the torch build and the driver.
 
 Offline: the pretrained tags used are open_clip's own configs (no weights are read) or a tag
 registered here whose weights file already sits in a temporary cache.
@@ -26,6 +26,9 @@ from starft_pipeline.models.clip import (
     architecture_mismatch,
     check_architecture_fits_weights,
     create_model,
+    cuda_unavailable_message,
+    nvidia_driver,
+    resolve_device,
     save_weights,
 )
 from tests.helpers import PROJECT_ROOT, project_parameters
@@ -231,3 +234,38 @@ def test_the_precondition_check_names_the_architecture_key():
     errors = precondition_errors(params, ["teacher"])
     assert len(errors) == 1 and errors[0].startswith("teacher.model.architecture: `model.architecture` 'ViT-B-16'")
     assert "ViT-B-16-quickgelu" in errors[0]
+
+
+# ----------------------------------------------------------------------------- CUDA asked for, none usable
+
+
+def test_cuda_without_cuda_names_the_build_the_driver_and_the_docs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(clip, "nvidia_driver", lambda: "575.57.08")
+    with pytest.raises(RuntimeError) as raised:
+        resolve_device("cuda")
+    message = str(raised.value)
+    assert f"torch {torch.__version__} built for CUDA 13.0" in message and "NVIDIA driver 575.57.08" in message
+    assert "driver >= 580" in message and "docs/gpu-and-performance.md" in message
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
+def test_the_message_says_what_is_missing():
+    cpu_build = cuda_unavailable_message("cuda:1", "2.9.0+cpu", None, None)
+    assert "'cuda:1'" in cpu_build and "torch 2.9.0+cpu (CPU-only)" in cpu_build
+    assert "no NVIDIA driver found" in cpu_build and "install a CUDA build" in cpu_build
+    no_driver = cuda_unavailable_message("cuda", "2.9.0+cu128", "12.8", None)
+    assert "built for CUDA 12.8" in no_driver and "No GPU is visible" in no_driver
+    assert all("`device: cpu` or `auto`" in message for message in (cpu_build, no_driver))
+
+
+def test_the_driver_is_read_from_the_kernel_module_else_nvidia_smi(tmp_path, monkeypatch):
+    version = tmp_path / "version"
+    version.write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 07:09:38 UTC 2025\n"
+        "GCC version:  gcc version 12.2.0\n"
+    )
+    assert nvidia_driver(version) == "580.65.06"
+    monkeypatch.setattr(clip.shutil, "which", lambda name: None)
+    assert nvidia_driver(tmp_path / "absent") is None

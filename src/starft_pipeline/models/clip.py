@@ -10,6 +10,9 @@ import functools
 import json
 import logging
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -450,13 +453,70 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], dtype: to
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch."""
+    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch.
+
+    CUDA asked for but unavailable is an error naming the torch build and the driver (run time, not
+    when parameters are checked: a recipe that asks for CUDA validates anywhere).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+        raise RuntimeError(cuda_unavailable_message(name, torch.__version__, torch.version.cuda, nvidia_driver()))
     return device
+
+
+#: Where the kernel module states the NVIDIA driver's version.
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver(version_file: Path = NVIDIA_DRIVER_FILE) -> str | None:
+    """The NVIDIA driver's version (from the kernel module, else ``nvidia-smi``), or None when none is found."""
+    try:
+        found = re.search(r"Kernel Module(?: for [\w.]+)?\s+([\d.]+)", version_file.read_text(encoding="utf-8"))
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def cuda_unavailable_message(requested: str, torch_version: str, torch_cuda: str | None, driver: str | None) -> str:
+    """Why ``requested`` cannot be used and what to do, from the installed torch build and driver."""
+    build = f"torch {torch_version} built for CUDA {torch_cuda}" if torch_cuda else f"torch {torch_version} (CPU-only)"
+    found = (
+        f"NVIDIA driver {driver}"
+        if driver
+        else "no NVIDIA driver found (no /proc/driver/nvidia/version, no nvidia-smi)"
+    )
+    if not torch_cuda:
+        advice = "This torch cannot use a GPU: install a CUDA build from the index that matches your driver"
+    elif driver is None:
+        advice = "No GPU is visible: run where an NVIDIA GPU and driver are (in a container: `--gpus all`)"
+    else:
+        advice = (
+            "The driver may be too old for this build (CUDA 13 builds need driver >= 580, CUDA 12 builds >= 525): "
+            "install torch from the index that matches the driver, or update the driver"
+        )
+    return (
+        f"device {requested!r} was asked for but torch.cuda.is_available() is False: {build}, {found}. "
+        f'{advice} (docs/gpu-and-performance.md, "Installing a CUDA build of torch"). '
+        "To run without a GPU, set the stage's `device: cpu` or `auto`."
+    )
 
 
 def _batches(n: int, batch_size: int) -> range:
