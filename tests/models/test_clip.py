@@ -182,6 +182,14 @@ def test_a_quickgelu_file_loads_with_its_tags_preprocessing_and_a_mismatch_raise
     )
 
 
+def test_the_teacher_refuses_a_resize_its_decode_path_does_not_make(tagged_tiny):
+    from starft_pipeline.models.teacher import compute_teacher_cache
+
+    squashing = create_model(ModelSpec(QUICK, TAG, cache_dir=str(tagged_tiny)))  # the tag says bilinear, squash
+    with pytest.raises(NotImplementedError, match="resize mode 'squash'"):
+        compute_teacher_cache(squashing, {}, {}, {}, None, "fingerprint")  # type: ignore[arg-type]
+
+
 def test_an_exported_file_records_its_architecture_and_a_mismatch_raises(tagged_tiny, tmp_path):
     exported = tmp_path / "star.safetensors"
     TensorBundle(open_clip.create_model(QUICK).state_dict(), {"architecture": QUICK}).save(exported)
