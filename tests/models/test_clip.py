@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +278,13 @@ def test_the_driver_is_read_from_the_kernel_module_else_nvidia_smi(tmp_path, mon
     assert nvidia_driver(version) == "580.65.06"
     monkeypatch.setattr(clip.shutil, "which", lambda name: None)
     assert nvidia_driver(tmp_path / "absent") is None
+    monkeypatch.setattr(clip.shutil, "which", lambda name: f"/usr/bin/{name}")
+    asked = []
+
+    def smi(command, **kwargs):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="570.86.15\n", stderr="")
+
+    monkeypatch.setattr(clip.subprocess, "run", smi)
+    assert nvidia_driver(tmp_path / "absent") == "570.86.15"
+    assert asked == [["/usr/bin/nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]]
