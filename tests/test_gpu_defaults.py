@@ -61,7 +61,7 @@ def test_imagenet_resolves_to_the_recipe_bf16_tf32_and_workers_keeping_base_keys
         config = _config(params[method]["finetune"])
         assert config.confounder_types == ("background",) and config.reg_weight == 0.5 and config.diminishing
     assert params["lp"]["finetune"]["linear_probe"] == {"c_grid": [0.316], "max_iter": 1000}
-    assert params["teacher"]["model"]["architecture"] == "ViT-B-16"
+    assert params["teacher"]["model"]["architecture"] == "ViT-B-16-quickgelu"  # OpenAI's weights: QuickGELU
 
 
 @pytest.mark.parametrize("env", ["imagenet", "waterbirds"])
@@ -71,3 +71,14 @@ def test_an_environment_replaces_the_data_sets_whole(env):
     assert not {"synthetic", "waterbirds_like"} & set(params["datasets"])  # no base data set leaks in
     assert not {"synthetic", "waterbirds_like"} & set(params["class_names"]["datasets"])
     assert params["class_names"]["finetune_dataset"] == env
+
+
+@pytest.mark.parametrize("env", ["imagenet", "waterbirds"])
+def test_the_gpu_recipes_ask_for_cuda_in_every_stage_and_base_stays_auto(env):
+    # no usable GPU is then an error naming torch's build and the driver (models.clip.resolve_device), raised
+    # when a stage resolves its device: these parameters still validate on the CPU (test_params_validation)
+    params, base = _parameters(env), _parameters("base")
+    stages = {"teacher": params["teacher"], "evaluation": params["evaluation"], "export": params["export"]}
+    stages |= {f"{method}.finetune": params[method]["finetune"] for method in ("lp", *FINETUNE_METHODS)}
+    assert {name: block.get("device") for name, block in stages.items()} == dict.fromkeys(stages, "cuda")
+    assert {base[name]["device"] for name in ("teacher", "evaluation", "export")} == {"auto"}

@@ -78,7 +78,7 @@ def test_imagenet_environment_is_the_papers_recipe():
     assert (star["reg_weight"], star["diminishing"], star["confounder_types"]) == (0.5, True, ["background"])
     assert params["kl"]["finetune"] | {"method": "star"} == star
     assert params["teacher"]["model"] | {"init_seed": 0} == {
-        "architecture": "ViT-B-16",
+        "architecture": "ViT-B-16-quickgelu",
         "pretrained": "openai",
         "allow_download": False,
         "init_seed": 0,

@@ -62,7 +62,11 @@ def test_a_pretrained_tag_not_in_the_local_cache_is_found_without_building_a_mod
     base_params: dict[str, Any], tmp_path: Path
 ) -> None:
     params = _with_teacher_weights(
-        base_params, "openai", architecture="ViT-B-16", allow_download=False, cache_dir=str(tmp_path / "empty")
+        base_params,
+        "openai",
+        architecture="ViT-B-16-quickgelu",
+        allow_download=False,
+        cache_dir=str(tmp_path / "empty"),
     )
     errors = precondition_errors(params, ["teacher"])
     assert len(errors) == 1 and errors[0].startswith("teacher.model.pretrained: ")
@@ -213,6 +217,8 @@ def test_the_waterbirds_environment_without_cached_weights_stops_before_class_na
     )
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "- teacher.model.pretrained: open_clip weights ViT-B-16/openai are not in the local cache" in output
+    assert (
+        "- teacher.model.pretrained: open_clip weights ViT-B-16-quickgelu/openai are not in the local cache" in output
+    )
     assert "Running node" not in output and "Mlflow run" not in output
     assert not (project / "data" / "02_intermediate").exists()

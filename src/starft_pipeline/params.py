@@ -537,16 +537,28 @@ def parameter_errors(
 
 
 def _weights_errors(path: str, block: Any) -> list[str]:
-    """``<path>.pretrained: …`` when the model block's weights cannot be loaded (no model is built)."""
-    from starft_pipeline.models.clip import check_weights_available
+    """``<path>.pretrained: …`` when the model block's weights cannot be loaded, ``<path>.architecture: …``
+    when the architecture is not the one they were trained as (no model is built, nothing downloaded)."""
+    from starft_pipeline.models.clip import (
+        ArchitectureMismatch,
+        check_architecture_fits_weights,
+        check_weights_available,
+    )
 
     if not isinstance(block, Mapping):
         return []
+    spec, errors = ModelSpec(**block), []
     try:
-        check_weights_available(ModelSpec(**block))
+        check_weights_available(spec)
     except (FileNotFoundError, ValueError) as error:
-        return [f"{path}.pretrained: {error}"]
-    return []
+        errors.append(f"{path}.pretrained: {error}")
+    try:
+        check_architecture_fits_weights(spec)
+    except ArchitectureMismatch as error:
+        errors.append(f"{path}.architecture: {error}")
+    except ValueError as error:
+        errors.append(f"{path}.pretrained_tag: {error}")
+    return errors
 
 
 def precondition_errors(params: Mapping[str, Any], run_paths: Iterable[str]) -> list[str]:

@@ -9,7 +9,8 @@
 
 A file that cannot be decoded (not an image, truncated, a decompression bomb) raises an ``OSError``
 or ``ValueError`` family error from PIL; :func:`image_problem` turns that into a one-line reason.
-No Kedro here.
+:func:`resize_and_crop` sizes a decoded image as open_clip's eval transform of the weights' pretrained
+config does (interpolation, resize mode). No Kedro here.
 """
 
 from __future__ import annotations
@@ -84,3 +85,50 @@ def image_problem(path: str | Path, full_decode: bool = True) -> str | None:
     except DECODE_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     return None
+
+
+#: open_clip's eval-time interpolations (its ``PreprocessCfg.interpolation``) as PIL filters.
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+#: open_clip's resize modes: shorter side to S then centre crop; both sides to S; longer side to S then pad.
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
+def _resized_size(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
+    """(width, height) before the centre crop, with torchvision's and open_clip's arithmetic."""
+    if mode == "squash":
+        return size, size
+    if mode == "longest":  # open_clip's ResizeKeepRatio(longest=1)
+        ratio = max(height / size, width / size)
+        return round(width / ratio), round(height / ratio)
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)  # torchvision's Resize(int): the long side truncated
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def _centre_crop_or_pad(image: Image.Image, size: int, fill: int) -> Image.Image:
+    """torchvision's ``center_crop`` (open_clip's ``CenterCropOrPad``): pad a short side with ``fill``, then crop."""
+    width, height = image.size
+    if size > width or size > height:
+        canvas = Image.new(image.mode, (max(width, size), max(height, size)), (fill,) * len(image.getbands()))
+        canvas.paste(image, ((size - width) // 2 if size > width else 0, (size - height) // 2 if size > height else 0))
+        image = canvas
+        width, height = image.size
+    top, left = round((height - size) / 2.0), round((width - size) / 2.0)  # torchvision rounds half to even
+    return image.crop((left, top, left + size, top + size))
+
+
+def resize_and_crop(
+    image: Image.Image, size: int, interpolation: str = "bicubic", mode: str = "shortest", fill: int = 0
+) -> Image.Image:
+    """``image`` as a ``size`` × ``size`` image the way open_clip's eval transform makes it.
+
+    ``interpolation`` (``bicubic`` | ``bilinear``) and ``mode`` (``shortest`` | ``squash`` |
+    ``longest``) come from the weights' pretrained config (:class:`~starft_pipeline.models.clip.LoadedModel`
+    carries them); ``fill`` pads ``longest``. An image already at ``size`` is returned unchanged.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    resized = image.resize(_resized_size(*image.size, size, mode), INTERPOLATIONS[interpolation])
+    return _centre_crop_or_pad(resized, size, fill)

@@ -17,10 +17,9 @@ from typing import IO
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from starft_pipeline.data.images import DECODE_ERRORS, decode_rgb
+from starft_pipeline.data.images import DECODE_ERRORS, decode_rgb, resize_and_crop
 from starft_pipeline.data.metadata import SPLIT_CODES, DataError
 
 logger = logging.getLogger(__name__)
@@ -172,8 +171,12 @@ def check_groups_present(split: GroupSplit, group_names: Sequence[str], label: s
     return empty
 
 
-def load_image(path: Path | IO[bytes], image_size: int) -> torch.Tensor:
-    """Decode one image as RGB uint8 (3, S, S): shorter side resized to S, centre-cropped (CLIP's preprocessing).
+def load_image(
+    path: Path | IO[bytes], image_size: int, interpolation: str = "bicubic", resize_mode: str = "shortest"
+) -> torch.Tensor:
+    """Decode one image as RGB uint8 (3, S, S), sized as open_clip's eval transform does
+    (:func:`~starft_pipeline.data.images.resize_and_crop`; default: shorter side resized to S,
+    bicubic, centre-cropped, CLIP's preprocessing).
 
     Any PIL mode is accepted (:mod:`starft_pipeline.data.images`); a file that cannot be decoded is a
     :class:`DataError` naming it.
@@ -187,40 +190,45 @@ def load_image(path: Path | IO[bytes], image_size: int) -> torch.Tensor:
             f"image file {str(path)!r} cannot be decoded ({type(error).__name__}: {error}). Replace it, or rerun "
             "the class_names stage with `check_images: decode` and `bad_data: skip` for its data set to leave it out."
         ) from None
-    width, height = image.size
-    scale = image_size / min(width, height)
-    if scale != 1.0:
-        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    width, height = image.size
-    left, top = (width - image_size) // 2, (height - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.asarray(resize_and_crop(image, image_size, interpolation, resize_mode), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 class ImageFileDataset(Dataset):
-    """Lazily decoded images of a split; item = (uint8 image, label, group, index)."""
+    """Lazily decoded images of a split; item = (uint8 image, label, group, index).
 
-    def __init__(self, split: GroupSplit, image_size: int) -> None:
+    ``interpolation`` and ``resize_mode``: the weights' preprocessing (:func:`load_image`).
+    """
+
+    def __init__(
+        self, split: GroupSplit, image_size: int, interpolation: str = "bicubic", resize_mode: str = "shortest"
+    ) -> None:
         self.split = split
         self.image_size = image_size
+        self.interpolation = interpolation
+        self.resize_mode = resize_mode
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        image = load_image(self.split.paths[index], self.image_size)
+        image = load_image(self.split.paths[index], self.image_size, self.interpolation, self.resize_mode)
         return image, int(self.split.labels[index]), int(self.split.groups[index]), index
 
 
-def load_split_images(split: GroupSplit, image_size: int, num_workers: int = 0, batch_size: int = 256) -> torch.Tensor:
+def load_split_images(
+    split: GroupSplit,
+    image_size: int,
+    num_workers: int = 0,
+    batch_size: int = 256,
+    interpolation: str = "bicubic",
+    resize_mode: str = "shortest",
+) -> torch.Tensor:
     """Decode every image of a split into one uint8 tensor (N, 3, S, S), in the split's order."""
     if len(split) == 0:
         return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-    loader = DataLoader(
-        ImageFileDataset(split, image_size), batch_size=batch_size, num_workers=num_workers, shuffle=False
-    )
+    dataset = ImageFileDataset(split, image_size, interpolation, resize_mode)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     return torch.cat([images for images, *_ in loader])
 
 

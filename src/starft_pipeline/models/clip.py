@@ -7,9 +7,13 @@ fails in seconds with a message naming the file to provide (docs/stack-notes.md)
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -55,11 +59,15 @@ class ModelSpec:
 
     ``pretrained`` is a path to a weights file (safetensors preferred), an open_clip pretrained tag
     such as ``"openai"`` (used only if it is already in the local cache or the network is allowed),
-    or ``None`` for random initialisation.
+    or ``None`` for random initialisation. ``pretrained_tag`` names the open_clip tag a weights
+    *file* was downloaded as (e.g. ``"openai"``): its QuickGELU setting is then checked against the
+    architecture and its preprocessing (mean, std, resize) used, as for the tag itself. Without it a
+    file is trusted to fit the architecture's name (``ViT-B-16-quickgelu`` for OpenAI's weights).
     """
 
     architecture: str
     pretrained: str | None = None
+    pretrained_tag: str | None = None
     allow_download: bool = False
     cache_dir: str | None = None
     init_seed: int = bounded(0, ge=0)  # random initialisation is deterministic too
@@ -77,16 +85,30 @@ class ModelSpec:
             weights = f"sha256:{file_digest(self.pretrained)}"
         else:
             weights = f"tag:{self.pretrained}"
-        return {"architecture": self.architecture, "weights": weights}
+        identity = {"architecture": self.architecture, "weights": weights}
+        if self.pretrained_tag is not None:  # the tag's preprocessing changes the features
+            identity["pretrained_tag"] = self.pretrained_tag
+        return identity
+
+    def tag(self) -> str | None:
+        """The open_clip tag the weights come from: ``pretrained`` itself, or a file's ``pretrained_tag``."""
+        if self.pretrained is not None and not _is_weight_file(self.pretrained):
+            return self.pretrained
+        return self.pretrained_tag
 
 
 @dataclass
 class LoadedModel:
+    """A model with its tokenizer and the image preprocessing its weights expect (open_clip's eval
+    transform: resize by ``resize_mode`` with ``interpolation`` to ``image_size``, centre crop, mean/std)."""
+
     model: open_clip.CLIP
     tokenizer: Any
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
 
 
 def _is_weight_file(pretrained: str) -> bool:
@@ -133,6 +155,131 @@ def check_weights_available(spec: ModelSpec) -> None:
             ) from error
 
 
+QUICK_GELU_SUFFIX = "-quickgelu"
+#: The preprocessing keys of an open_clip pretrained config that :class:`LoadedModel` carries.
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+class ArchitectureMismatch(ValueError):
+    """``model.architecture`` builds a different network than the weights were trained as."""
+
+
+def _activation(quick_gelu: bool) -> str:
+    return "QuickGELU" if quick_gelu else "plain GELU"
+
+
+def architecture_mismatch(
+    architecture: str, weights: str, model_config: Mapping[str, Any], weights_config: Mapping[str, Any]
+) -> str | None:
+    """Why ``architecture`` (its open_clip ``model_config``) cannot take ``weights``, or None when it can.
+
+    ``weights_config`` describes the weights: open_clip's pretrained config of their tag, or the model
+    config recorded with a file. Compared: QuickGELU (open_clip builds the architecture's activation,
+    loads the other's weights into it and only warns "QuickGELU mismatch") and the image size when the
+    weights' config states one. Pure: no model is built, nothing is read.
+    """
+    model_quick = bool(model_config.get("quick_gelu", False))
+    weights_quick = bool(weights_config.get("quick_gelu", False))
+    if model_quick != weights_quick:
+        if weights_quick:
+            fix = f"`model.architecture: {architecture}{QUICK_GELU_SUFFIX}`"
+        elif architecture.endswith(QUICK_GELU_SUFFIX):
+            fix = f"`model.architecture: {architecture.removesuffix(QUICK_GELU_SUFFIX)}`"
+        else:
+            fix = "an architecture whose open_clip config has no `quick_gelu: true`"
+        return (
+            f"`model.architecture` {architecture!r} builds {_activation(model_quick)} but the weights {weights} "
+            f"were trained with {_activation(weights_quick)} (open_clip's config of them says "
+            f"quick_gelu={weights_quick}); open_clip would load them into the wrong activation with only a "
+            f"warning, and every feature would be wrong. Set {fix}."
+        )
+    model_size = model_config.get("vision_cfg", {}).get("image_size")
+    weights_size = weights_config.get("size", weights_config.get("vision_cfg", {}).get("image_size"))
+    if weights_size is not None and model_size is not None and _square(weights_size) != _square(model_size):
+        return (
+            f"`model.architecture` {architecture!r} takes {model_size} px images but the weights {weights} "
+            f"expect {weights_size} px. Set `model.architecture` to the architecture the weights were trained as."
+        )
+    return None
+
+
+def _square(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+
+
+def pretrained_config(architecture: str, tag: str) -> dict[str, Any]:
+    """open_clip's pretrained config of ``tag`` for ``architecture`` or its plain-GELU base name; {} if none.
+
+    The base name covers a QuickGELU variant of a tag that only the base lists (its config then
+    reports the mismatch).
+    """
+    open_clip = open_clip_with_configs()
+    base = architecture.removesuffix(QUICK_GELU_SUFFIX)
+    return dict(open_clip.get_pretrained_cfg(architecture, tag) or open_clip.get_pretrained_cfg(base, tag))
+
+
+def _recorded_architecture(path: str) -> str | None:
+    """The architecture a safetensors file's header names (this project's exports record it), else None."""
+    if not path.endswith(".safetensors"):
+        return None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("architecture")
+    except (SafetensorError, OSError):
+        return None  # an unreadable file is reported by check_weights_available
+    try:
+        value = json.loads(recorded) if recorded else None
+    except json.JSONDecodeError:
+        value = recorded
+    return value if isinstance(value, str) else None
+
+
+def _weights_description(spec: ModelSpec) -> tuple[str, dict[str, Any]] | None:
+    """How to name ``spec``'s weights in a message, and their config; None when nothing says what they are.
+
+    open_clip is imported only when there is something to look up (checking parameters stays light).
+    """
+    tag = spec.tag()
+    if tag is not None:
+        config = pretrained_config(spec.architecture, tag)
+        if not config and tag == spec.pretrained:
+            return None  # an unknown tag: check_weights_available names the known ones
+        if not config:
+            raise ValueError(
+                f"open_clip has no pretrained tag {tag!r} for {spec.architecture!r} (nor for its plain-GELU "
+                f"base); set `model.pretrained_tag` to the tag the weights file was downloaded as, or to null"
+            )
+        where = f"{tag!r}" if tag == spec.pretrained else f"{spec.pretrained!r} (open_clip tag {tag!r})"
+        return where, config
+    recorded = _recorded_architecture(spec.pretrained) if spec.pretrained else None
+    if not recorded or recorded == spec.architecture:
+        return None
+    recorded_config = open_clip_with_configs().get_model_config(recorded)
+    if recorded_config is None:
+        return None  # an architecture open_clip does not know: nothing to compare with
+    return f"{spec.pretrained!r} (recorded as architecture {recorded!r})", recorded_config
+
+
+def check_architecture_fits_weights(spec: ModelSpec) -> None:
+    """Raise :class:`ArchitectureMismatch` when ``spec.architecture`` is not what its weights were trained as.
+
+    The weights are known by their tag (``pretrained`` or, for a file, ``pretrained_tag``) or by the
+    architecture recorded in a safetensors file's header; otherwise the architecture's name is trusted.
+    """
+    if spec.pretrained_tag not in (None, spec.tag()):
+        raise ValueError(
+            f"`model.pretrained` is the tag {spec.pretrained!r} but `model.pretrained_tag` says "
+            f"{spec.pretrained_tag!r}; `pretrained_tag` names where a weights file came from: set it to null"
+        )
+    described = _weights_description(spec) if spec.pretrained else None
+    model_config = open_clip_with_configs().get_model_config(spec.architecture) if described else None
+    if described is None or model_config is None:
+        return  # nothing says what the weights are, or an architecture open_clip reports itself
+    problem = architecture_mismatch(spec.architecture, described[0], model_config, described[1])
+    if problem:
+        raise ArchitectureMismatch(problem)
+
+
 def _hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
     """The Hugging Face repo and the files open_clip would fetch for ``tag`` (safetensors first); None for a URL."""
     open_clip = open_clip_with_configs()
@@ -170,13 +317,11 @@ def _require_cached(spec: ModelSpec) -> None:
         if (Path(spec.cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)).is_file():
             return
         source = url
-    quick_gelu = (
-        f" together with `model.architecture: {spec.architecture}-quickgelu`" if config.get("quick_gelu") else ""
-    )
     raise FileNotFoundError(
         f"open_clip weights {spec.architecture}/{spec.pretrained} are not in the local cache "
         f"({spec.cache_dir or 'the default Hugging Face cache'}) and `model.allow_download` is false. "
-        f"Download {source} on a connected machine and set `model.pretrained` to the local file{quick_gelu}, "
+        f"Download {source} on a connected machine and set `model.pretrained` to the local file "
+        f"with `model.pretrained_tag: {spec.pretrained}` (its QuickGELU and preprocessing then follow the tag), "
         "or set `model.allow_download: true`."
     )
 
@@ -216,6 +361,7 @@ def _quiet_random_init_warning(active: bool) -> Iterator[None]:
 def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
     open_clip = open_clip_with_configs()
+    check_architecture_fits_weights(spec)  # first: it needs no weights, only configs
     _check_pretrained_available(spec)
     pretrained = spec.pretrained
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
@@ -241,13 +387,31 @@ def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedM
         logger.info("model %s: weights loaded from %s", spec.architecture, state_dict_file)
     visual_size = model.visual.image_size
     image_size = visual_size[0] if isinstance(visual_size, tuple) else int(visual_size)
+    preprocess = _preprocessing(spec, model)
     return LoadedModel(
         model=model,
         tokenizer=open_clip.get_tokenizer(spec.architecture),
         image_size=image_size,
-        image_mean=tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
-        image_std=tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
+        image_mean=tuple(preprocess.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        image_std=tuple(preprocess.get("std") or open_clip.OPENAI_DATASET_STD),
+        interpolation=str(preprocess.get("interpolation") or "bicubic"),
+        resize_mode=str(preprocess.get("resize_mode") or "shortest"),
     )
+
+
+def _preprocessing(spec: ModelSpec, model: torch.nn.Module) -> dict[str, Any]:
+    """Mean, std, interpolation and resize mode of the weights: what open_clip set on the model (its
+    tag's config when loaded by tag), with a weights file's ``pretrained_tag`` config on top."""
+    visual = model.visual
+    settings = {
+        **(getattr(visual, "preprocess_cfg", None) or {}),
+        "mean": getattr(visual, "image_mean", None),
+        "std": getattr(visual, "image_std", None),
+    }
+    if spec.pretrained and _is_weight_file(spec.pretrained) and spec.pretrained_tag:
+        tag_config = pretrained_config(spec.architecture, spec.pretrained_tag)
+        settings.update({key: tag_config[key] for key in PREPROCESS_KEYS if key in tag_config})
+    return settings
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
@@ -289,13 +453,70 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], dtype: to
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch."""
+    """``auto`` picks CUDA when available, else the CPU; anything else is passed to torch.
+
+    CUDA asked for but unavailable is an error naming the torch build and the driver (run time, not
+    when parameters are checked: a recipe that asks for CUDA validates anywhere).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+        raise RuntimeError(cuda_unavailable_message(name, torch.__version__, torch.version.cuda, nvidia_driver()))
     return device
+
+
+#: Where the kernel module states the NVIDIA driver's version.
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver(version_file: Path = NVIDIA_DRIVER_FILE) -> str | None:
+    """The NVIDIA driver's version (from the kernel module, else ``nvidia-smi``), or None when none is found."""
+    try:
+        found = re.search(r"Kernel Module(?: for [\w.]+)?\s+([\d.]+)", version_file.read_text(encoding="utf-8"))
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def cuda_unavailable_message(requested: str, torch_version: str, torch_cuda: str | None, driver: str | None) -> str:
+    """Why ``requested`` cannot be used and what to do, from the installed torch build and driver."""
+    build = f"torch {torch_version} built for CUDA {torch_cuda}" if torch_cuda else f"torch {torch_version} (CPU-only)"
+    found = (
+        f"NVIDIA driver {driver}"
+        if driver
+        else "no NVIDIA driver found (no /proc/driver/nvidia/version, no nvidia-smi)"
+    )
+    if not torch_cuda:
+        advice = "This torch cannot use a GPU: install a CUDA build from the index that matches your driver"
+    elif driver is None:
+        advice = "No GPU is visible: run where an NVIDIA GPU and driver are (in a container: `--gpus all`)"
+    else:
+        advice = (
+            "The driver may be too old for this build (CUDA 13 builds need driver >= 580, CUDA 12 builds >= 525): "
+            "install torch from the index that matches the driver, or update the driver"
+        )
+    return (
+        f"device {requested!r} was asked for but torch.cuda.is_available() is False: {build}, {found}. "
+        f'{advice} (docs/gpu-and-performance.md, "Installing a CUDA build of torch"). '
+        "To run without a GPU, set the stage's `device: cpu` or `auto`."
+    )
 
 
 def _batches(n: int, batch_size: int) -> range:

@@ -9,7 +9,9 @@ The model's artifacts (written by :func:`starft_pipeline.models.export.save_pyfu
 - ``checkpoint``: the open_clip checkpoint (towers only; ``open_clip.create_model_and_transforms``
   loads it as is);
 - ``classifier``: the linear head over L2-normalised image features, safetensors tensors
-  ``weight`` (C, d) and ``bias`` (C,), its class names and prompt templates in the header;
+  ``weight`` (C, d) and ``bias`` (C,), its class names, prompt templates and (when known) the
+  open_clip ``pretrained_tag`` of the weights in the header: images are preprocessed as that tag's
+  config says (mean, std, interpolation, resize mode);
 - ``model_config``: the open_clip architecture config (JSON), registered with
   ``open_clip.add_model_config`` so that a custom architecture loads too.
 
@@ -35,6 +37,13 @@ from mlflow.pyfunc import PythonModel
 IMAGE_COLUMN = "image"
 PREDICTED_COLUMN = "predicted_class"
 BATCH_SIZE = 64
+#: A pretrained config's preprocessing keys → ``create_model_and_transforms``' arguments.
+PREPROCESS_ARGUMENTS = {
+    "mean": "image_mean",
+    "std": "image_std",
+    "interpolation": "image_interpolation",
+    "resize_mode": "image_resize_mode",
+}
 
 
 def _rgb(data: bytes) -> Any:
@@ -46,6 +55,16 @@ def _rgb(data: bytes) -> Any:
             canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha composited on white
             return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
         return image.convert("RGB")
+
+
+def _tag_preprocessing(open_clip: Any, architecture: str, tag: str | None) -> dict[str, Any]:
+    """open_clip's preprocessing arguments for the weights' tag (a file alone gets open_clip's defaults)."""
+    if not tag:
+        return {}
+    config = open_clip.get_pretrained_cfg(architecture, tag) or open_clip.get_pretrained_cfg(
+        architecture.removesuffix("-quickgelu"), tag
+    )
+    return {argument: config[key] for key, argument in PREPROCESS_ARGUMENTS.items() if key in config}
 
 
 def _fill(template: str, class_name: str) -> str:
@@ -65,14 +84,15 @@ class ClipClassifier(PythonModel):
         architecture = config_file.stem
         if architecture not in open_clip.list_models():
             open_clip.add_model_config(config_file)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            architecture, pretrained=artifacts["checkpoint"]
-        )
-        self.model.eval()
         with safe_open(artifacts["classifier"], framework="pt") as handle:
             header = handle.metadata() or {}
             self.weight = handle.get_tensor("weight").float()
             self.bias = handle.get_tensor("bias").float()
+        tag = json.loads(header["pretrained_tag"]) if "pretrained_tag" in header else None
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            architecture, pretrained=artifacts["checkpoint"], **_tag_preprocessing(open_clip, architecture, tag)
+        )
+        self.model.eval()
         self.class_names = list(json.loads(header["class_names"]))
         self.templates = list(json.loads(header["templates"]))
         self.tokenizer = open_clip.get_tokenizer(architecture)

@@ -4,7 +4,10 @@ Per model, in ``data/06_models/open_clip/`` (docs/using-models.md):
 
 - ``<method>.safetensors``: the open_clip state dict, towers only, fp32 — what
   ``open_clip.create_model_and_transforms(<architecture>, pretrained=<file>)`` loads as is (it loads
-  strictly, so a learned head cannot live in the same file);
+  strictly, so a learned head cannot live in the same file). ``<architecture>`` is the one the model
+  was trained as, recorded in the header (``ViT-B-16-quickgelu`` for OpenAI's weights: plain
+  ``ViT-B-16`` would load them into the wrong activation), with the open_clip ``pretrained_tag`` the
+  teacher came from when known (its preprocessing: mean, std, resize);
 - ``<method>_classifier.safetensors``: the linear classifier over L2-normalised image features for
   the fine-tuning data set's classes, tensors ``weight`` (C, d) and ``bias`` (C,), with its class
   names, prompt templates, architecture and kind in the header. ``kind: learned`` is the method's
@@ -37,11 +40,18 @@ PYFUNC_SCRIPT = Path(__file__).with_name("clip_pyfunc.py")
 PYFUNC_REQUIREMENTS = ("mlflow", "open_clip_torch", "torch", "safetensors", "pillow", "pandas")
 
 
-def towers_checkpoint(weights: TensorBundle, architecture: str) -> TensorBundle:
+def model_names(architecture: str, pretrained_tag: str | None) -> dict[str, str]:
+    """What an exported file's header says the model is: the architecture it was trained as and, when
+    known, the open_clip tag of the weights it started from (whose preprocessing it expects)."""
+    return {"architecture": architecture} | ({"pretrained_tag": pretrained_tag} if pretrained_tag else {})
+
+
+def towers_checkpoint(weights: TensorBundle, architecture: str, pretrained_tag: str | None = None) -> TensorBundle:
     """The open_clip state dict of a weights bundle (a learned head left out), as fp32 tensors."""
     state_dict, _ = split_heads(weights.tensors, weights.metadata)
     tensors = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
-    return TensorBundle(tensors, {"architecture": architecture, "method": weights.metadata.get("method")})
+    metadata = model_names(architecture, pretrained_tag) | {"method": weights.metadata.get("method")}
+    return TensorBundle(tensors, metadata)
 
 
 def dataset_classifier(
@@ -65,14 +75,19 @@ def dataset_classifier(
 
 
 def classifier_bundle(
-    head: ClassifierHead, kind: str, templates: Sequence[str], architecture: str, dataset: str
+    head: ClassifierHead,
+    kind: str,
+    templates: Sequence[str],
+    architecture: str,
+    dataset: str,
+    pretrained_tag: str | None = None,
 ) -> TensorBundle:
     tensors = {"weight": head.weight.detach().cpu().float(), "bias": head.bias.detach().cpu().float()}
     metadata = {
         "class_names": list(head.class_names),
         "templates": list(templates),
         "kind": kind,
-        "architecture": architecture,
+        **model_names(architecture, pretrained_tag),
         "dataset": dataset,
     }
     return TensorBundle(tensors, metadata)

@@ -84,7 +84,12 @@ def exported_classifier(checkpoint: str | Path, device: torch.device) -> ImageCl
         )
     bundle = TensorBundle.load(classifier_file)
     head = read_classifier(bundle, str(classifier_file))
-    loaded = create_model(ModelSpec(bundle.metadata["architecture"], pretrained=str(checkpoint)), device=device)
+    spec = ModelSpec(
+        bundle.metadata["architecture"],
+        pretrained=str(checkpoint),
+        pretrained_tag=bundle.metadata.get("pretrained_tag"),
+    )
+    loaded = create_model(spec, device=device)  # the tag the teacher came from: its preprocessing
     return ImageClassifier(loaded, head, device)
 
 
@@ -147,12 +152,12 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def _decodable(files: Sequence[Path], image_size: int, skipped: list[str]) -> tuple[list[Path], list[torch.Tensor]]:
+def _decodable(files: Sequence[Path], loaded: LoadedModel, skipped: list[str]) -> tuple[list[Path], list[torch.Tensor]]:
     """The files of a batch that decode, with their images; the others' paths appended to ``skipped``."""
     kept, images = [], []
     for path in files:
         try:
-            images.append(load_image(path, image_size))
+            images.append(load_image(path, loaded.image_size, loaded.interpolation, loaded.resize_mode))
         except DataError:
             skipped.append(str(path))
             continue
@@ -170,7 +175,7 @@ def predictions(classifier: ImageClassifier, folder: str | Path, batch_size: int
     files = image_files(folder)
     skipped: list[str] = []
     for start in range(0, len(files), batch_size):
-        batch, images = _decodable(files[start : start + batch_size], classifier.loaded.image_size, skipped)
+        batch, images = _decodable(files[start : start + batch_size], classifier.loaded, skipped)
         if not batch:
             continue
         probabilities = classifier.probabilities(torch.stack(images))

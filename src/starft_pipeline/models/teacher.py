@@ -380,6 +380,25 @@ def split_features(
     return features
 
 
+#: How the stages' decode path (data.streaming, data.shards) sizes images: OpenAI's weights' and the default's setting.
+STREAMED_RESIZE = ("bicubic", "shortest")
+
+
+def check_streamed_preprocessing(loaded: LoadedModel) -> None:
+    """Raise when the weights' open_clip config asks for another resize than the stages' decode path makes.
+
+    ``loaded`` carries its tag's interpolation and resize mode; the stages decode with
+    :data:`STREAMED_RESIZE` (e.g. SigLIP's and DFN's tags squash instead): features would silently differ.
+    """
+    if (loaded.interpolation, loaded.resize_mode) != STREAMED_RESIZE:
+        raise NotImplementedError(
+            f"the teacher's weights expect images resized with {loaded.interpolation} interpolation and resize "
+            f"mode {loaded.resize_mode!r} (open_clip's config of their tag), but the stages decode images "
+            f"{STREAMED_RESIZE[0]}, shorter side first, so every feature would differ from the model's. Use weights "
+            "whose open_clip config is bicubic + shortest (OpenAI's, LAION's, DataComp's tags)."
+        )
+
+
 def compute_teacher_cache(
     loaded: LoadedModel,
     splits: Mapping[str, GroupSplit],
@@ -406,6 +425,7 @@ def compute_teacher_cache(
     ``shards`` every split is first written as tar shards under ``<shards>/<dataset>/<split>`` (once;
     see :mod:`~starft_pipeline.data.shards`) and read from there, decoded per ``decode`` (cpu | gpu).
     """
+    check_streamed_preprocessing(loaded)
     device = torch.device(device)
     settings = EncodeSettings(
         batch_size, device, num_workers, resolve_precision(precision, device), part_rows, shards, decode

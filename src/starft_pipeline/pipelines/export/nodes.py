@@ -19,15 +19,16 @@ def export_open_clip(
     weights: TensorBundle, dataset_index: dict[str, Any], teacher_model: dict[str, Any], export: dict[str, Any]
 ) -> tuple[TensorBundle, TensorBundle]:
     """The open_clip checkpoint (towers) and the fine-tuning data set's classifier of one model."""
-    architecture = ModelSpec(**teacher_model["spec"]).architecture
+    teacher = ModelSpec(**teacher_model["spec"])
+    architecture = teacher.architecture  # what the model was trained as, e.g. ViT-B-16-quickgelu
     state_dict, heads = split_heads(weights.tensors, weights.metadata)
     device = resolve_device(export.get("device", "auto"))
     loaded = create_model(ModelSpec(architecture), device=device)  # every weight is replaced next
     load_state_dict(loaded.model, state_dict, source=f"the weights of {weights.metadata.get('method')!r}")
     task = eval_task(dataset_index, dataset_index["finetune_dataset"])
     head, kind = dataset_classifier(loaded, heads, task.class_names, task.templates, device)
-    return towers_checkpoint(weights, architecture), classifier_bundle(
-        head, kind, task.templates, architecture, task.name
+    return towers_checkpoint(weights, architecture, teacher.tag()), classifier_bundle(
+        head, kind, task.templates, architecture, task.name, teacher.tag()
     )
 
 
