@@ -44,8 +44,9 @@ from starft_pipeline.llm import LLMSettings
 from starft_pipeline.models.clip import ModelSpec
 from starft_pipeline.models.teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
 from starft_pipeline.train.checkpointing import CheckpointConfig
-from starft_pipeline.train.finetune import METHODS, FinetuneConfig
+from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.linear_probe import LinearProbeConfig
+from starft_pipeline.train.methods import check_method
 from starft_pipeline.train.pretraining import PretrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -89,7 +90,7 @@ def _one_of(allowed: Iterable[str]) -> AfterValidator:
 Device = Annotated[str, Strict(), AfterValidator(check_device)]
 SplitName = Literal["train", "val", "test"]
 Alpha = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
-MethodName = Annotated[str, Strict(), _one_of(METHODS)]
+MethodName = Annotated[str, Strict(), AfterValidator(check_method)]  # a row of methods.METHOD_SPECS, read at call time
 
 
 def model_from_dataclass(

@@ -94,7 +94,6 @@ def _settings(alphas, splits, alpha=0.5):
             "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha, "splits": splits},
         },
         ["flyp"],
-        ["flyp"],
     )
 
 
@@ -131,9 +130,9 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
 
 def test_unknown_method_in_the_sweep_list_names_the_parameter():
     with pytest.raises(ValueError, match=r"evaluation.wise_ft.methods lists \['nope'\]"):
-        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"], ["ft"])
+        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"])
 
 
 def test_methods_not_evaluated_are_not_swept():
-    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["ft", "flyp"], ["flyp"])
+    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["flyp"])
     assert settings["methods"] == ["flyp"]

@@ -14,11 +14,10 @@ from starft_pipeline.core.distributed import BatchRows
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.models.clip import encode_images, encode_texts, logit_scale
 from starft_pipeline.params import FinetuneParams
+from starft_pipeline.train.batches import StepBatch, TrainData
 from starft_pipeline.train.engine import Encoders
 from starft_pipeline.train.finetune import (
     FinetuneConfig,
-    StepBatch,
-    TrainData,
     contrastive_losses,
     regulariser_warnings,
     train_data_from_cache,

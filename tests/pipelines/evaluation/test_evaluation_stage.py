@@ -24,7 +24,7 @@ from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_C
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import PROJECT_ROOT, tiny_parameters
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split

@@ -20,7 +20,7 @@ from starft_pipeline.models.wise_ft import wise_ft_bundle, zero_shot_counterpart
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
 from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import stage_tiny
 
 METRICS = ["avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]

@@ -34,15 +34,18 @@ from starft_pipeline.evaluate.results import (
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.models.heads import head_for_classes, split_heads
 from starft_pipeline.models.teacher import check_trained_from
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import method_names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 ZERO_SHOT = "zero_shot"
-#: Every model in a fixed order, so a method has the same colour in every figure.
-MODEL_ORDER = (ZERO_SHOT, *METHODS)
+
+
+def model_order() -> tuple[str, ...]:
+    """Every model in a fixed order, so a method has the same colour in every figure."""
+    return (ZERO_SHOT, *method_names())
 
 
 def evaluation_targets(
@@ -219,7 +222,7 @@ def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> Figure:
 def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
     """Every method's per-group accuracy on the comparison split."""
     split = reporting.get("comparison_split", "test")
-    return plot_group_accuracy_comparison(group_results, split, method_order=MODEL_ORDER)
+    return plot_group_accuracy_comparison(group_results, split, method_order=model_order())
 
 
 def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
@@ -227,7 +230,7 @@ def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figu
     if wise_ft_curve.empty:
         return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
     alphas = reporting.get("wise_ft_annotate_alphas")
-    return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=MODEL_ORDER)
+    return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=model_order())
 
 
 def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Figure:
@@ -238,4 +241,4 @@ def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Figure
     history = pd.concat(present, ignore_index=True)
     terms = reporting.get("training_terms", ["loss"])
     smooth = reporting.get("training_smooth")
-    return plot_training_curves(history, terms=terms, smooth=smooth, method_order=MODEL_ORDER)
+    return plot_training_curves(history, terms=terms, smooth=smooth, method_order=model_order())

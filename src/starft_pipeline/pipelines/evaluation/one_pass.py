@@ -28,7 +28,7 @@ from starft_pipeline.pipelines.evaluation.wise_ft import (
     wise_settings,
     zero_shot_heads,
 )
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import check_methods, method_names
 
 logger = logging.getLogger(__name__)
 EMPTY_EVALUATION: dict[str, list] = {"results": [], "groups": [], "classes": []}
@@ -46,25 +46,23 @@ def _exists(bundle: Any) -> bool:
 def selected_weights(evaluation: dict[str, Any], weights: Sequence[Any]) -> dict[str, TensorBundle]:
     """The fine-tuned methods to evaluate (``evaluation.models``, default every method) and their weights.
 
-    ``weights`` holds one entry per method of ``METHODS``, in that order. A selected method whose
+    ``weights`` holds one entry per method of the table (``methods.method_names``), in that order. A selected method whose
     weights file is missing is an error naming the file(s) and the command that makes them.
     """
+    methods = method_names()
     models = evaluation.get("models")
-    selected = list(METHODS) if models is None else list(models)
-    unknown = [method for method in selected if method not in METHODS]
-    if unknown:
-        raise ValueError(f"evaluation.models lists {unknown}, which are not fine-tuned methods; known: {list(METHODS)}")
-    by_method = dict(zip(METHODS, weights, strict=True))
+    selected = check_methods(methods if models is None else models, "evaluation.models")
+    by_method = dict(zip(methods, weights, strict=True))
     missing = [method for method in selected if not _exists(by_method[method])]
     if missing:
         files = ", ".join(_weights_path(by_method[method]) for method in missing)
-        present = [method for method in METHODS if _exists(by_method[method])]
+        present = [method for method in methods if _exists(by_method[method])]
         raise FileNotFoundError(
             f"evaluation.models selects {missing} but their weights do not exist: {files}. Train them with "
             f"`kedro run --pipelines=finetune --namespaces={','.join(missing)}`, or evaluate only the models that "
             f'exist ({present or "none"}): `kedro run --pipelines=evaluation --params "evaluation.models=[{",".join(present)}]"`'
         )
-    return {method: by_method[method] for method in METHODS if method in selected}
+    return {method: by_method[method] for method in methods if method in selected}
 
 
 def _model_from(base: Any, bundle: TensorBundle, key: str, splits: tuple[str, ...]) -> ModelUnderTest:
@@ -84,14 +82,14 @@ def evaluate_models(
 ) -> tuple[Any, ...]:
     """Every model's evaluation in one pass over each split.
 
-    Returns the evaluations of ``zero_shot`` and of each method of ``METHODS`` (empty for a method
+    Returns the evaluations of ``zero_shot`` and of each method of the table (empty for a method
     not in ``evaluation.models``), the WiSE-FT evaluation at the chosen α and the WiSE-FT curve.
     """
     selected = selected_weights(evaluation, weights)
     for method, bundle in selected.items():
         check_trained_from(method, bundle.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
     splits = list(evaluation["splits"])
-    settings = wise_settings(evaluation, list(METHODS), list(selected))
+    settings = wise_settings(evaluation, list(selected))
 
     context, device = init_from_env(resolve_device(evaluation.get("device", "auto")))
     base = create_model(ModelSpec(**teacher_model["spec"]), device=device)
@@ -125,10 +123,10 @@ def evaluate_models(
 
     rows = {entry.key: rows_of(entry) for entry in entries}
     curve, chosen = wise_outputs(settings, rows, splits)
-    per_method = [rows.get(method, EMPTY_EVALUATION) for method in METHODS]
+    per_method = [rows.get(method, EMPTY_EVALUATION) for method in method_names()]
     return (rows.get(ZERO_SHOT, EMPTY_EVALUATION), *per_method, chosen, curve)
 
 
 def evaluation_outputs() -> list[str]:
     """The one-pass node's outputs, in :func:`evaluate_models`' order."""
-    return [f"{model}.evaluation" for model in (ZERO_SHOT, *METHODS, WISE_FT)] + ["wise_ft_curve"]
+    return [f"{model}.evaluation" for model in (ZERO_SHOT, *method_names(), WISE_FT)] + ["wise_ft_curve"]

@@ -19,6 +19,7 @@ from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.models.heads import ClassifierHead, zero_shot_linear_head
 from starft_pipeline.models.teacher import TeacherCache
 from starft_pipeline.models.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counterpart
+from starft_pipeline.train.methods import check_methods
 
 logger = logging.getLogger(__name__)
 WISE_FT = "wise_ft"
@@ -57,13 +58,10 @@ def curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, A
     ]
 
 
-def wise_settings(evaluation: dict[str, Any], known: list[str], evaluated: list[str]) -> dict[str, Any]:
+def wise_settings(evaluation: dict[str, Any], evaluated: list[str]) -> dict[str, Any]:
     """The sweep's methods (those listed that are evaluated in this run), α grid, chosen α and splits."""
     wise = evaluation.get("wise_ft") or {}
-    listed = list(wise.get("methods", []))
-    unknown = [method for method in listed if method not in known]
-    if unknown:
-        raise ValueError(f"evaluation.wise_ft.methods lists {unknown}, which are not fine-tuned methods ({known})")
+    listed = check_methods(wise.get("methods", []), "evaluation.wise_ft.methods")
     skipped = [method for method in listed if method not in evaluated]
     if skipped:
         logger.info("WiSE-FT: %s not swept (not in evaluation.models)", skipped)
