@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from starft_pipeline.core.configs import check_device, field_bounds, field_checks
+from starft_pipeline.core.precision import Precision
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
@@ -261,7 +262,7 @@ class TeacherParams(BaseModel):
     device: Device = "auto"
     work_dir: Annotated[str, Strict()] | None = DEFAULT_WORK_DIR
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     part_rows: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_PART_ROWS
     shards: Annotated[str, Strict()] | None = None
     decode: Literal["cpu", "gpu"] = "cpu"

@@ -25,6 +25,7 @@ import pandas as pd
 
 from starft_pipeline.core.configs import known_keys
 from starft_pipeline.evaluate.markdown import markdown_table
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.methods import teacher_method_names
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # matplotlib is imported by the function that draws
 
 #: The namespaces a cell may override: the methods with a teacher (StarFT and its plain-KL variant).
 CELL_METHODS = teacher_method_names()
-ZERO_SHOT = "zero_shot"
 #: ``confounder_types: all`` in a cell: every pool the descriptions stage writes (``descriptions.confounder_types``).
 ALL_POOLS = "all"
 STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc")

@@ -32,7 +32,7 @@ from starft_pipeline.evaluate.results import (
     split_report,
 )
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.models.heads import head_for_classes, split_heads
+from starft_pipeline.models.heads import ZERO_SHOT, head_for_classes, split_heads
 from starft_pipeline.models.teacher import check_trained_from
 from starft_pipeline.train.methods import method_names
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-ZERO_SHOT = "zero_shot"
 
 
 def model_order() -> tuple[str, ...]:

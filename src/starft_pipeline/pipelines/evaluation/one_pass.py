@@ -18,9 +18,9 @@ from starft_pipeline.core.distributed import init_from_env
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.evaluate.predictions import ModelUnderTest, PassSettings, one_pass_predictions
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device, state_dict_copy
-from starft_pipeline.models.heads import split_heads
+from starft_pipeline.models.heads import ZERO_SHOT, split_heads
 from starft_pipeline.models.teacher import check_trained_from
-from starft_pipeline.pipelines.evaluation.nodes import ZERO_SHOT, evaluation_targets, report_rows
+from starft_pipeline.pipelines.evaluation.nodes import evaluation_targets, report_rows
 from starft_pipeline.pipelines.evaluation.wise_ft import (
     WISE_FT,
     wise_models,

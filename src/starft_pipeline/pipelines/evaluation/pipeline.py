@@ -6,8 +6,8 @@ emits each model's ``<model>.evaluation``; each model's chart stays in the model
 
 from kedro.pipeline import Node, Pipeline
 
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipelines.evaluation.nodes import (
-    ZERO_SHOT,
     check_dataset_conventions,
     collect_results,
     plot_group_comparison,
