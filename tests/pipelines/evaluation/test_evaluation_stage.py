@@ -21,6 +21,7 @@ from starft_pipeline.evaluate.metrics import (
     convention_warning,
 )
 from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
+from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
@@ -131,7 +132,7 @@ def test_the_index_stores_the_declared_convention() -> None:
 def test_collect_results_orders_columns_and_metrics_include_intervals() -> None:
     evaluation = split_report("m", "wb/test", *waterbirds_split(), Layout(), "waterbirds")
     evaluation = {key: [{**row, "dataset": "wb"} for row in rows] for key, rows in evaluation.items()}
-    results, groups, classes = nodes.collect_results(evaluation, evaluation)
+    results, groups, classes = nodes.collect_results(evaluation, UNCHANGED, evaluation)  # UNCHANGED: not this run's
     assert list(results.columns) == list(REPORT_COLUMNS)
     assert len(results) == 2 and len(groups) == 8 and len(classes) == 4
     metrics = nodes.results_metrics(results.assign(method=["m", "ft+wise"]))
@@ -210,6 +211,7 @@ def test_per_model_and_comparison_charts() -> None:
     groups = pd.DataFrame(_group_rows())
     method_fig = nodes.plot_method_groups({"groups": groups[groups["method"] == "flyp"].to_dict("records")})
     assert isinstance(method_fig, Figure) and len(method_fig.axes) == 2
+    assert nodes.plot_method_groups(UNCHANGED) is UNCHANGED  # a model not evaluated: no placeholder figure
     assert [ax.get_title() for ax in method_fig.axes] == ["synthetic", "waterbirds_like"]
     bars = method_fig.axes[1].patches
     assert len(bars) == 2 * 4  # val and test bars per group
@@ -256,6 +258,7 @@ def test_wise_ft_figure_follows_the_sweep_contract() -> None:
     assert sorted({text.get_text() for text in fig.axes[0].texts}) == ["α=0", "α=1"]
     empty = nodes.plot_wise_ft(curve.iloc[:0], {})
     assert "No WiSE-FT sweep" in empty.axes[0].texts[0].get_text()
+    assert nodes.plot_wise_ft(UNCHANGED, {}) is UNCHANGED  # no sweep in this run: the figure stays as it was
 
 
 # --------------------------------------------------------------------------- pipeline shape

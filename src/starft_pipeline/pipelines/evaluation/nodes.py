@@ -31,6 +31,7 @@ from starft_pipeline.evaluate.results import (
     mlflow_metric_key,
     split_report,
 )
+from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.models.heads import ZERO_SHOT, head_for_classes, split_heads
 from starft_pipeline.models.teacher import check_trained_from
@@ -163,11 +164,13 @@ def evaluate_finetuned(
 
 
 def collect_results(
-    *evaluations: dict[str, list[dict[str, Any]]],
+    *evaluations: dict[str, list[dict[str, Any]]] | Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """results.csv, group_results.csv and class_results.csv of every evaluated model."""
+    """results.csv, group_results.csv and class_results.csv of every model evaluated in this run
+    (an ``UNCHANGED`` evaluation, a model this run left out, adds no rows)."""
+    evaluated = [evaluation for evaluation in evaluations if evaluation is not UNCHANGED]
     tables = {
-        key: pd.DataFrame([row for evaluation in evaluations for row in evaluation.get(key, [])])
+        key: pd.DataFrame([row for evaluation in evaluated for row in evaluation.get(key, [])])
         for key in ("results", "groups", "classes")
     }
     return (
@@ -211,10 +214,11 @@ def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
     }
 
 
-def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> Figure:
-    """One method's per-group accuracy on every data set and split."""
-    if not evaluation.get("groups"):
-        return message_figure("Not evaluated in this run (see evaluation.models).", "per-group accuracy")
+def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]] | Any) -> Figure | Any:
+    """One method's per-group accuracy on every data set and split; ``UNCHANGED`` (the figure file
+    stays as it was) for a model this run does not evaluate."""
+    if evaluation is UNCHANGED:
+        return UNCHANGED
     return plot_method_group_accuracy(pd.DataFrame(evaluation["groups"]))
 
 
@@ -224,8 +228,11 @@ def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]
     return plot_group_accuracy_comparison(group_results, split, method_order=model_order())
 
 
-def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> Figure:
-    """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split."""
+def plot_wise_ft(wise_ft_curve: pd.DataFrame | Any, reporting: dict[str, Any]) -> Figure | Any:
+    """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split;
+    ``UNCHANGED`` when this run swept nothing."""
+    if wise_ft_curve is UNCHANGED:
+        return UNCHANGED
     if wise_ft_curve.empty:
         return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
     alphas = reporting.get("wise_ft_annotate_alphas")

@@ -17,6 +17,7 @@ import pandas as pd
 from starft_pipeline.core.distributed import init_from_env
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.evaluate.predictions import ModelUnderTest, PassSettings, one_pass_predictions
+from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device, state_dict_copy
 from starft_pipeline.models.heads import ZERO_SHOT, split_heads
 from starft_pipeline.models.teacher import check_trained_from
@@ -31,7 +32,6 @@ from starft_pipeline.pipelines.evaluation.wise_ft import (
 from starft_pipeline.train.methods import check_methods, method_names
 
 logger = logging.getLogger(__name__)
-EMPTY_EVALUATION: dict[str, list] = {"results": [], "groups": [], "classes": []}
 
 
 def _weights_path(bundle: Any) -> str:
@@ -82,8 +82,9 @@ def evaluate_models(
 ) -> tuple[Any, ...]:
     """Every model's evaluation in one pass over each split.
 
-    Returns the evaluations of ``zero_shot`` and of each method of the table (empty for a method
-    not in ``evaluation.models``), the WiSE-FT evaluation at the chosen α and the WiSE-FT curve.
+    Returns the evaluations of ``zero_shot`` and of each method of the table, the WiSE-FT evaluation
+    at the chosen α and the WiSE-FT curve; ``kedro_io.UNCHANGED`` for each one this run does not
+    evaluate (a method not in ``evaluation.models``, WiSE-FT without a method to sweep).
     """
     selected = selected_weights(evaluation, weights)
     for method, bundle in selected.items():
@@ -123,8 +124,10 @@ def evaluate_models(
 
     rows = {entry.key: rows_of(entry) for entry in entries}
     curve, chosen = wise_outputs(settings, rows, splits)
-    per_method = [rows.get(method, EMPTY_EVALUATION) for method in method_names()]
-    return (rows.get(ZERO_SHOT, EMPTY_EVALUATION), *per_method, chosen, curve)
+    # A model not evaluated in this run, and WiSE-FT without a sweep, leave their files as they were.
+    per_method = [rows.get(method, UNCHANGED) for method in method_names()]
+    swept = bool(settings["methods"])
+    return (rows.get(ZERO_SHOT, UNCHANGED), *per_method, chosen if swept else UNCHANGED, curve if swept else UNCHANGED)
 
 
 def evaluation_outputs() -> list[str]:
