@@ -38,6 +38,7 @@ from pydantic import (
 
 from starft_pipeline.core.configs import check_device, field_bounds, field_checks
 from starft_pipeline.core.precision import Precision
+from starft_pipeline.data.formats import DataFormat
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
@@ -166,7 +167,7 @@ class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
 
     root: Annotated[str, Strict()] | None = None
     generate: Annotated[str, Strict()] | dict[str, Any] | None = None
-    format: Literal["release", "image_folder"] = "release"
+    format: DataFormat = "release"
     roots: dict[SplitName, Annotated[str, Strict()]] | None = None
     optional: Annotated[bool, Strict()] = False
 
