@@ -97,11 +97,15 @@ def evaluate_models(
     # evaluation.zero_shot: false leaves the zero-shot model out (a study evaluates it once, not every run)
     entries = [ModelUnderTest(ZERO_SHOT, base.model, {}, tuple(splits))] if evaluation.get("zero_shot", True) else []
     entries += [_model_from(base, bundle, method, tuple(splits)) for method, bundle in selected.items()]
+    labels = {entry.key: entry.key for entry in entries}  # the name each model's rows carry
     if settings["methods"]:
         zero_shot_state, heads = state_dict_copy(base.model), zero_shot_heads(teacher_cache, dataset_index)
         for method in settings["methods"]:
-            sweep = wise_models(method, selected[method], zero_shot_state, heads, settings, splits)
-            entries += [_model_from(base, bundle, key, model_splits) for key, bundle, model_splits in sweep]
+            for wise, bundle, model_splits in wise_models(
+                method, selected[method], zero_shot_state, heads, settings, splits
+            ):
+                entries.append(_model_from(base, bundle, wise.key, model_splits))
+                labels[wise.key] = wise.label
 
     all_splits = list(dict.fromkeys([*splits, *settings["splits"]]))
     targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, all_splits)
@@ -118,9 +122,8 @@ def evaluate_models(
     predictions = one_pass_predictions(base, entries, targets, pass_settings)
 
     def rows_of(entry: ModelUnderTest) -> dict[str, list[dict[str, Any]]]:
-        label = entry.key.split("@")[0]  # WiSE-FT keys carry their α; every α is reported as "<method>+wise"
         own = {(dataset, split): values for (key, dataset, split), values in predictions.items() if key == entry.key}
-        return report_rows(label, targets, own, dataset_index, evaluation)
+        return report_rows(labels[entry.key], targets, own, dataset_index, evaluation)
 
     rows = {entry.key: rows_of(entry) for entry in entries}
     curve, chosen = wise_outputs(settings, rows, splits)

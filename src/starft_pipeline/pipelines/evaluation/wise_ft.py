@@ -10,6 +10,7 @@ results.csv as ``"<method>+wise"`` (the sweep's own model when the sweep covers 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -73,15 +74,34 @@ def wise_settings(evaluation: dict[str, Any], evaluated: list[str]) -> dict[str,
     }
 
 
+@dataclass(frozen=True)
+class WiseModel:
+    """One interpolated model: ``method`` at ``alpha`` of the sweep, or (``alpha`` None) the chosen α
+    evaluated apart from the sweep. Every one is reported as ``<method>+wise`` (:attr:`label`)."""
+
+    method: str
+    alpha: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The model's key in the one pass (unique per model)."""
+        return self.label if self.alpha is None else f"{self.label}@{self.alpha:g}"
+
+    @property
+    def label(self) -> str:
+        """Its name in results.csv and the curve."""
+        return f"{self.method}+wise"
+
+
 def sweep_key(method: str, alpha: float) -> str:
-    return f"{method}+wise@{alpha:g}"
+    return WiseModel(method, alpha).key
 
 
-def chosen_key(method: str, settings: dict[str, Any], evaluation_splits: list[str]) -> str:
-    """The key whose rows are ``<method>+wise`` in results.csv: the sweep's, when it covers the splits."""
+def chosen_model(method: str, settings: dict[str, Any], evaluation_splits: list[str]) -> WiseModel:
+    """The model whose rows are ``<method>+wise`` in results.csv: the sweep's, when it covers the splits."""
     if settings["alpha"] in settings["alphas"] and settings["splits"] == evaluation_splits:
-        return sweep_key(method, settings["alpha"])
-    return f"{method}+wise"
+        return WiseModel(method, settings["alpha"])
+    return WiseModel(method)
 
 
 def wise_models(
@@ -91,16 +111,16 @@ def wise_models(
     heads: dict[str, ClassifierHead],
     settings: dict[str, Any],
     evaluation_splits: list[str],
-) -> list[tuple[str, TensorBundle, tuple[str, ...]]]:
-    """(key, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
+) -> list[tuple[WiseModel, TensorBundle, tuple[str, ...]]]:
+    """(model, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
     zero_shot = zero_shot_counterpart(zero_shot_state, heads, finetuned)
     models = [
-        (sweep_key(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
+        (WiseModel(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
         for alpha in settings["alphas"]
     ]
-    key = chosen_key(method, settings, evaluation_splits)
-    if key == f"{method}+wise":
-        models.append((key, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
+    chosen = chosen_model(method, settings, evaluation_splits)
+    if chosen.alpha is None:
+        models.append((chosen, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
     return models
 
 
@@ -113,7 +133,7 @@ def wise_outputs(
     for method in settings["methods"]:
         for alpha in settings["alphas"]:
             curve.extend(curve_rows(method, alpha, rows_by_key[sweep_key(method, alpha)]))
-        for table, part in rows_by_key[chosen_key(method, settings, evaluation_splits)].items():
+        for table, part in rows_by_key[chosen_model(method, settings, evaluation_splits).key].items():
             chosen.setdefault(table, []).extend(part)
         logger.info(
             "WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise",
