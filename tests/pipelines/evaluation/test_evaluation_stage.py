@@ -22,6 +22,7 @@ from starft_pipeline.evaluate.metrics import (
 )
 from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
 from starft_pipeline.kedro_io import UNCHANGED
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
@@ -171,7 +172,7 @@ def test_every_dataset_is_evaluated_zero_shot_with_its_own_names_and_prompts(tin
         return original(loaded, images, task, *args, **kwargs)
 
     monkeypatch.setattr(nodes, "zero_shot_predictions", spy)
-    rows = nodes.evaluate_zero_shot(metadata, index, teacher_model, evaluation)
+    rows = nodes.evaluate_weights(ZERO_SHOT, None, metadata, index, teacher_model, evaluation)
     for dataset, entry in index["datasets"].items():
         assert (dataset, tuple(entry["class_names"]), tuple(entry["templates"])) in seen
     assert seen[-1][2] == ("a drawing of a {c}.",)  # waterbirds_like keeps its own prompts

@@ -34,7 +34,6 @@ from starft_pipeline.evaluate.results import (
 from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
 from starft_pipeline.models.heads import ZERO_SHOT, head_for_classes, split_heads
-from starft_pipeline.models.teacher import check_trained_from
 from starft_pipeline.train.methods import method_names
 
 if TYPE_CHECKING:
@@ -140,27 +139,6 @@ def evaluate_weights(
         for target in targets
     }
     return report_rows(method, targets, predictions, dataset_index, evaluation)
-
-
-def evaluate_zero_shot(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    teacher_model: dict[str, Any],
-    evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    return evaluate_weights(ZERO_SHOT, None, dataset_metadata, dataset_index, teacher_model, evaluation)
-
-
-def evaluate_finetuned(
-    weights: TensorBundle,
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    teacher_model: dict[str, Any],
-    evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    method = str(weights.metadata["method"])
-    check_trained_from(method, weights.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
-    return evaluate_weights(method, weights, dataset_metadata, dataset_index, teacher_model, evaluation)
 
 
 def collect_results(
