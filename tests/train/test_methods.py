@@ -7,7 +7,7 @@ import pytest
 from starft_pipeline.params import block_errors
 from starft_pipeline.pipelines.finetune.pipeline import create_pipeline
 from starft_pipeline.train import methods
-from starft_pipeline.train.finetune import FinetuneConfig, step_losses
+from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.methods import (
     METHOD_SPECS,
     METHODS,
@@ -18,6 +18,7 @@ from starft_pipeline.train.methods import (
     method_spec,
     teacher_method_names,
 )
+from starft_pipeline.train.step_losses import step_losses
 
 
 def test_the_table_names_every_method_in_report_order():

@@ -18,10 +18,10 @@ from starft_pipeline.train.batches import StepBatch, TrainData
 from starft_pipeline.train.engine import Encoders
 from starft_pipeline.train.finetune import (
     FinetuneConfig,
-    contrastive_losses,
     regulariser_warnings,
     train_data_from_cache,
 )
+from starft_pipeline.train.step_losses import contrastive_losses
 from starft_pipeline.train.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
 from tests.engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
 

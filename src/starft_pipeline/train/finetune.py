@@ -1,6 +1,6 @@
-"""Fine-tuning: the config, the loss of each method's step, and the loop.
+"""Fine-tuning: the config and the loop.
 
-The methods are the rows of ``methods.METHOD_SPECS``; a step's draws and pixels are in ``batches``,
+The methods are the rows of ``methods.METHOD_SPECS``, each step's loss is in ``step_losses``, a step's draws and pixels are in ``batches``,
 the StarFT regulariser's teacher features in ``teacher_modes``, AdamW and the schedule in ``optim``,
 precision, compile, DDP and meters in ``engine``, checkpoints in ``checkpointing``. Randomness is
 derived from (seed, epoch, step), so a resumed run draws what an uninterrupted one would. The losses
@@ -16,20 +16,16 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
-import torch.nn.functional as F
 
 from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
 from starft_pipeline.core.precision import PRECISIONS, Precision
 from starft_pipeline.data.descriptions import DescriptionPool
 from starft_pipeline.data.streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
-from starft_pipeline.models.clip import LoadedModel, logit_scale
-from starft_pipeline.models.heads import HEAD_MODULE
+from starft_pipeline.models.clip import LoadedModel
 from starft_pipeline.train.batches import (
     StepBatch,
     TrainData,
-    draw_captions,
-    draw_descriptions,
     epoch_batches,
     seeded_generator,
 )
@@ -41,24 +37,20 @@ from starft_pipeline.train.engine import (
     compile_towers,
     configure_tf32,
     progress_bar,
-    to_device,
 )
 from starft_pipeline.train.losses import (
     RegulariserKind,
-    clip_contrastive_loss,
     diminishing_weight,
-    head_cross_entropy,
-    star_regulariser,
 )
 from starft_pipeline.train.methods import (
     HeadInit,
     MethodSpec,
-    StepLoss,
     check_method,
     method_spec,
     teacher_method_names,
 )
 from starft_pipeline.train.optim import adamw, cosine_with_warmup, optimizer_step, steps_per_epoch
+from starft_pipeline.train.step_losses import Losses, step_losses
 from starft_pipeline.train.teacher_modes import CachedTeacher, source_of
 
 if TYPE_CHECKING:
@@ -221,78 +213,6 @@ def setup_state(
     scheduler = cosine_with_warmup(optimizer, config.warmup_steps, total)
     encoders = Encoders(model, device, config.precision, context)
     return TrainState(model, optimizer, scheduler, encoders=encoders, context=context)
-
-
-Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # the total, and its named parts
-
-
-def contrastive_losses(batch: StepBatch) -> Losses:
-    """FLYP, StarFT and kl: L = L_FLYP + λ_e · R, the teacher's features from ``data.teacher`` (teacher_modes).
-
-    Draws cover the whole batch; this process encodes ``rows.local``, the losses run over the
-    gathered ``rows.gathered``.
-    """
-    data, model, rows, device = batch.data, batch.model, batch.rows, batch.device
-    labels = data.labels[batch.indices]
-    teacher = source_of(data).begin(batch)  # the student's pixels, and the teacher's features of them
-    pixels = teacher.pixels
-    table = batch.text_table()
-    text_rows = [draw_captions(labels, table, batch.generator)[rows.local]]
-    regularise = batch.config.regularised and batch.reg_weight > 0
-    if regularise:
-        picks = draw_descriptions(labels, table.descriptions_of_class, table.descriptions_per_class, batch.generator)
-        text_rows.append(table.description_rows[picks[rows.local]])
-    # One text forward for each distinct caption and description of the batch (rows of the table).
-    text_features = F.normalize(model.encode_rows(table.tokens, table.lengths, torch.cat(text_rows)), dim=-1)
-    image_features = rows.gather(F.normalize(model.encode_image(pixels), dim=-1))
-    n_local = len(rows.local)
-    caption_features = rows.gather(text_features[:n_local])
-    losses = {"contrastive": clip_contrastive_loss(image_features, caption_features, logit_scale(model))}
-    total = losses["contrastive"]
-    if regularise:
-        student_descriptions = rows.gather(text_features[n_local:])
-        gathered = rows.gathered
-        teacher_features = teacher.features(picks)
-        losses["regulariser"] = star_regulariser(
-            student_image=image_features,
-            student_text=student_descriptions,
-            teacher_image=teacher_features.image,
-            teacher_text=teacher_features.text,
-            teacher_scale=data.teacher_scale,
-            labels=to_device(labels[gathered], device),
-            kind=batch.config.regulariser,
-            student_scale=logit_scale(model),
-        )
-        total = total + batch.reg_weight * losses["regulariser"]
-    return total, losses
-
-
-def classification_losses(batch: StepBatch) -> Losses:
-    """FT and LP-FT: cross-entropy of the learned head on normalised image features (text tower frozen)."""
-    head = getattr(batch.model, HEAD_MODULE, None)
-    if head is None:
-        raise ValueError(f"method {batch.config.method!r} trains a head: call heads.attach_head on the model first")
-    rows = batch.rows
-    image_features = rows.gather(F.normalize(batch.model.encode_image(batch.local_pixels()), dim=-1))
-    labels = to_device(batch.data.labels[batch.indices[rows.gathered]], batch.device)
-    loss = head_cross_entropy(image_features, head.weight, head.bias, labels)
-    return loss, {"cross_entropy": loss}
-
-
-#: The function of each kind of step loss (a method's row names its kind: methods.MethodSpec.loss).
-LOSS_FUNCTIONS: dict[StepLoss, Callable[[StepBatch], Losses]] = {
-    "contrastive": contrastive_losses,
-    "cross_entropy": classification_losses,
-}
-
-
-def step_losses(method: str) -> Callable[[StepBatch], Losses]:
-    loss = method_spec(method).loss
-    if loss is None:
-        raise ValueError(
-            f"method {method!r} has no fine-tuning loop (LP only fits a head: linear_probe.select_linear_probe)"
-        )
-    return LOSS_FUNCTIONS[loss]
 
 
 def training_step(
