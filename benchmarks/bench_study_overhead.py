@@ -46,7 +46,7 @@ def main() -> None:
 
     from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models
     from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
-    from starft_pipeline.train.finetune import METHODS
+    from starft_pipeline.train.methods import METHODS
 
     project = Path.cwd()
     bootstrap_project(project)

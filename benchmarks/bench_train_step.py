@@ -46,15 +46,9 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from starft_pipeline.data.descriptions import DescriptionPool, expand_pools
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, encode_texts, resolve_device
+from starft_pipeline.train.batches import TrainData, sample_descriptions
 from starft_pipeline.train.engine import peak_memory_mb, reset_peak_memory
-from starft_pipeline.train.finetune import (
-    FinetuneConfig,
-    TrainData,
-    TrainState,
-    sample_descriptions,
-    setup_state,
-    training_step,
-)
+from starft_pipeline.train.finetune import FinetuneConfig, TrainState, setup_state, training_step
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "conf" / "base" / "templates" / "spurious_templates.yml"
 SYNTHETIC_CLASSES = ("circle", "square", "triangle", "cross")  # the default pipeline's data set

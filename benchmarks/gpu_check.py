@@ -63,13 +63,9 @@ from starft_pipeline.data.splits import GroupSplit
 from starft_pipeline.data.tasks import EvalTask
 from starft_pipeline.evaluate.predictions import ModelUnderTest, PassSettings, SplitToEvaluate, one_pass_predictions
 from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, resolve_device
+from starft_pipeline.train.batches import TrainData
 from starft_pipeline.train.engine import compile_towers
-from starft_pipeline.train.finetune import (
-    FinetuneConfig,
-    TrainData,
-    setup_state,
-    training_step,
-)
+from starft_pipeline.train.finetune import FinetuneConfig, setup_state, training_step
 from starft_pipeline.train.teacher_modes import OnlineTeacher
 
 IMAGE_GFLOPS, TEXT_GFLOPS, TRAINING_FACTOR = 35.1, 6.0, 3.0  # ViT-B/16 per sample forward (open_clip profile)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from starft_pipeline.data.descriptions import DescriptionPool
 from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model
 from starft_pipeline.models.heads import ClassifierHead
-from starft_pipeline.train.finetune import FinetuneConfig, TrainData
+from starft_pipeline.train.batches import TrainData
+from starft_pipeline.train.finetune import FinetuneConfig
 
 CLASS_NAMES = ("circle", "square", "triangle")
 BACKGROUNDS = ("grass", "water", "sand", "snow")

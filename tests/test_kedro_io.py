@@ -73,11 +73,12 @@ BUILD_THE_CATALOG = textwrap.dedent(
     loader = CONFIG_LOADER_CLASS(sys.argv[1], **CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(loader["catalog"])
     names = [name for name, _ in catalog.items()] + ["star.group_accuracy_plot"]  # what kedro-mlflow builds, and a figure
-    figure_types = sorted({type(catalog.get(name)).__name__ for name in names if name.endswith("_plot")})
+    figures = [catalog.get(name) for name in names if name.endswith("_plot")]
+    figure_types = sorted({type(getattr(figure, "wrapped", figure)).__name__ for figure in figures})
     matplotlib_at_start_up = "matplotlib" in sys.modules
     from starft_pipeline.evaluate.figures import message_figure
 
-    catalog.get("star.group_accuracy_plot")._logging_activated = False  # no MLflow run here
+    catalog.get("star.group_accuracy_plot").wrapped._logging_activated = False  # no MLflow run here
     catalog.save("star.group_accuracy_plot", message_figure("saved through the project's catalog"))
     print(json.dumps({"figure_types": figure_types, "matplotlib_at_start_up": matplotlib_at_start_up}))
     """
@@ -156,3 +157,21 @@ def test_without_an_active_run_no_metric_and_no_run_is_logged(tracking_store) ->
     runs_before = sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments())
     BatchedMlflowMetricsHistoryDataset().save(_curve(3))
     assert sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments()) == runs_before
+
+
+def test_saving_unchanged_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """A model a run does not evaluate keeps its previous file; within the run it reads back as UNCHANGED."""
+    import copy
+
+    from starft_pipeline.kedro_io import UNCHANGED, UnlessUnchanged
+
+    path = tmp_path / "star_evaluation.json"
+    dataset = UnlessUnchanged({"type": "json.JSONDataset", "filepath": str(path)})
+    dataset.save({"results": [1]})
+    before = path.read_bytes()
+    dataset.save(UNCHANGED)
+    assert path.read_bytes() == before and dataset.load() is UNCHANGED
+    assert UnlessUnchanged({"type": "json.JSONDataset", "filepath": str(path)}).load() == {"results": [1]}
+    missing = UnlessUnchanged({"type": "json.JSONDataset", "filepath": str(tmp_path / "never.json")})
+    missing.save(UNCHANGED)
+    assert not missing.exists() and copy.deepcopy(UNCHANGED) is UNCHANGED

@@ -79,7 +79,7 @@ BAD_VALUES = {
     "lr as text": ({"star__finetune__lr": "1e-4"}, "star.finetune.lr: Input should be a valid number (got '1e-4')"),
     "unknown method": (
         {"flyp__finetune__method": "flip"},
-        "flyp.finetune.method: Input should be 'lp', 'ft', 'lp_ft', 'flyp', 'star' or 'kl'",
+        "flyp.finetune.method: method must be one of lp, ft, lp_ft, flyp, star, kl; got 'flip'",
     ),
     "zero epochs": (
         {"ft__finetune__epochs": 0},
@@ -158,7 +158,7 @@ BAD_VALUES = {
         {"evaluation__wise_ft__alpha": 2.0},
         "evaluation.wise_ft.alpha: Input should be less than or equal to 1 (got 2.0)",
     ),
-    "wise method": ({"evaluation__wise_ft__methods": ["zs"]}, "evaluation.wise_ft.methods.0: must be one of"),
+    "wise method": ({"evaluation__wise_ft__methods": ["zs"]}, "evaluation.wise_ft.methods.0: method must be one of"),
     "empty groups flag": (
         {"evaluation__allow_empty_groups": "no"},
         "evaluation.allow_empty_groups: Input should be a valid boolean (got 'no')",

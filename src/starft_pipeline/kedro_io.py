@@ -189,3 +189,55 @@ class BatchedMlflowMetricsHistoryDataset(MlflowMetricsHistoryDataset):
             for key, value, step in self._build_args_list_from_metric_item(name, item)
         ]
         log_metrics_in_batches(MlflowClient(), run_id, metrics)
+
+
+class _Unchanged:
+    """The type of :data:`UNCHANGED`: one instance, kept by copies and pickling (MemoryDataset copies)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+    def __copy__(self) -> _Unchanged:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Unchanged:
+        return self
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED"
+
+
+#: A node's output that leaves its dataset as it was: a model this run does not evaluate
+#: (``evaluation.models``) keeps its previous evaluation file and figure.
+UNCHANGED = _Unchanged()
+
+
+class UnlessUnchanged(AbstractDataset[Any, Any]):
+    """Wraps a dataset (``dataset``: its catalog entry); saving :data:`UNCHANGED` writes nothing.
+
+    Within the run, loading it back gives :data:`UNCHANGED` again (the nodes downstream skip it,
+    never reading the previous run's file); otherwise loading reads the wrapped dataset.
+    """
+
+    def __init__(self, dataset: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        self._dataset = AbstractDataset.from_config("wrapped", dataset)
+        self._unchanged = False
+        self.metadata = metadata
+
+    @property
+    def wrapped(self) -> AbstractDataset:
+        return self._dataset
+
+    def load(self) -> Any:
+        return UNCHANGED if self._unchanged else self._dataset.load()
+
+    def save(self, data: Any) -> None:
+        self._unchanged = data is UNCHANGED
+        if not self._unchanged:
+            self._dataset.save(data)
+
+    def _exists(self) -> bool:
+        return self._dataset.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": str(self._dataset)}

@@ -5,7 +5,7 @@
 runs the upstream stages once (class_names, descriptions, teacher), then for each seed the
 `finetune` and `evaluation` pipelines in their own KedroSession with every method's
 ``<method>.finetune.seed`` overridden (the method list is
-``starft_pipeline.train.finetune.METHODS``), keeps each seed's results, and writes
+``starft_pipeline.train.methods.METHOD_SPECS``), keeps each seed's results, and writes
 ``data/08_reporting/methods_table.{csv,md}`` plus the per-seed rows ``methods_table_runs.csv``,
 logged to MLflow as one more run. Only the fine-tuning seed varies: data sets and the pretrained
 teacher are fixed, so the std measures fine-tuning noise (batch order, crops, caption and
@@ -224,11 +224,9 @@ def run_seeds(
     """
     from kedro.framework.startup import bootstrap_project
 
-    from starft_pipeline.train.finetune import METHODS
+    from starft_pipeline.train.methods import check_methods, method_names
 
-    unknown = sorted(set(methods or ()) - set(METHODS))
-    if unknown:
-        raise ValueError(f"--methods {unknown} are not fine-tuning methods; known: {list(METHODS)}")
+    check_methods(methods or (), "--methods")
 
     bootstrap_project(project_path)
     if run_upstream:
@@ -239,7 +237,7 @@ def run_seeds(
     runs, times = [], {}
     for seed in seeds:
         started = time.perf_counter()
-        overrides = merged(seed_overrides(params, METHODS, seed), extra_params or {})
+        overrides = merged(seed_overrides(params, method_names(), seed), extra_params or {})
         if methods:  # the one-pass evaluation node (namespace `evaluation`) evaluates just these
             overrides = merged(overrides, {"evaluation": {"models": list(methods)}})
         logger.info("methods table: seed %d, runtime parameters %s", seed, overrides)

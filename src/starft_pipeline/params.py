@@ -38,6 +38,8 @@ from pydantic import (
 
 from starft_pipeline.core.configs import check_device, field_bounds, field_checks
 from starft_pipeline.core.distributed import ProcessGroupConfig
+from starft_pipeline.core.precision import Precision
+from starft_pipeline.data.formats import DataFormat
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
@@ -45,8 +47,9 @@ from starft_pipeline.llm import LLMSettings
 from starft_pipeline.models.clip import ModelSpec
 from starft_pipeline.models.teacher import DEFAULT_PART_ROWS, DEFAULT_WORK_DIR
 from starft_pipeline.train.checkpointing import CheckpointConfig
-from starft_pipeline.train.finetune import METHODS, FinetuneConfig
+from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.linear_probe import LinearProbeConfig
+from starft_pipeline.train.methods import check_method
 from starft_pipeline.train.pretraining import PretrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -90,7 +93,7 @@ def _one_of(allowed: Iterable[str]) -> AfterValidator:
 Device = Annotated[str, Strict(), AfterValidator(check_device)]
 SplitName = Literal["train", "val", "test"]
 Alpha = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
-MethodName = Annotated[str, Strict(), _one_of(METHODS)]
+MethodName = Annotated[str, Strict(), AfterValidator(check_method)]  # a row of methods.METHOD_SPECS, read at call time
 
 
 def model_from_dataclass(
@@ -165,7 +168,7 @@ class DatasetParams(_DataChecksParams):  # type: ignore[misc, valid-type]
 
     root: Annotated[str, Strict()] | None = None
     generate: Annotated[str, Strict()] | dict[str, Any] | None = None
-    format: Literal["release", "image_folder"] = "release"
+    format: DataFormat = "release"
     roots: dict[SplitName, Annotated[str, Strict()]] | None = None
     optional: Annotated[bool, Strict()] = False
 
@@ -261,7 +264,7 @@ class TeacherParams(BaseModel):
     device: Device = "auto"
     work_dir: Annotated[str, Strict()] | None = DEFAULT_WORK_DIR
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     part_rows: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_PART_ROWS
     shards: Annotated[str, Strict()] | None = None
     decode: Literal["cpu", "gpu"] = "cpu"

@@ -30,7 +30,6 @@ from starft_pipeline.core.progress import format_duration, progress_line
 from starft_pipeline.evaluate.results import mlflow_metric_key
 from starft_pipeline.evaluate.study_stats import (
     STUDY_METRICS,
-    ZERO_SHOT,
     Cell,
     StudyGrid,
     default_selection_split,
@@ -50,6 +49,7 @@ from starft_pipeline.methods_table import (
     parse_overrides,
     run_pipelines,
 )
+from starft_pipeline.models.heads import ZERO_SHOT
 
 # Not __name__: under `python -m` that is __main__, which conf/logging.yml does not show.
 logger = logging.getLogger("starft_pipeline.study")

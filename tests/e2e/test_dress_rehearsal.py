@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from starft_pipeline.data.imagenet_like import write_imagenet_like
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import PROJECT_ROOT, copy_project, kedro_env
 
 TIMEOUT_S = 8.0  # the process group's timeout: any collective waiting longer kills the job

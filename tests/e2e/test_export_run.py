@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from starft_pipeline.models.export import classifier_path
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import kedro_env
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS
 from starft_pipeline.pipeline_registry import register_pipelines
-from starft_pipeline.pipelines.finetune.pipeline import METHODS
+from starft_pipeline.train.methods import METHODS
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from starft_pipeline.core.tensor_bundle import TensorBundle
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import copy_project, kedro_env, tiny_parameters
 
 STAGES = "--pipelines=teacher,finetune,evaluation"

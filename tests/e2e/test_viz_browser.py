@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from starft_pipeline.pipeline_registry import STAGES
-from starft_pipeline.pipelines.finetune.pipeline import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import copy_project, kedro_env
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,13 @@ import torch
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.models.heads import ClassifierHead, head_metadata, head_tensors, split_heads
 from starft_pipeline.models.wise_ft import alpha_grid, interpolate_weights, wise_ft_bundle, zero_shot_counterpart
-from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS, wise_models, wise_outputs, wise_settings
+from starft_pipeline.pipelines.evaluation.wise_ft import (
+    CURVE_COLUMNS,
+    WiseModel,
+    wise_models,
+    wise_outputs,
+    wise_settings,
+)
 
 ZERO_SHOT = {"w": torch.tensor([[0.0, 2.0], [4.0, -2.0]]), "b": torch.tensor([1.0, 3.0]), "n": torch.tensor([7])}
 FINETUNED = {"w": torch.tensor([[2.0, 2.0], [0.0, 2.0]]), "b": torch.tensor([3.0, -1.0]), "n": torch.tensor([7])}
@@ -94,7 +100,6 @@ def _settings(alphas, splits, alpha=0.5):
             "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha, "splits": splits},
         },
         ["flyp"],
-        ["flyp"],
     )
 
 
@@ -102,16 +107,17 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
     finetuned = TensorBundle({"w": torch.ones(1)}, {"method": "flyp"})
     settings = _settings([1.0, 0.0, 0.5], ["val", "test"])
     models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, settings, ["val", "test"])
-    assert [(key, float(bundle.tensors["w"][0]), splits) for key, bundle, splits in models] == [
+    assert [(model.key, float(bundle.tensors["w"][0]), splits) for model, bundle, splits in models] == [
         ("flyp+wise@0", 0.0, ("val", "test")),
         ("flyp+wise@0.5", 0.5, ("val", "test")),
         ("flyp+wise@1", 1.0, ("val", "test")),
     ]
     narrower = _settings([0.0, 1.0], ["test"])  # a narrower sweep: the chosen α is evaluated on its own
     models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, narrower, ["val", "test"])
-    assert [(key, splits) for key, _, splits in models][-1] == ("flyp+wise", ("val", "test"))
+    assert [(model, splits) for model, _, splits in models][-1] == (WiseModel("flyp"), ("val", "test"))
+    assert {model.label for model, _, _ in models} == {"flyp+wise"}
     rows = {
-        key: {
+        model.key: {
             "results": [
                 {
                     "method": "flyp+wise",
@@ -122,7 +128,7 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
                 for split in splits
             ]
         }
-        for key, bundle, splits in models
+        for model, bundle, splits in models
     }
     curve, chosen = wise_outputs(narrower, rows, ["val", "test"])
     assert list(curve["alpha"]) == [0.0, 1.0] and list(curve["split"]) == ["test", "test"]
@@ -131,9 +137,9 @@ def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
 
 def test_unknown_method_in_the_sweep_list_names_the_parameter():
     with pytest.raises(ValueError, match=r"evaluation.wise_ft.methods lists \['nope'\]"):
-        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"], ["ft"])
+        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"])
 
 
 def test_methods_not_evaluated_are_not_swept():
-    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["ft", "flyp"], ["flyp"])
+    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["flyp"])
     assert settings["methods"] == ["flyp"]

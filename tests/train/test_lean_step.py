@@ -10,14 +10,14 @@ import torch.nn.functional as F
 
 from starft_pipeline.data.tasks import fill_template
 from starft_pipeline.train.augment import apply_crops, crop_boxes
-from starft_pipeline.train.engine import Encoders, encode_text_trimmed, token_lengths
-from starft_pipeline.train.finetune import (
+from starft_pipeline.train.batches import (
     descriptions_by_class,
     draw_captions,
     draw_descriptions,
     sample_descriptions,
     text_table,
 )
+from starft_pipeline.train.engine import Encoders, encode_text_trimmed, token_lengths
 from tests.engine_helpers import (  # noqa: F401 (single_thread: autouse fixture)
     CLASS_NAMES,
     single_thread,

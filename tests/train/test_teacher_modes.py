@@ -14,15 +14,14 @@ from starft_pipeline.core.distributed import BatchRows
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.models.clip import encode_images, encode_texts, logit_scale
 from starft_pipeline.params import FinetuneParams
+from starft_pipeline.train.batches import StepBatch, TrainData
 from starft_pipeline.train.engine import Encoders
 from starft_pipeline.train.finetune import (
     FinetuneConfig,
-    StepBatch,
-    TrainData,
-    contrastive_losses,
     regulariser_warnings,
     train_data_from_cache,
 )
+from starft_pipeline.train.step_losses import contrastive_losses
 from starft_pipeline.train.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
 from tests.engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
 

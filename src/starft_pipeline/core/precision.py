@@ -6,21 +6,26 @@ Shared by training (engine), the teacher stage and evaluation, so it lives in co
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: What ``auto`` resolves to on a device.
+ResolvedPrecision = Literal["fp32", "bf16"]
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
-    """``auto``: bf16 on CUDA (what a GPU user expects), fp32 elsewhere (the CPU default's results stay put)."""
+def resolve_precision(precision: str, device: torch.device, where: str = "precision") -> ResolvedPrecision:
+    """``auto``: bf16 on CUDA (what a GPU user expects), fp32 elsewhere (the CPU default's results stay put).
+
+    ``where`` names the parameter in the error (``teacher precision``, ``finetune precision``).
+    """
     if precision not in PRECISIONS:
-        raise ValueError(f"finetune precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ValueError(f"{where} must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def autocast(device: torch.device, precision: Precision) -> AbstractContextManager:

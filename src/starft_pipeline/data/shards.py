@@ -24,7 +24,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Decode = Literal["cpu", "gpu"]
-DECODES: tuple[str, ...] = ("cpu", "gpu")
+DECODES: tuple[str, ...] = get_args(Decode)
 DEFAULT_ROWS_PER_SHARD = 10_000
 JPEG_QUALITY = 95
 INDEX = "index.json"

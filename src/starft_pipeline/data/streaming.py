@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DataLoading = Literal["auto", "memory", "stream"]
-DATA_LOADING: tuple[str, ...] = ("auto", "memory", "stream")
+DATA_LOADING: tuple[str, ...] = get_args(DataLoading)
 
 
 #: Batches each worker decodes ahead of the consumer.

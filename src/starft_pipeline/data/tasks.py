@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 #: How a data set's headline numbers are reported (evaluate.metrics.HEADLINE_METRIC; docs/evaluation-conventions.md).
-CONVENTIONS: tuple[str, ...] = ("waterbirds", "celeba", "generic")
+Convention = Literal["waterbirds", "celeba", "generic"]
+CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from starft_pipeline.data.tasks import CONVENTIONS
+from starft_pipeline.data.tasks import CONVENTIONS, Convention
 
 __all__ = [
     "CELEBA_GROUP_NAMES",
@@ -357,8 +356,6 @@ def check_waterbirds_group_counts(train_group_counts: Sequence[int] | ArrayLike)
         f"check metadata.csv (split 0 = train) and the group formula."
     )
 
-
-Convention = Literal["waterbirds", "celeba", "generic"]
 
 #: Benchmark conventions a data set can be declared under (``class_names.datasets.<name>.convention``).
 

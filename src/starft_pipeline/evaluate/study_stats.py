@@ -25,14 +25,15 @@ import pandas as pd
 
 from starft_pipeline.core.configs import known_keys
 from starft_pipeline.evaluate.markdown import markdown_table
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.train.finetune import FinetuneConfig
+from starft_pipeline.train.methods import teacher_method_names
 
 if TYPE_CHECKING:  # matplotlib is imported by the function that draws
     from matplotlib.figure import Figure
 
 #: The namespaces a cell may override: the methods with a teacher (StarFT and its plain-KL variant).
-CELL_METHODS = ("star", "kl")
-ZERO_SHOT = "zero_shot"
+CELL_METHODS = teacher_method_names()
 #: ``confounder_types: all`` in a cell: every pool the descriptions stage writes (``descriptions.confounder_types``).
 ALL_POOLS = "all"
 STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc")

@@ -30,9 +30,9 @@ import torch
 
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.models.clip import LoadedModel, logit_scale, open_clip_with_configs, zero_shot_head
-from starft_pipeline.models.heads import ClassifierHead, head_for_classes, split_heads, zero_shot_linear_head
+from starft_pipeline.models.heads import ZERO_SHOT, ClassifierHead, head_for_classes, split_heads, zero_shot_linear_head
 
-LEARNED, ZERO_SHOT = "learned", "zero_shot"
+LEARNED = "learned"
 CLASSIFIER_SUFFIX = "_classifier.safetensors"
 #: The standalone script MLflow copies into the pyfunc model ("models from code").
 PYFUNC_SCRIPT = Path(__file__).with_name("clip_pyfunc.py")

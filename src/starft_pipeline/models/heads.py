@@ -18,6 +18,8 @@ from torch import nn
 
 from starft_pipeline.core.tensor_bundle import TensorBundle
 
+#: The zero-shot model's name (results, predictions, the study) and its head's kind (exported classifiers, head_init).
+ZERO_SHOT = "zero_shot"
 HEAD_PREFIX = "head/"
 HEAD_MODULE = "classification_head"  # the attribute a head lives under while it is trained
 

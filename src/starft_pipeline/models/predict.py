@@ -38,9 +38,8 @@ from starft_pipeline.models.clip import (
     resolve_device,
 )
 from starft_pipeline.models.export import classifier_path, dataset_classifier, read_classifier
-from starft_pipeline.models.heads import ClassifierHead, split_heads
+from starft_pipeline.models.heads import ZERO_SHOT, ClassifierHead, split_heads
 
-ZERO_SHOT = "zero_shot"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 FILE_COLUMN, PREDICTED_COLUMN = "file", "predicted_class"
 #: Where the project's stages write what a method name needs (relative to the project root).

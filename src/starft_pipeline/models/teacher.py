@@ -21,7 +21,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 import torch
@@ -36,7 +35,7 @@ from starft_pipeline.core.distributed import (
     shard_rows,
 )
 from starft_pipeline.core.io_utils import fingerprint
-from starft_pipeline.core.precision import autocast
+from starft_pipeline.core.precision import Precision, ResolvedPrecision, autocast, resolve_precision
 from starft_pipeline.core.progress import Progress
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.dataset_index import DatasetIndex, class_prompts, data_identity
@@ -118,22 +117,8 @@ FEATURES_VERSION = 1
 _KEY = re.compile(r"^[0-9a-f]{16}$")  # io_utils.fingerprint's form
 
 
-#: ``teacher.precision``: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere (the CPU default's features stay exact).
-TeacherPrecision = Literal["auto", "fp32", "bf16"]
-TEACHER_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-#: What ``auto`` resolves to on a device.
-ResolvedPrecision = Literal["fp32", "bf16"]
 #: Rows per part file (``teacher.part_rows``): a killed run loses at most one part's work.
 DEFAULT_PART_ROWS = 50_000
-
-
-def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:
-    """``fp32`` or ``bf16`` for ``teacher.precision`` on ``device``."""
-    if precision not in TEACHER_PRECISIONS:
-        raise ValueError(f"teacher precision must be one of {', '.join(TEACHER_PRECISIONS)}; got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return "bf16" if precision == "bf16" else "fp32"
 
 
 def image_features_key(model_identity: Mapping[str, str], index: DatasetIndex, precision: str = "fp32") -> str:
@@ -339,7 +324,7 @@ def split_features(
     device: torch.device,
     num_workers: int = 0,
     rows: Sequence[int] | None = None,
-    precision: TeacherPrecision = "fp32",
+    precision: Precision = "fp32",
     shards: Path | None = None,
     decode: Decode = "cpu",
     progress: Progress | None = None,
@@ -410,7 +395,7 @@ def compute_teacher_cache(
     device: torch.device | str = "cpu",
     parts: FeatureParts | None = None,
     num_workers: int = 0,
-    precision: TeacherPrecision = "auto",
+    precision: Precision = "auto",
     part_rows: int = DEFAULT_PART_ROWS,
     context: DistContext = SINGLE_PROCESS,
     shards: str | None = None,
@@ -428,7 +413,13 @@ def compute_teacher_cache(
     check_streamed_preprocessing(loaded)
     device = torch.device(device)
     settings = EncodeSettings(
-        batch_size, device, num_workers, resolve_precision(precision, device), part_rows, shards, decode
+        batch_size,
+        device,
+        num_workers,
+        resolve_precision(precision, device, "teacher precision"),
+        part_rows,
+        shards,
+        decode,
     )
     model = loaded.model.to(device).eval()
     with autocast(device, settings.precision):

@@ -38,15 +38,9 @@ from starft_pipeline.models.clip import (
     resolve_device,
     zero_shot_head,
 )
-from starft_pipeline.train.finetune import (
-    MAX_LOGIT_SCALE,
-    adamw,
-    batch_pixels,
-    optimizer_step,
-    seeded_generator,
-    warmup_cosine,
-)
+from starft_pipeline.train.batches import batch_pixels, seeded_generator
 from starft_pipeline.train.losses import clip_contrastive_loss
+from starft_pipeline.train.optim import MAX_LOGIT_SCALE, adamw, optimizer_step, warmup_cosine
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ the student's on the same batch. Three ways to get ``f₀(x_i)`` and ``g₀(s_j)
   (each step picks one of the K per image). Exact on the views it stores, K× the cache, no teacher
   forward during training; the augmentation is limited to K crops per image.
 
-The training step calls one interface (``training.TeacherSource``): ``begin(batch)`` returns a :class:`TeacherStep`
-holding the pixels the student encodes and, on demand, the teacher's features of the batch's rows.
-No Kedro here.
+The training step calls one interface (:class:`TeacherSource`): ``begin(batch)`` returns a :class:`TeacherStep`
+holding the pixels the student encodes and, on demand, the teacher's features of the batch's rows;
+:func:`source_of` gives the train data's source (none set: the cache). No Kedro here.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,8 @@ from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.data.streaming import ImageSource, StreamedImages
 from starft_pipeline.models.clip import LoadedModel
 from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.batches import StepBatch, TrainData
 from starft_pipeline.train.engine import Encoders, to_device
-from starft_pipeline.train.finetune import FinetuneConfig, StepBatch, TeacherFeatures, TeacherSource, TeacherStep
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,92 @@ logger = logging.getLogger(__name__)
 DEFAULT_VIEWS_DIR = "data/04_feature/teacher_views"
 #: Bumped when the stored view features of unchanged inputs would change (e.g. how crops are drawn).
 VIEWS_VERSION = 1
+
+
+class TeacherSettings(Protocol):
+    """What the teacher modes read of the fine-tuning config (finetune.FinetuneConfig)."""
+
+    @property
+    def teacher_mode(self) -> str: ...
+
+    @property
+    def teacher_views(self) -> int: ...
+
+    @property
+    def crop_scale(self) -> tuple[float, float]: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def precision(self) -> Precision: ...
+
+    @property
+    def regularised(self) -> bool: ...
+
+
+# --- the interface, and the cache (the default) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherFeatures:
+    """The teacher's normalised features for the loss's (gathered) rows: row j of ``text`` is s_j's."""
+
+    image: torch.Tensor  # (G, d)
+    text: torch.Tensor  # (G, d)
+
+
+class TeacherStep(Protocol):
+    """One (micro-)batch: the student's pixels (this process's rows) and the teacher's features."""
+
+    pixels: torch.Tensor
+
+    def features(self, picks: torch.Tensor) -> TeacherFeatures:
+        """Teacher features of the gathered rows; ``picks[j]``: the description drawn for sample j (whole batch)."""
+        ...
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    def begin(self, batch: StepBatch) -> TeacherStep: ...
+
+
+@dataclass
+class _CachedStep:
+    batch: StepBatch
+    pixels: torch.Tensor
+
+    def features(self, picks: torch.Tensor) -> TeacherFeatures:
+        batch, gathered = self.batch, self.batch.rows.gathered
+        image, text = batch.data.teacher_image, batch.data.teacher_descriptions
+        if image is None or text is None:
+            raise ValueError("the cached teacher needs the teacher cache's image and description features")
+        return TeacherFeatures(
+            image=to_device(image[batch.indices[gathered]], batch.device),
+            text=to_device(text[picks[gathered]], batch.device),
+        )
+
+
+class CachedTeacher:
+    """The teacher stage's cache: features of the un-augmented image (``TrainData.teacher_image``)."""
+
+    def begin(self, batch: StepBatch) -> TeacherStep:
+        return _CachedStep(batch, batch.local_pixels())
+
+
+CACHED = CachedTeacher()
+
+
+def source_of(data: TrainData) -> TeacherSource:
+    """The train data's teacher source; none set (``TrainData.teacher`` None) means the cache."""
+    if data.teacher is None:
+        return CACHED
+    if not isinstance(data.teacher, TeacherSource):
+        raise TypeError(f"TrainData.teacher must be a teacher_modes.TeacherSource, got {type(data.teacher).__name__}")
+    return data.teacher
+
+
+# --- online --------------------------------------------------------------------------------------------
 
 
 def frozen_encoders(loaded: LoadedModel, device: torch.device, precision: Precision) -> Encoders:
@@ -171,7 +258,7 @@ class CachedViews:
         return _ViewStep(self, batch, choice, view_pixels(self.loaded, images, boxes))
 
 
-def views_key(teacher_fingerprint: str, config: FinetuneConfig, n_images: int, image_size: int) -> str:
+def views_key(teacher_fingerprint: str, config: TeacherSettings, n_images: int, image_size: int) -> str:
     """What the stored view features depend on: the teacher (weights, data), K, the crop scale, the seed, precision."""
     return fingerprint(
         teacher_fingerprint,
@@ -188,7 +275,7 @@ def views_key(teacher_fingerprint: str, config: FinetuneConfig, n_images: int, i
 def load_or_build_views(
     loaded: LoadedModel,
     images: ImageSource,
-    config: FinetuneConfig,
+    config: TeacherSettings,
     teacher_fingerprint: str,
     device: torch.device,
     views_dir: str | Path = DEFAULT_VIEWS_DIR,
@@ -231,18 +318,18 @@ def _load_views(path: Path, key: str, n_images: int, views: int) -> tuple[torch.
 
 
 def teacher_source(
-    config: FinetuneConfig,
+    config: TeacherSettings,
     make_teacher: Callable[[], LoadedModel],
     images: ImageSource,
     teacher_fingerprint: str,
     device: torch.device,
     views_dir: str | Path = DEFAULT_VIEWS_DIR,
     write: bool = True,
-) -> TeacherSource | None:
-    """The teacher of ``config.teacher_mode`` (None: the cache, nothing to build); ``make_teacher`` loads the
+) -> TeacherSource:
+    """The teacher of ``config.teacher_mode`` (the cache needs nothing built); ``make_teacher`` loads the
     frozen zero-shot model, called only when the mode needs it."""
     if not config.regularised or config.teacher_mode == "cached":
-        return None
+        return CACHED
     if config.teacher_mode == "online":
         return OnlineTeacher(make_teacher(), device, config.precision)
     return load_or_build_views(make_teacher(), images, config, teacher_fingerprint, device, views_dir, write)

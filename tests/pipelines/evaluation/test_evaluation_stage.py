@@ -21,10 +21,12 @@ from starft_pipeline.evaluate.metrics import (
     convention_warning,
 )
 from starft_pipeline.evaluate.results import CI_COLUMNS, CLASS_COLUMNS, REPORT_COLUMNS, RESULTS_COLUMNS, split_report
+from starft_pipeline.kedro_io import UNCHANGED
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipeline_registry import STAGES, register_pipelines
 from starft_pipeline.pipelines.evaluation import nodes
 from starft_pipeline.pipelines.evaluation.pipeline import WISE_FT_CURVE, with_wise_ft_plot
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import PROJECT_ROOT, tiny_parameters
 
 # --------------------------------------------------------------------------- hand-built Waterbirds split
@@ -131,7 +133,7 @@ def test_the_index_stores_the_declared_convention() -> None:
 def test_collect_results_orders_columns_and_metrics_include_intervals() -> None:
     evaluation = split_report("m", "wb/test", *waterbirds_split(), Layout(), "waterbirds")
     evaluation = {key: [{**row, "dataset": "wb"} for row in rows] for key, rows in evaluation.items()}
-    results, groups, classes = nodes.collect_results(evaluation, evaluation)
+    results, groups, classes = nodes.collect_results(evaluation, UNCHANGED, evaluation)  # UNCHANGED: not this run's
     assert list(results.columns) == list(REPORT_COLUMNS)
     assert len(results) == 2 and len(groups) == 8 and len(classes) == 4
     metrics = nodes.results_metrics(results.assign(method=["m", "ft+wise"]))
@@ -170,7 +172,7 @@ def test_every_dataset_is_evaluated_zero_shot_with_its_own_names_and_prompts(tin
         return original(loaded, images, task, *args, **kwargs)
 
     monkeypatch.setattr(nodes, "zero_shot_predictions", spy)
-    rows = nodes.evaluate_zero_shot(metadata, index, teacher_model, evaluation)
+    rows = nodes.evaluate_weights(ZERO_SHOT, None, metadata, index, teacher_model, evaluation)
     for dataset, entry in index["datasets"].items():
         assert (dataset, tuple(entry["class_names"]), tuple(entry["templates"])) in seen
     assert seen[-1][2] == ("a drawing of a {c}.",)  # waterbirds_like keeps its own prompts
@@ -210,6 +212,7 @@ def test_per_model_and_comparison_charts() -> None:
     groups = pd.DataFrame(_group_rows())
     method_fig = nodes.plot_method_groups({"groups": groups[groups["method"] == "flyp"].to_dict("records")})
     assert isinstance(method_fig, Figure) and len(method_fig.axes) == 2
+    assert nodes.plot_method_groups(UNCHANGED) is UNCHANGED  # a model not evaluated: no placeholder figure
     assert [ax.get_title() for ax in method_fig.axes] == ["synthetic", "waterbirds_like"]
     bars = method_fig.axes[1].patches
     assert len(bars) == 2 * 4  # val and test bars per group
@@ -256,6 +259,7 @@ def test_wise_ft_figure_follows_the_sweep_contract() -> None:
     assert sorted({text.get_text() for text in fig.axes[0].texts}) == ["α=0", "α=1"]
     empty = nodes.plot_wise_ft(curve.iloc[:0], {})
     assert "No WiSE-FT sweep" in empty.axes[0].texts[0].get_text()
+    assert nodes.plot_wise_ft(UNCHANGED, {}) is UNCHANGED  # no sweep in this run: the figure stays as it was
 
 
 # --------------------------------------------------------------------------- pipeline shape

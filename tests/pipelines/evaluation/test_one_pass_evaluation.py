@@ -12,7 +12,7 @@ from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.evaluate import predictions as evaluate
-from starft_pipeline.kedro_io import LazyTensorBundle
+from starft_pipeline.kedro_io import UNCHANGED, LazyTensorBundle
 from starft_pipeline.models.clip import ModelSpec, create_model, state_dict_copy
 from starft_pipeline.models.heads import head_metadata, head_tensors, zero_shot_linear_head
 from starft_pipeline.models.teacher import TeacherCache
@@ -20,7 +20,7 @@ from starft_pipeline.models.wise_ft import wise_ft_bundle, zero_shot_counterpart
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
 from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import METHODS
 from tests.helpers import stage_tiny
 
 METRICS = ["avg_acc", "worst_group_acc", "adjusted_avg_acc", "mean_group_acc"]
@@ -132,15 +132,15 @@ def test_each_zero_shot_head_is_built_once_per_model_and_task(staged, tmp_path, 
 def test_a_subset_evaluates_only_the_selected_models(staged, tmp_path) -> None:
     evaluation = {**staged["evaluation"], "models": ["flyp"]}  # ft is listed for WiSE-FT but not selected
     outputs = _run(staged, evaluation, _weights({**staged, "weights": {"flyp": staged["weights"]["flyp"]}}, tmp_path))
-    evaluated = {name for name, value in outputs.items() if name.endswith(".evaluation") and value.get("results")}
-    assert evaluated == {"zero_shot.evaluation", "flyp.evaluation"}
-    assert outputs["wise_ft_curve"].empty and not outputs["wise_ft.evaluation"]
+    evaluated = {name for name, value in outputs.items() if value is not UNCHANGED}
+    assert evaluated == {"zero_shot.evaluation", "flyp.evaluation"}  # the others' files are left as they were
+    assert outputs["flyp.evaluation"]["results"] and outputs["zero_shot.evaluation"]["results"]
 
 
 def test_without_zero_shot_the_selected_models_results_are_unchanged(staged, one_pass, tmp_path) -> None:
     evaluation = {**staged["evaluation"], "models": ["flyp"], "zero_shot": False}
     outputs = _run(staged, evaluation, _weights({**staged, "weights": {"flyp": staged["weights"]["flyp"]}}, tmp_path))
-    assert not outputs["zero_shot.evaluation"]["results"]
+    assert outputs["zero_shot.evaluation"] is UNCHANGED
     assert outputs["flyp.evaluation"] == one_pass["flyp.evaluation"]
 
 

@@ -20,10 +20,12 @@ from starft_pipeline.models.heads import (
 )
 from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
-from starft_pipeline.pipelines.finetune.pipeline import METHODS, SHARED_INPUTS, create_pipeline
-from starft_pipeline.train.finetune import FinetuneConfig, step_losses
+from starft_pipeline.pipelines.finetune.pipeline import SHARED_INPUTS, create_pipeline
+from starft_pipeline.train.finetune import FinetuneConfig
 from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
 from starft_pipeline.train.losses import head_cross_entropy
+from starft_pipeline.train.methods import METHODS
+from starft_pipeline.train.step_losses import step_losses
 from tests.helpers import stage_tiny
 
 # ----------------------------------------------------------------------------- pure pieces

@@ -20,8 +20,13 @@ from starft_pipeline.data.dataset_index import data_identity
 from starft_pipeline.data.descriptions import descriptions_document, expand_pools, flatten_descriptions
 from starft_pipeline.kedro_io import TensorBundleDataset
 from starft_pipeline.models.clip import ModelSpec
-from starft_pipeline.models.teacher import FeatureParts, StaleCacheError, TeacherCache, expected_fingerprint
-from starft_pipeline.pipelines.evaluation.nodes import evaluate_finetuned
+from starft_pipeline.models.teacher import (
+    FeatureParts,
+    StaleCacheError,
+    TeacherCache,
+    check_trained_from,
+    expected_fingerprint,
+)
 from starft_pipeline.pipelines.finetune.nodes import finetune_method
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache, release_teacher_parts
 from tests.helpers import stage_tiny
@@ -100,8 +105,8 @@ def test_a_stale_teacher_cache_stops_finetuning(recorded: dict[str, Any]) -> Non
 def test_evaluation_refuses_weights_from_another_teacher_cache(recorded: dict[str, Any]) -> None:
     weights = TensorBundle({}, {"method": "flyp", "teacher_fingerprint": "0123456789abcdef"})
     with pytest.raises(StaleCacheError) as error:
-        evaluate_finetuned(
-            weights, pd.DataFrame(), recorded["dataset_index"], recorded["teacher_model"], {"splits": ["test"]}
+        check_trained_from(
+            "flyp", weights.metadata["teacher_fingerprint"], recorded["teacher_model"], recorded["dataset_index"]
         )
     message = str(error.value)
     assert "the flyp weights were fine-tuned from the teacher cache 0123456789abcdef" in message
@@ -117,7 +122,7 @@ def test_evaluation_refuses_a_teacher_computed_on_other_data(recorded: dict[str,
         match=r"computed from other data than the current dataset index.*"
         r"Rerun `kedro run --pipelines=teacher`, then finetune",
     ):
-        evaluate_finetuned(weights, pd.DataFrame(), recorded["dataset_index"], teacher_model, {"splits": ["test"]})
+        check_trained_from("star", weights.metadata["teacher_fingerprint"], teacher_model, recorded["dataset_index"])
 
 
 def test_feature_parts_reuse_match_or_recompute(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -12,59 +12,17 @@ import pandas as pd
 
 from starft_pipeline.core.distributed import on_main_rank
 from starft_pipeline.data import class_names as names
-from starft_pipeline.data import synthetic
 from starft_pipeline.data.dataset_index import dataset_entry
+from starft_pipeline.data.formats import read_dataset
 from starft_pipeline.data.metadata import (
-    CheckedMetadata,
-    DataChecks,
     DataError,
-    check_image_files,
     data_quality_counts,
-    read_metadata,
     require_split_rows,
     skipped_table,
 )
-from starft_pipeline.data.splits import read_image_folder_splits
 from starft_pipeline.evaluate.metrics import convention_warning
 
 logger = logging.getLogger(__name__)
-
-
-def _ensure_generated(name: str, root: Path, generate: Any) -> None:
-    """Write the synthetic data set when the parameters ask for one (idempotent)."""
-    if generate is None:
-        return
-    spec = (
-        synthetic.DEFAULT_SPECS[generate] if isinstance(generate, str) else synthetic.GroupShiftSpec.from_dict(generate)
-    )
-    synthetic.write_group_shift_dataset(spec, root)
-    logger.info("data set %r: synthetic images in %s", name, root)
-
-
-def _read_dataset(name: str, config: dict[str, Any]) -> CheckedMetadata | None:
-    """One data set's checked metadata with a ``root`` column; None when an ``optional`` one is absent.
-
-    ``format: release`` (default) reads ``<root>/metadata.csv``; ``format: image_folder`` reads an
-    ImageFolder tree per split from ``roots: {split: path}``. Bad rows follow ``bad_data`` (metadata.DataChecks).
-    """
-    optional = bool(config.get("optional", False))
-    data_format = config.get("format", "release")
-    checks = DataChecks.from_config(config, f"datasets.{name}")
-    if data_format == "image_folder":
-        frame = read_image_folder_splits(config["roots"], optional, f"datasets.{name}.roots")
-        if frame is None:
-            return None
-        paths = [Path(root) / filename for root, filename in zip(frame["root"], frame["img_filename"])]
-        return check_image_files(frame, paths, checks, f"datasets.{name}.roots")
-    if data_format != "release":
-        raise DataError(f"datasets.{name}.format is {data_format!r}; use release (metadata.csv) or image_folder")
-    root = Path(config["root"])
-    _ensure_generated(name, root, config.get("generate"))
-    if optional and not (root / "metadata.csv").is_file():
-        logger.warning("datasets.%s.root: %s has no metadata.csv; skipping it (the data set is optional)", name, root)
-        return None
-    checked = read_metadata(root, checks)
-    return CheckedMetadata(checked.frame.assign(root=str(root)), checked.skipped)
 
 
 def prepare_checked_datasets(datasets: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,7 +33,7 @@ def prepare_checked_datasets(datasets: dict[str, Any]) -> tuple[pd.DataFrame, pd
     """
     frames, skipped = [], {}
     for name, config in datasets.items():
-        checked = _read_dataset(name, config)
+        checked = read_dataset(name, config)
         if checked is None:
             continue
         frame = checked.frame

@@ -32,15 +32,17 @@ from starft_pipeline.evaluate.results import (
     mlflow_metric_key,
     split_report,
 )
+from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.models.heads import head_for_classes, split_heads
-from starft_pipeline.models.teacher import check_trained_from
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.models.heads import ZERO_SHOT, head_for_classes, split_heads
+from starft_pipeline.train.methods import method_names
 
 logger = logging.getLogger(__name__)
-ZERO_SHOT = "zero_shot"
-#: Every model in a fixed order, so a method has the same colour in every figure.
-MODEL_ORDER = (ZERO_SHOT, *METHODS)
+
+
+def model_order() -> tuple[str, ...]:
+    """Every model in a fixed order, so a method has the same colour in every figure."""
+    return (ZERO_SHOT, *method_names())
 
 
 def evaluation_targets(
@@ -137,33 +139,14 @@ def evaluate_weights(
     return report_rows(method, targets, predictions, dataset_index, evaluation)
 
 
-def evaluate_zero_shot(
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    teacher_model: dict[str, Any],
-    evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    return evaluate_weights(ZERO_SHOT, None, dataset_metadata, dataset_index, teacher_model, evaluation)
-
-
-def evaluate_finetuned(
-    weights: TensorBundle,
-    dataset_metadata: pd.DataFrame,
-    dataset_index: dict[str, Any],
-    teacher_model: dict[str, Any],
-    evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    method = str(weights.metadata["method"])
-    check_trained_from(method, weights.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
-    return evaluate_weights(method, weights, dataset_metadata, dataset_index, teacher_model, evaluation)
-
-
 def collect_results(
-    *evaluations: dict[str, list[dict[str, Any]]],
+    *evaluations: dict[str, list[dict[str, Any]]] | Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """results.csv, group_results.csv and class_results.csv of every evaluated model."""
+    """results.csv, group_results.csv and class_results.csv of every model evaluated in this run
+    (an ``UNCHANGED`` evaluation, a model this run left out, adds no rows)."""
+    evaluated = [evaluation for evaluation in evaluations if evaluation is not UNCHANGED]
     tables = {
-        key: pd.DataFrame([row for evaluation in evaluations for row in evaluation.get(key, [])])
+        key: pd.DataFrame([row for evaluation in evaluated for row in evaluation.get(key, [])])
         for key in ("results", "groups", "classes")
     }
     return (
@@ -207,25 +190,29 @@ def results_metrics(results: pd.DataFrame) -> dict[str, dict[str, float]]:
     }
 
 
-def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]]) -> SavableFigure:
-    """One method's per-group accuracy on every data set and split."""
-    if not evaluation.get("groups"):
-        return message_figure("Not evaluated in this run (see evaluation.models).", "per-group accuracy")
+def plot_method_groups(evaluation: dict[str, list[dict[str, Any]]] | Any) -> SavableFigure | Any:
+    """One method's per-group accuracy on every data set and split; ``UNCHANGED`` (the figure file
+    stays as it was) for a model this run does not evaluate."""
+    if evaluation is UNCHANGED:
+        return UNCHANGED
     return plot_method_group_accuracy(pd.DataFrame(evaluation["groups"]))
 
 
 def plot_group_comparison(group_results: pd.DataFrame, reporting: dict[str, Any]) -> SavableFigure:
     """Every method's per-group accuracy on the comparison split."""
     split = reporting.get("comparison_split", "test")
-    return plot_group_accuracy_comparison(group_results, split, method_order=MODEL_ORDER)
+    return plot_group_accuracy_comparison(group_results, split, method_order=model_order())
 
 
-def plot_wise_ft(wise_ft_curve: pd.DataFrame, reporting: dict[str, Any]) -> SavableFigure:
-    """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split."""
+def plot_wise_ft(wise_ft_curve: pd.DataFrame | Any, reporting: dict[str, Any]) -> SavableFigure | Any:
+    """Worst-group against average accuracy across the WiSE-FT mixing coefficient α, per data set and split;
+    ``UNCHANGED`` when this run swept nothing."""
+    if wise_ft_curve is UNCHANGED:
+        return UNCHANGED
     if wise_ft_curve.empty:
         return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
     alphas = reporting.get("wise_ft_annotate_alphas")
-    return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=MODEL_ORDER)
+    return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=model_order())
 
 
 def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> SavableFigure:
@@ -236,4 +223,4 @@ def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> Savabl
     history = pd.concat(present, ignore_index=True)
     terms = reporting.get("training_terms", ["loss"])
     smooth = reporting.get("training_smooth")
-    return plot_training_curves(history, terms=terms, smooth=smooth, method_order=MODEL_ORDER)
+    return plot_training_curves(history, terms=terms, smooth=smooth, method_order=model_order())

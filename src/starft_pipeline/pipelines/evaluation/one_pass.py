@@ -17,10 +17,11 @@ import pandas as pd
 from starft_pipeline.core.distributed import init_from_env
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.evaluate.predictions import ModelUnderTest, PassSettings, one_pass_predictions
+from starft_pipeline.kedro_io import UNCHANGED
 from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device, state_dict_copy
-from starft_pipeline.models.heads import split_heads
+from starft_pipeline.models.heads import ZERO_SHOT, split_heads
 from starft_pipeline.models.teacher import check_trained_from
-from starft_pipeline.pipelines.evaluation.nodes import ZERO_SHOT, evaluation_targets, report_rows
+from starft_pipeline.pipelines.evaluation.nodes import evaluation_targets, report_rows
 from starft_pipeline.pipelines.evaluation.wise_ft import (
     WISE_FT,
     wise_models,
@@ -28,10 +29,9 @@ from starft_pipeline.pipelines.evaluation.wise_ft import (
     wise_settings,
     zero_shot_heads,
 )
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import check_methods, method_names
 
 logger = logging.getLogger(__name__)
-EMPTY_EVALUATION: dict[str, list] = {"results": [], "groups": [], "classes": []}
 
 
 def _weights_path(bundle: Any) -> str:
@@ -46,25 +46,23 @@ def _exists(bundle: Any) -> bool:
 def selected_weights(evaluation: dict[str, Any], weights: Sequence[Any]) -> dict[str, TensorBundle]:
     """The fine-tuned methods to evaluate (``evaluation.models``, default every method) and their weights.
 
-    ``weights`` holds one entry per method of ``METHODS``, in that order. A selected method whose
+    ``weights`` holds one entry per method of the table (``methods.method_names``), in that order. A selected method whose
     weights file is missing is an error naming the file(s) and the command that makes them.
     """
+    methods = method_names()
     models = evaluation.get("models")
-    selected = list(METHODS) if models is None else list(models)
-    unknown = [method for method in selected if method not in METHODS]
-    if unknown:
-        raise ValueError(f"evaluation.models lists {unknown}, which are not fine-tuned methods; known: {list(METHODS)}")
-    by_method = dict(zip(METHODS, weights, strict=True))
+    selected = check_methods(methods if models is None else models, "evaluation.models")
+    by_method = dict(zip(methods, weights, strict=True))
     missing = [method for method in selected if not _exists(by_method[method])]
     if missing:
         files = ", ".join(_weights_path(by_method[method]) for method in missing)
-        present = [method for method in METHODS if _exists(by_method[method])]
+        present = [method for method in methods if _exists(by_method[method])]
         raise FileNotFoundError(
             f"evaluation.models selects {missing} but their weights do not exist: {files}. Train them with "
             f"`kedro run --pipelines=finetune --namespaces={','.join(missing)}`, or evaluate only the models that "
             f'exist ({present or "none"}): `kedro run --pipelines=evaluation --params "evaluation.models=[{",".join(present)}]"`'
         )
-    return {method: by_method[method] for method in METHODS if method in selected}
+    return {method: by_method[method] for method in methods if method in selected}
 
 
 def _model_from(base: Any, bundle: TensorBundle, key: str, splits: tuple[str, ...]) -> ModelUnderTest:
@@ -84,25 +82,30 @@ def evaluate_models(
 ) -> tuple[Any, ...]:
     """Every model's evaluation in one pass over each split.
 
-    Returns the evaluations of ``zero_shot`` and of each method of ``METHODS`` (empty for a method
-    not in ``evaluation.models``), the WiSE-FT evaluation at the chosen α and the WiSE-FT curve.
+    Returns the evaluations of ``zero_shot`` and of each method of the table, the WiSE-FT evaluation
+    at the chosen α and the WiSE-FT curve; ``kedro_io.UNCHANGED`` for each one this run does not
+    evaluate (a method not in ``evaluation.models``, WiSE-FT without a method to sweep).
     """
     selected = selected_weights(evaluation, weights)
     for method, bundle in selected.items():
         check_trained_from(method, bundle.metadata.get("teacher_fingerprint"), teacher_model, dataset_index)
     splits = list(evaluation["splits"])
-    settings = wise_settings(evaluation, list(METHODS), list(selected))
+    settings = wise_settings(evaluation, list(selected))
 
     context, device = init_from_env(resolve_device(evaluation.get("device", "auto")))
     base = create_model(ModelSpec(**teacher_model["spec"]), device=device)
     # evaluation.zero_shot: false leaves the zero-shot model out (a study evaluates it once, not every run)
     entries = [ModelUnderTest(ZERO_SHOT, base.model, {}, tuple(splits))] if evaluation.get("zero_shot", True) else []
     entries += [_model_from(base, bundle, method, tuple(splits)) for method, bundle in selected.items()]
+    labels = {entry.key: entry.key for entry in entries}  # the name each model's rows carry
     if settings["methods"]:
         zero_shot_state, heads = state_dict_copy(base.model), zero_shot_heads(teacher_cache, dataset_index)
         for method in settings["methods"]:
-            sweep = wise_models(method, selected[method], zero_shot_state, heads, settings, splits)
-            entries += [_model_from(base, bundle, key, model_splits) for key, bundle, model_splits in sweep]
+            for wise, bundle, model_splits in wise_models(
+                method, selected[method], zero_shot_state, heads, settings, splits
+            ):
+                entries.append(_model_from(base, bundle, wise.key, model_splits))
+                labels[wise.key] = wise.label
 
     all_splits = list(dict.fromkeys([*splits, *settings["splits"]]))
     targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, all_splits)
@@ -119,16 +122,17 @@ def evaluate_models(
     predictions = one_pass_predictions(base, entries, targets, pass_settings)
 
     def rows_of(entry: ModelUnderTest) -> dict[str, list[dict[str, Any]]]:
-        label = entry.key.split("@")[0]  # WiSE-FT keys carry their α; every α is reported as "<method>+wise"
         own = {(dataset, split): values for (key, dataset, split), values in predictions.items() if key == entry.key}
-        return report_rows(label, targets, own, dataset_index, evaluation)
+        return report_rows(labels[entry.key], targets, own, dataset_index, evaluation)
 
     rows = {entry.key: rows_of(entry) for entry in entries}
     curve, chosen = wise_outputs(settings, rows, splits)
-    per_method = [rows.get(method, EMPTY_EVALUATION) for method in METHODS]
-    return (rows.get(ZERO_SHOT, EMPTY_EVALUATION), *per_method, chosen, curve)
+    # A model not evaluated in this run, and WiSE-FT without a sweep, leave their files as they were.
+    per_method = [rows.get(method, UNCHANGED) for method in method_names()]
+    swept = bool(settings["methods"])
+    return (rows.get(ZERO_SHOT, UNCHANGED), *per_method, chosen if swept else UNCHANGED, curve if swept else UNCHANGED)
 
 
 def evaluation_outputs() -> list[str]:
     """The one-pass node's outputs, in :func:`evaluate_models`' order."""
-    return [f"{model}.evaluation" for model in (ZERO_SHOT, *METHODS, WISE_FT)] + ["wise_ft_curve"]
+    return [f"{model}.evaluation" for model in (ZERO_SHOT, *method_names(), WISE_FT)] + ["wise_ft_curve"]

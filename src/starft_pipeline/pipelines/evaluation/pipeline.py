@@ -6,8 +6,8 @@ emits each model's ``<model>.evaluation``; each model's chart stays in the model
 
 from kedro.pipeline import Node, Pipeline
 
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipelines.evaluation.nodes import (
-    ZERO_SHOT,
     check_dataset_conventions,
     collect_results,
     plot_group_comparison,
@@ -19,7 +19,7 @@ from starft_pipeline.pipelines.evaluation.nodes import (
 )
 from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
 from starft_pipeline.pipelines.evaluation.wise_ft import WISE_FT
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import method_names
 
 SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache", "params:evaluation"]
 #: The WiSE-FT sweep's output (columns method, alpha, dataset, split, avg_acc, worst_group_acc, …).
@@ -33,12 +33,12 @@ def one_pass_evaluation() -> Pipeline:
     for a method in ``evaluation.models``)."""
     node = Node(
         evaluate_models,
-        [*SHARED, *(f"{method}.weights" for method in METHODS)],
+        [*SHARED, *(f"{method}.weights" for method in method_names())],
         evaluation_outputs(),
         name="evaluate_models",
         namespace=ONE_PASS_NAMESPACE,
     )
-    return Pipeline([node], tags=["evaluation", *METHODS, WISE_FT])
+    return Pipeline([node], tags=["evaluation", *method_names(), WISE_FT])
 
 
 def model_chart(model: str) -> Pipeline:
@@ -61,7 +61,7 @@ def report_pipeline() -> Pipeline:
             Node(check_dataset_conventions, "dataset_index", "dataset_checks", name="check_dataset_conventions"),
             Node(
                 collect_results,
-                [f"{method}.evaluation" for method in (ZERO_SHOT, *METHODS, WISE_FT)],
+                [f"{method}.evaluation" for method in (ZERO_SHOT, *method_names(), WISE_FT)],
                 ["results", "group_results", "class_results"],
                 name="collect_results",
             ),
@@ -80,7 +80,7 @@ def report_pipeline() -> Pipeline:
             ),
             Node(
                 plot_training,
-                ["params:reporting", *(f"{method}.history" for method in METHODS)],
+                ["params:reporting", *(f"{method}.history" for method in method_names())],
                 "training_curves_plot",
                 name="plot_training_curves",
             ),
@@ -98,6 +98,6 @@ def with_wise_ft_plot(pipeline: Pipeline) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    charts = sum((model_chart(model) for model in (ZERO_SHOT, *METHODS)), Pipeline([]))
+    charts = sum((model_chart(model) for model in (ZERO_SHOT, *method_names())), Pipeline([]))
     pipeline = one_pass_evaluation() + charts + report_pipeline()
     return with_wise_ft_plot(pipeline)

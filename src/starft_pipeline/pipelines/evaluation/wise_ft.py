@@ -10,6 +10,7 @@ results.csv as ``"<method>+wise"`` (the sweep's own model when the sweep covers 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.models.heads import ClassifierHead, zero_shot_linear_head
 from starft_pipeline.models.teacher import TeacherCache
 from starft_pipeline.models.wise_ft import alpha_grid, wise_ft_bundle, zero_shot_counterpart
+from starft_pipeline.train.methods import check_methods
 
 logger = logging.getLogger(__name__)
 WISE_FT = "wise_ft"
@@ -57,13 +59,10 @@ def curve_rows(method: str, alpha: float, evaluation: dict[str, list[dict[str, A
     ]
 
 
-def wise_settings(evaluation: dict[str, Any], known: list[str], evaluated: list[str]) -> dict[str, Any]:
+def wise_settings(evaluation: dict[str, Any], evaluated: list[str]) -> dict[str, Any]:
     """The sweep's methods (those listed that are evaluated in this run), α grid, chosen α and splits."""
     wise = evaluation.get("wise_ft") or {}
-    listed = list(wise.get("methods", []))
-    unknown = [method for method in listed if method not in known]
-    if unknown:
-        raise ValueError(f"evaluation.wise_ft.methods lists {unknown}, which are not fine-tuned methods ({known})")
+    listed = check_methods(wise.get("methods", []), "evaluation.wise_ft.methods")
     skipped = [method for method in listed if method not in evaluated]
     if skipped:
         logger.info("WiSE-FT: %s not swept (not in evaluation.models)", skipped)
@@ -75,15 +74,34 @@ def wise_settings(evaluation: dict[str, Any], known: list[str], evaluated: list[
     }
 
 
+@dataclass(frozen=True)
+class WiseModel:
+    """One interpolated model: ``method`` at ``alpha`` of the sweep, or (``alpha`` None) the chosen α
+    evaluated apart from the sweep. Every one is reported as ``<method>+wise`` (:attr:`label`)."""
+
+    method: str
+    alpha: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The model's key in the one pass (unique per model)."""
+        return self.label if self.alpha is None else f"{self.label}@{self.alpha:g}"
+
+    @property
+    def label(self) -> str:
+        """Its name in results.csv and the curve."""
+        return f"{self.method}+wise"
+
+
 def sweep_key(method: str, alpha: float) -> str:
-    return f"{method}+wise@{alpha:g}"
+    return WiseModel(method, alpha).key
 
 
-def chosen_key(method: str, settings: dict[str, Any], evaluation_splits: list[str]) -> str:
-    """The key whose rows are ``<method>+wise`` in results.csv: the sweep's, when it covers the splits."""
+def chosen_model(method: str, settings: dict[str, Any], evaluation_splits: list[str]) -> WiseModel:
+    """The model whose rows are ``<method>+wise`` in results.csv: the sweep's, when it covers the splits."""
     if settings["alpha"] in settings["alphas"] and settings["splits"] == evaluation_splits:
-        return sweep_key(method, settings["alpha"])
-    return f"{method}+wise"
+        return WiseModel(method, settings["alpha"])
+    return WiseModel(method)
 
 
 def wise_models(
@@ -93,16 +111,16 @@ def wise_models(
     heads: dict[str, ClassifierHead],
     settings: dict[str, Any],
     evaluation_splits: list[str],
-) -> list[tuple[str, TensorBundle, tuple[str, ...]]]:
-    """(key, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
+) -> list[tuple[WiseModel, TensorBundle, tuple[str, ...]]]:
+    """(model, interpolated weights, splits) of one method's sweep, plus the chosen α when the sweep does not cover it."""
     zero_shot = zero_shot_counterpart(zero_shot_state, heads, finetuned)
     models = [
-        (sweep_key(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
+        (WiseModel(method, alpha), wise_ft_bundle(zero_shot, finetuned, alpha), tuple(settings["splits"]))
         for alpha in settings["alphas"]
     ]
-    key = chosen_key(method, settings, evaluation_splits)
-    if key == f"{method}+wise":
-        models.append((key, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
+    chosen = chosen_model(method, settings, evaluation_splits)
+    if chosen.alpha is None:
+        models.append((chosen, wise_ft_bundle(zero_shot, finetuned, settings["alpha"]), tuple(evaluation_splits)))
     return models
 
 
@@ -115,7 +133,7 @@ def wise_outputs(
     for method in settings["methods"]:
         for alpha in settings["alphas"]:
             curve.extend(curve_rows(method, alpha, rows_by_key[sweep_key(method, alpha)]))
-        for table, part in rows_by_key[chosen_key(method, settings, evaluation_splits)].items():
+        for table, part in rows_by_key[chosen_model(method, settings, evaluation_splits).key].items():
             chosen.setdefault(table, []).extend(part)
         logger.info(
             "WiSE-FT %s: %d α evaluated, α = %g reported as %s+wise",

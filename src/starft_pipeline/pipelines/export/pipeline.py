@@ -7,7 +7,7 @@ Writes ``data/06_models/open_clip/<method>.safetensors`` (loads with open_clip a
 from kedro.pipeline import Node, Pipeline
 
 from starft_pipeline.pipelines.export.nodes import export_open_clip, mlflow_input_example
-from starft_pipeline.train.finetune import METHODS
+from starft_pipeline.train.methods import method_names
 
 SHARED_INPUTS = {"dataset_metadata", "dataset_index", "teacher_model"}
 
@@ -35,4 +35,4 @@ def method_export(method: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum((method_export(method) for method in METHODS), Pipeline([]))
+    return sum((method_export(method) for method in method_names()), Pipeline([]))

@@ -16,6 +16,7 @@ from starft_pipeline.data.descriptions import DescriptionPool, flatten_descripti
 from starft_pipeline.data.streaming import train_images
 from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device, state_dict_copy
 from starft_pipeline.models.heads import (
+    ZERO_SHOT,
     ClassifierHead,
     head_metadata,
     head_tensors,
@@ -71,7 +72,7 @@ def _initial_head(
     config: FinetuneConfig, cache: TeacherCache, dataset: str, class_names: list[str], linear_probe: TensorBundle | None
 ) -> ClassifierHead | None:
     """FT starts from the zero-shot head (τ₀ · cached class features), LP-FT from the LP head."""
-    if config.head_init == "zero_shot":
+    if config.head_init == ZERO_SHOT:
         return zero_shot_linear_head(cache.class_features[dataset], cache.logit_scale, class_names)
     if config.head_init == "linear_probe":
         if linear_probe is None:

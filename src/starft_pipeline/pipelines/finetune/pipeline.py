@@ -1,4 +1,4 @@
-"""finetune stage: a namespaced pipeline per method, so kedro viz shows them side by side.
+"""finetune stage: a namespaced pipeline per method of ``methods.METHOD_SPECS``, so kedro viz shows them side by side.
 
 LP fits a head on the cached teacher features (seconds, towers unchanged; once per run, on rank 0
 under torchrun); LP-FT fine-tunes from that same head (``lp_linear_probe``), FT from the zero-shot head; FLYP, StarFT (`star`) and its plain-KL variant (`kl`) train both
@@ -14,7 +14,7 @@ from starft_pipeline.pipelines.finetune.nodes import (
     linear_probe_weights,
     loss_curve_metrics,
 )
-from starft_pipeline.train.finetune import HEAD_INIT, METHODS, STEP_LOSSES
+from starft_pipeline.train.methods import METHOD_SPECS, MethodSpec, method_names, method_spec
 
 #: The datasets every method reads, passed to the fitting nodes by name (``StageInputs``).
 SHARED_INPUTS = tuple(StageInputs.__annotations__)
@@ -23,16 +23,16 @@ SHARED_INPUTS = tuple(StageInputs.__annotations__)
 #: The method whose namespace fits the linear probe; the other methods that start from it (LP-FT) read
 #: its probe, so the probe is fitted once per run. The dataset's name has no dot: a namespaced name read
 #: from another namespace would be flagged by Kedro as a dotted dataset name.
-PROBE_METHOD = "lp"
+PROBE_METHOD = next(spec.name for spec in METHOD_SPECS if spec.fits_probe)
 PROBE = f"{PROBE_METHOD}_linear_probe"
 
 
-def _method_nodes(method: str) -> list[Node]:
+def _method_nodes(spec: MethodSpec) -> list[Node]:
     """The nodes that produce one method's ``weights`` and ``history`` (and LP's probe)."""
     inputs = {"finetune_params": "params:finetune", **{name: name for name in SHARED_INPUTS}}
-    if HEAD_INIT.get(method) != "linear_probe":
+    if spec.head_init != "linear_probe":
         return [Node(finetune_method, inputs, ["weights", "history"], name="finetune")]
-    if method not in STEP_LOSSES:  # LP: the probe is the method
+    if spec.fits_probe:  # LP: the probe is the method
         probe = Node(fit_linear_probe, inputs, "linear_probe", name="fit_linear_probe")
         weights = ["linear_probe", "teacher_model", "params:finetune"]
         return [probe, Node(linear_probe_weights, weights, ["weights", "history"], name="linear_probe_weights")]
@@ -40,15 +40,16 @@ def _method_nodes(method: str) -> list[Node]:
 
 
 def method_pipeline(method: str) -> Pipeline:
+    spec = method_spec(method)
     template = Pipeline(
-        [*_method_nodes(method), Node(loss_curve_metrics, "history", "loss_curve", name="log_loss_curve")]
+        [*_method_nodes(spec), Node(loss_curve_metrics, "history", "loss_curve", name="log_loss_curve")]
     )
     shared = {name: name for name in SHARED_INPUTS}
-    probe = {"linear_probe": PROBE} if HEAD_INIT.get(method) == "linear_probe" else {}
-    if method == PROBE_METHOD:
+    probe = {"linear_probe": PROBE} if spec.head_init == "linear_probe" else {}
+    if spec.fits_probe:
         return Pipeline(template, namespace=method, inputs=shared, outputs=probe, tags=["finetune", method])
     return Pipeline(template, namespace=method, inputs=shared | probe, tags=["finetune", method])
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum((method_pipeline(method) for method in METHODS), Pipeline([]))
+    return sum((method_pipeline(method) for method in method_names()), Pipeline([]))

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from starft_pipeline.core.distributed import init_from_env
+from starft_pipeline.core.precision import resolve_precision
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import all_splits, data_identity, dataset_info
 from starft_pipeline.data.descriptions import flatten_descriptions
@@ -19,7 +20,6 @@ from starft_pipeline.models.teacher import (
     compute_teacher_cache,
     expected_fingerprint,
     image_features_key,
-    resolve_precision,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def build_teacher_cache(
     identity = spec.identity()
     fingerprint_value = expected_fingerprint(identity, dataset_index, pool)
     context, device = init_from_env(resolve_device(teacher.get("device", "auto")))
-    precision = resolve_precision(teacher.get("precision", "auto"), device)
+    precision = resolve_precision(teacher.get("precision", "auto"), device, "teacher precision")
     loaded = create_model(spec, device=device)
     cache = compute_teacher_cache(
         loaded,
