@@ -28,9 +28,9 @@ rendezvous store instead of sitting in a collective.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -281,7 +281,9 @@ _main_calls = 0  # every rank counts its calls in the same order, so the n-th ca
 def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
     """``compute()`` on rank 0, its result on every rank; the other ranks poll, they wait in no collective.
 
-    Rank 0 publishes the pickled result under a key of the rendezvous store; the others check the
+    Rank 0 publishes the result as JSON under a key of the rendezvous store (a node's output that is a
+    JSON file anyway; JSON, not pickle, since the store listens on the network), and returns the same
+    JSON round trip the others receive, so every rank holds an equal object. The others check the
     key every half second for up to ``distributed.main_wait_s``, so a long rank-0 phase (Claude
     answering for an hour) cannot hit the process group's timeout. A failure on rank 0 is published
     too, and the other ranks stop with its message instead of waiting.
@@ -295,12 +297,12 @@ def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
     store = dist.distributed_c10d._get_default_store()
     if context.is_main:
         try:
-            value = compute()
+            payload = _as_json(("ok", compute()))
         except BaseException as error:
-            _publish(store, key, ("error", f"{type(error).__name__}: {error}"))
+            store.set(key, _as_json(("error", f"{type(error).__name__}: {error}")))
             raise
-        _publish(store, key, ("ok", value))
-        return value
+        store.set(key, payload)
+        return json.loads(payload)[1]
     waited, deadline = time.monotonic(), time.monotonic() + _settings.main_wait_s
     while not store.check([key]):
         if time.monotonic() > deadline:
@@ -309,16 +311,18 @@ def run_on_main(compute: Callable[[], T], context: DistContext, what: str) -> T:
                 "raise distributed.main_wait_s if rank 0 needs longer"
             )
         time.sleep(_MAIN_POLL_S)
-    status, value = pickle.loads(store.get(key))  # written by rank 0 of this job, as broadcast_object_list would
+    status, value = json.loads(store.get(key))
     if status == "error":
         raise RuntimeError(f"rank 0 failed in {what}: {value}")
     logger.info("rank %d: rank 0's %s received after %.1fs", context.rank, what, time.monotonic() - waited)
     return value
 
 
-def _publish(store: dist.Store, key: str, outcome: tuple[str, Any]) -> None:
-    # Store.set takes bytes as well as str (torch's stub names only str).
-    store.set(key, pickle.dumps(outcome))  # type: ignore[arg-type]
+def _as_json(outcome: tuple[str, Any]) -> str:
+    try:
+        return json.dumps(outcome)
+    except TypeError as error:
+        raise TypeError(f"rank 0's result must be JSON data to be shared with the other ranks: {error}") from error
 
 
 def on_main_rank(func: Callable[..., T]) -> Callable[..., T]:
