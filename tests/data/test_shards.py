@@ -191,3 +191,11 @@ def test_evaluation_from_shards_predicts_as_from_the_same_pre_resized_images(spl
     from_files = one_pass_predictions(loaded, entries, [SplitToEvaluate("d", "val", pre_resized, task)], settings)
     assert np.array_equal(from_shards[("zero_shot", "d", "val")], from_files[("zero_shot", "d", "val")])
     assert len(from_shards[("zero_shot", "d", "val")]) == N_CLASSES
+
+
+def test_the_shards_are_written_at_the_teacher_models_input_size():
+    from starft_pipeline.pipelines.shards.nodes import model_image_size
+
+    assert (model_image_size("ViT-B-16"), model_image_size("starft-tiny-vit")) == (224, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="teacher.model.architecture 'no-such-net'"):
+        model_image_size("no-such-net")
