@@ -199,3 +199,12 @@ def test_the_shards_are_written_at_the_teacher_models_input_size():
     assert (model_image_size("ViT-B-16"), model_image_size("starft-tiny-vit")) == (224, IMAGE_SIZE)
     with pytest.raises(ValueError, match="teacher.model.architecture 'no-such-net'"):
         model_image_size("no-such-net")
+
+
+def test_the_shards_record_reads_as_empty_before_the_stage_ran(tmp_path: Path):
+    from starft_pipeline.kedro_io import OptionalJSONDataset
+
+    dataset = OptionalJSONDataset(str(tmp_path / "image_shards.json"))
+    assert dataset.load() == {} and not dataset.exists()  # the teacher then reads the original files
+    dataset.save({"folder": "data/shards", "decode": "cpu"})
+    assert dataset.load() == {"folder": "data/shards", "decode": "cpu"}
