@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -107,6 +108,30 @@ class OptionalCSVDataset(AbstractDataset[Any, Any]):
 
         with atomic_path(self._filepath) as tmp:
             data.to_csv(tmp, index=False)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class OptionalJSONDataset(AbstractDataset[Any, Any]):
+    """A JSON file, or ``{}`` while it does not exist (the shards stage's record before that stage
+    first ran: a later stage run alone reads the original files, as without shards); written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        return json.loads(self._filepath.read_text()) if self._filepath.is_file() else {}
+
+    def save(self, data: Any) -> None:
+        from starft_pipeline.core.io_utils import atomic_path
+
+        with atomic_path(self._filepath) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

@@ -41,6 +41,7 @@ from starft_pipeline.core.distributed import ProcessGroupConfig
 from starft_pipeline.core.precision import Precision
 from starft_pipeline.data.formats import DataFormat
 from starft_pipeline.data.metadata import DataChecks
+from starft_pipeline.data.shards import DEFAULT_ROWS_PER_SHARD
 from starft_pipeline.data.tasks import CONVENTIONS
 from starft_pipeline.evaluate.results import BootstrapSettings
 from starft_pipeline.llm import LLMSettings
@@ -266,8 +267,17 @@ class TeacherParams(BaseModel):
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     precision: Precision = "auto"
     part_rows: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_PART_ROWS
-    shards: Annotated[str, Strict()] | None = None
+
+
+class ShardsParams(BaseModel):
+    """``shards``: where the shards stage writes every split as pre-resized JPEG shards, read by the
+    teacher, fine-tuning and evaluation (null: they decode the original files)."""
+
+    model_config = STRICT
+    folder: Annotated[str, Strict()] | None = None
     decode: Literal["cpu", "gpu"] = "cpu"
+    num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
+    rows_per_shard: Annotated[int, Strict(), Field(ge=1)] = DEFAULT_ROWS_PER_SHARD
 
 
 # --- finetune -----------------------------------------------------------------------------------------
@@ -348,6 +358,7 @@ BLOCK_MODELS: dict[str, type[BaseModel]] = {
     "datasets": DatasetsParams,
     "class_names": ClassNamesParams,
     "descriptions": DescriptionsParams,
+    "shards": ShardsParams,
     "teacher": TeacherParams,
     "evaluation": EvaluationParams,
     "reporting": ReportingParams,

@@ -1,7 +1,7 @@
-"""Project pipelines: the five stages, each runnable alone, and `full` chaining them.
+"""Project pipelines: the six stages, each runnable alone, and `full` chaining them.
 
 Registered explicitly rather than through ``find_pipelines``: Kedro loads only the requested
-pipelines through that, and `full` is built from all five stages. `pretrain` (the default
+pipelines through that, and `full` is built from all six stages. `pretrain` (the default
 teacher's weights, committed) stands apart: `full` reads its output but never reruns it.
 """
 
@@ -17,12 +17,14 @@ from starft_pipeline.pipelines import (
     finetune,
     predict,
     pretrain,
+    shards,
     teacher,
 )
 
 STAGES = {
     "class_names": class_names,
     "descriptions": descriptions,
+    "shards": shards,  # pre-resized JPEG shards of every split (a no-op when shards.folder is null)
     "teacher": teacher,
     "finetune": finetune,
     "evaluation": evaluation,

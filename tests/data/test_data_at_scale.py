@@ -147,10 +147,7 @@ def test_shards_hold_the_streamed_images_and_read_by_row(split, tmp_path: Path):
     from starft_pipeline.data.shards import shard_batches, write_shards
 
     folder = write_shards(split, IMAGE_SIZE, tmp_path / "d" / "train", rows_per_shard=4)
-    assert sorted(p.name for p in folder.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    stamp = (folder / "shard-000000.tar").stat().st_mtime_ns
-    write_shards(split, IMAGE_SIZE, folder, rows_per_shard=4)  # current: not rewritten
-    assert (folder / "shard-000000.tar").stat().st_mtime_ns == stamp
+    assert len(list(folder.glob("shard-*.tar"))) == 3
     chosen = [10, 3, 4, 0]
     batches = list(shard_batches(folder, split, IMAGE_SIZE, 3, num_workers=1, rows=chosen))
     images, rows = torch.cat([b for b, _ in batches]), torch.cat([r for _, r in batches])
@@ -178,13 +175,3 @@ def test_gpu_decode_falls_back_and_its_batch_decoder_matches_pil(split, tmp_path
     decoded = decode_jpeg_batch(payloads, torch.device("cpu"))
     assert decoded.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert (decoded.float() - cpu[:4].float()).abs().max() <= 2  # libjpeg vs PIL: off by rounding at most
-
-
-def test_the_teacher_reads_shards_it_writes_first(split, tmp_path: Path):
-    loaded = tiny_model()
-    settings = EncodeSettings(batch_size=4, shards=str(tmp_path / "shards"))
-    features = _features_of(loaded, "d/train", split, None, settings)
-    assert (tmp_path / "shards" / "d" / "train" / "index.json").is_file()
-    direct = split_features(loaded, split, 4, torch.device("cpu"))
-    cosine = (features * direct).sum(dim=1)  # unit features of JPEG re-encoded vs original pixels
-    assert features.shape == direct.shape and not torch.equal(features, direct) and cosine.min() > 0.98

@@ -155,9 +155,12 @@ def test_promotion_copies_passing_weights_atomically(tmp_path):
 
 def test_the_miniature_environment_validates_and_names_its_world():
     params = project_parameters("miniature")
-    blocks = ["datasets", "class_names", "descriptions", "teacher", "evaluation", "pretrain"]
+    blocks = ["datasets", "class_names", "descriptions", "shards", "teacher", "evaluation", "pretrain"]
     blocks += [f"{method}.finetune" for method in ("ft", "lp_ft", "flyp", "star", "kl")]
-    assert parameter_errors(params, blocks, blocks + ["lp.finetune", "reporting", "export", "predict", "distributed"]) == []
+    assert (
+        parameter_errors(params, blocks, blocks + ["lp.finetune", "reporting", "export", "predict", "distributed"])
+        == []
+    )
     assert set(params["datasets"]) == {"miniature", "waterbirds_like"}  # base's data sets replaced whole
     assert params["datasets"]["miniature"]["generate"] == "miniature"
     assert params["class_names"]["finetune_dataset"] == "miniature"

@@ -28,6 +28,8 @@ def test_gpu_check_dry_mode_runs_every_section():
     out = result.stdout
     for method in ("flyp", "star_cached", "star_online"):
         assert re.search(rf"^train  {method} eager +\d+\.\d img/s", out, re.MULTILINE), out
+    for decode in ("cpu", "gpu"):  # training through the real loader from shards
+        assert re.search(rf"^train  flyp from shards {decode} +1w.* +\d+\.\d img/s", out, re.MULTILINE), out
     for workers in (0, 1):  # CPU decode in the loader workers
         assert re.search(rf"^loader cpu decode +{workers} workers +\d+\.\d img/s$", out, re.MULTILINE), out
     assert re.search(r"^loader gpu decode .* img/s( \(fell back on cpu: no CUDA\))?$", out, re.MULTILINE), out

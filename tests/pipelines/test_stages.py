@@ -117,11 +117,11 @@ def test_flyp_records_no_regulariser(staged):
 
 
 def test_sliced_pipeline_runs_on_an_in_memory_catalog(tmp_path):
-    """class_names → teacher through Kedro's runner, as the spaceflights starter tests do."""
+    """class_names → shards → teacher through Kedro's runner, as the spaceflights starter tests do."""
     params = tiny_parameters(tmp_path)
     params["teacher"]["model"]["pretrained"] = None
     pipelines = register_pipelines()
-    pipeline = pipelines["class_names"] + pipelines["descriptions"] + pipelines["teacher"]
+    pipeline = pipelines["class_names"] + pipelines["descriptions"] + pipelines["shards"] + pipelines["teacher"]
     catalog = DataCatalog(
         {
             "prompt_template_sets": MemoryDataset(_yaml("conf/base/templates/prompt_templates.yml")),

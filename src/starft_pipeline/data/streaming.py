@@ -108,34 +108,90 @@ def row_loader(
     )
 
 
-class StreamedImages:
-    """A split's uint8 images, decoded from disk one step batch at a time by DataLoader workers."""
+class _EpochBatches:
+    """The batch sampler of a :class:`StreamedImages` loader: the current pass's batches, replaced before
+    each pass (the sampler runs in the main process, so persistent workers see each pass's batches)."""
 
-    def __init__(self, split: GroupSplit, image_size: int, num_workers: int = 0, pin_memory: bool = False) -> None:
-        self.dataset = ImageFileDataset(split, image_size)
-        self.image_size = image_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory and torch.cuda.is_available()
-        self._images: torch.Tensor | None = None
-        self._rows: dict[int, int] = {}
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+
+def pins_batches(pin_memory: bool, decodes_on_device: bool = False) -> bool:
+    """Whether the loader pins its batches: asked for, decoded on the host (a batch decoded on the device
+    is not copied) and CUDA present (pinning is for asynchronous copies to it)."""
+    return pin_memory and not decodes_on_device and torch.cuda.is_available()
+
+
+class StreamedImages:
+    """A split's uint8 images, decoded one step batch at a time by DataLoader workers: the original files
+    by default, or any ``dataset`` of (image, …, row) items (the pre-resized shards:
+    :func:`~starft_pipeline.data.shards.streamed_shards`), whose batches ``decode_batch`` may finish
+    (the GPU decode of the workers' JPEG bytes).
+
+    The loader is built once and its workers persist across passes (epochs). A step's rows are handed
+    over as the loader's (pinned) batch itself, or a view of it: no copy before the one to the device.
+    """
+
+    def __init__(
+        self,
+        split: GroupSplit,
+        image_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        *,
+        dataset: Dataset | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        decode_batch: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        self.dataset = ImageFileDataset(split, image_size) if dataset is None else dataset
+        self.image_size = image_size
+        self.n_images = len(split)
+        self.num_workers = num_workers
+        self.pin_memory = pins_batches(pin_memory, decodes_on_device=decode_batch is not None)
+        self._collate, self._decode_batch = collate_fn, decode_batch
+        self._sampler = _EpochBatches()
+        self._loader: DataLoader | None = None
+        self._images: torch.Tensor | None = None
+        self._rows: dict[int, int] = {}
+        self._pass: object = None
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def loader(self) -> DataLoader:
+        """The one DataLoader of every pass (built on first use; workers persistent when there are any)."""
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                collate_fn=self._collate,
+                persistent_workers=self.num_workers > 0,
+                prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
+            )
+        return self._loader
 
     def steps(self, batches: Sequence[torch.Tensor]) -> Iterator[None]:
         """Load each batch (dataset indices) in turn; yields once it is available through ``self[...]``."""
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=[batch.tolist() for batch in batches],
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+        self._pass = this_pass = object()
+        self._sampler.batches = [batch.tolist() for batch in batches]
         try:
-            for images, _labels, _groups, index in loader:
+            for loaded in self.loader():
+                images, index = loaded[0], loaded[-1]  # (images, labels, groups, index) or (images, index)
+                if self._decode_batch is not None:
+                    images = self._decode_batch(images)
                 self._images, self._rows = images, {int(i): row for row, i in enumerate(index)}
                 yield
         finally:
-            self._images, self._rows = None, {}
+            if self._pass is this_pass:  # an abandoned earlier pass must not clear a later one's batch
+                self._images, self._rows = None, {}
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         if self._images is None:
@@ -143,7 +199,11 @@ class StreamedImages:
         missing = [int(i) for i in indices if int(i) not in self._rows]
         if missing:
             raise KeyError(f"images {missing[:5]} were not loaded for this step (the loop asked for other rows)")
-        return self._images[torch.tensor([self._rows[int(i)] for i in indices], dtype=torch.int64)]
+        positions = [self._rows[int(i)] for i in indices]
+        first = positions[0] if positions else 0
+        if positions == list(range(first, first + len(positions))):
+            return self._images[first : first + len(positions)]  # a view: still pinned, nothing copied
+        return self._images[torch.tensor(positions, dtype=torch.int64)]
 
 
 ImageSource = torch.Tensor | StreamedImages
@@ -170,7 +230,8 @@ def train_images(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> ImageSource:
-    """The train split's images as the loop reads them: a decoded uint8 tensor, or a streamed source."""
+    """The train split's images as the loop reads them: a decoded uint8 tensor, or a streamed source
+    (from the original files; :func:`~starft_pipeline.data.shards.train_images_from_shards` from shards)."""
     chosen = choose_loading(mode, len(split), image_size, memory_limit_gb)
     size_gb = decoded_size_gb(len(split), image_size)
     logger.info("train images: %s (%d images, %.1f MB decoded)", chosen, len(split), 1000 * size_gb)

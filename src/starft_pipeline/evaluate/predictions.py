@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 
 from starft_pipeline.core.distributed import SINGLE_PROCESS, DistContext, all_gather_rows, shard_rows
 from starft_pipeline.core.progress import Progress
+from starft_pipeline.data.shards import Decode, shard_batches
 from starft_pipeline.data.splits import GroupSplit, normalise_images
-from starft_pipeline.data.streaming import split_batches
+from starft_pipeline.data.streaming import RowOptions, split_batches
 from starft_pipeline.data.tasks import EvalTask
 from starft_pipeline.evaluate.metrics import GroupMetrics, group_robust_metrics
 from starft_pipeline.models.clip import LoadedModel, encode_images, zero_shot_head
@@ -99,6 +101,8 @@ class PassSettings:
     batch_size: int = 256
     num_workers: int = 0
     context: DistContext = SINGLE_PROCESS
+    shards: str | None = None  # the shards stage's folder: read ``<shards>/<dataset>/<split>`` (None: the files)
+    decode: Decode = "cpu"  # with shards: cpu (loader workers) | gpu (torchvision on CUDA)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -146,13 +150,23 @@ def _local_predictions(
     rows = shard_rows(len(target.split), settings.context)
     heads = {entry.key: classifiers(entry, target.task) for entry in entries}
     predictions = {entry.key: torch.empty(len(rows), dtype=torch.int64) for entry in entries}
-    batches = split_batches(
-        target.split,
-        base.image_size,
-        settings.batch_size,
-        num_workers=settings.num_workers,
-        pin_memory=settings.device.type == "cuda",
-        rows=rows,
+    options: RowOptions = {
+        "num_workers": settings.num_workers,
+        "pin_memory": settings.device.type == "cuda",
+        "rows": rows,
+    }
+    batches = (
+        split_batches(target.split, base.image_size, settings.batch_size, **options)
+        if settings.shards is None
+        else shard_batches(
+            Path(settings.shards) / target.dataset / target.split_name,
+            target.split,
+            base.image_size,
+            settings.batch_size,
+            decode=settings.decode,
+            device=settings.device,
+            **options,
+        )
     )
     description = f"evaluation {target.dataset}/{target.split_name}, {len(entries)} model(s)"
     with Progress(len(rows), description, settings.context.is_main, unit="images") as bar:

@@ -30,7 +30,6 @@ from starft_pipeline.core.distributed import (
     SINGLE_PROCESS,
     DistContext,
     all_gather_rows,
-    barrier,
     broadcast_from_main,
     shard_rows,
 )
@@ -40,7 +39,7 @@ from starft_pipeline.core.progress import Progress
 from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.dataset_index import DatasetIndex, class_prompts, data_identity
 from starft_pipeline.data.descriptions import DescriptionPool
-from starft_pipeline.data.shards import Decode, shard_batches, write_shards
+from starft_pipeline.data.shards import Decode, shard_batches
 from starft_pipeline.data.splits import GroupSplit, normalise_images
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.models.clip import LoadedModel, encode_texts, logit_scale, zero_shot_head
@@ -201,7 +200,7 @@ def _features_of(
     """One split's image features, part by part: a finished part is reused (rank 0 reads it and shares
     it), any other is encoded (each rank its share, gathered) and kept as a part by rank 0."""
     features = torch.empty(len(split), feature_dim(loaded))
-    shards = _shards_of(loaded, key, split, settings, context)
+    shards = _shards_of(key, settings)
     with Progress(len(split), f"teacher {key}", context.is_main, unit="images") as bar:
         for start, stop in part_ranges(len(split), settings.part_rows):
             name = part_key(key, start, stop, len(split))
@@ -246,17 +245,9 @@ def _features_of(
     return features
 
 
-def _shards_of(
-    loaded: LoadedModel, key: str, split: GroupSplit, settings: EncodeSettings, context: DistContext
-) -> Path | None:
-    """The split's shard folder (``<teacher.shards>/<dataset>/<split>``), written by rank 0 if missing or stale."""
-    if settings.shards is None:
-        return None
-    folder = Path(settings.shards) / key
-    if context.is_main:
-        write_shards(split, loaded.image_size, folder, num_workers=settings.num_workers)
-    barrier(context)
-    return folder
+def _shards_of(key: str, settings: EncodeSettings) -> Path | None:
+    """The split's shard folder (``<shards.folder>/<dataset>/<split>``, written by the shards stage), or None."""
+    return None if settings.shards is None else Path(settings.shards) / key
 
 
 def _require_same(found: str, expected: str, message: str) -> None:
@@ -307,8 +298,8 @@ class EncodeSettings:
     num_workers: int = 0
     precision: ResolvedPrecision = "fp32"
     part_rows: int = DEFAULT_PART_ROWS
-    shards: str | None = None  # teacher.shards: read (and first write) the images as tar shards there
-    decode: Decode = "cpu"  # teacher.decode, with shards: cpu (loader workers) | gpu (torchvision on CUDA)
+    shards: str | None = None  # shards.folder: read the images from the shards stage's tar files there
+    decode: Decode = "cpu"  # shards.decode: cpu (loader workers) | gpu (torchvision on CUDA)
 
 
 def feature_dim(loaded: LoadedModel) -> int:
@@ -407,8 +398,8 @@ def compute_teacher_cache(
     are data set names. With ``parts``, every ``part_rows`` rows of a split are kept as soon as they
     are computed and reused by a rerun (a killed run resumes; see :class:`FeatureParts`). Under
     torchrun (``context``) the ranks share the images and every rank returns the whole cache. With
-    ``shards`` every split is first written as tar shards under ``<shards>/<dataset>/<split>`` (once;
-    see :mod:`~starft_pipeline.data.shards`) and read from there, decoded per ``decode`` (cpu | gpu).
+    ``shards`` every split is read from the tar shards under ``<shards>/<dataset>/<split>`` (written by
+    the shards stage; see :mod:`~starft_pipeline.data.shards`), decoded per ``decode`` (cpu | gpu).
     """
     check_streamed_preprocessing(loaded)
     device = torch.device(device)

@@ -109,8 +109,14 @@ def evaluate_models(
 
     all_splits = list(dict.fromkeys([*splits, *settings["splits"]]))
     targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, all_splits)
+    shards = teacher_model.get("shards")  # the shards stage's folder, passed on by the teacher
     pass_settings = PassSettings(
-        device, int(evaluation.get("batch_size", 256)), int(evaluation.get("num_workers", 0)), context
+        device,
+        int(evaluation.get("batch_size", 256)),
+        int(evaluation.get("num_workers", 0)),
+        context,
+        shards=shards["folder"] if shards else None,
+        decode=shards["decode"] if shards else "cpu",
     )
     logger.info(
         "evaluation: %d models in one pass over %d splits (rank %d of %d)",

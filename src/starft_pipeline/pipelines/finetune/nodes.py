@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, TypedDict, cast
 
 import pandas as pd
@@ -13,7 +14,9 @@ from starft_pipeline.core.distributed import broadcast_from_main, init_from_env
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import dataset_info, dataset_split
 from starft_pipeline.data.descriptions import DescriptionPool, flatten_descriptions
-from starft_pipeline.data.streaming import train_images
+from starft_pipeline.data.shards import train_images_from_shards
+from starft_pipeline.data.splits import GroupSplit
+from starft_pipeline.data.streaming import ImageSource, train_images
 from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device, state_dict_copy
 from starft_pipeline.models.heads import (
     ZERO_SHOT,
@@ -129,6 +132,23 @@ def linear_probe_weights(
     return weights, history
 
 
+def _train_images(
+    split: GroupSplit,
+    image_size: int,
+    config: FinetuneConfig,
+    teacher_model: dict[str, Any],
+    dataset: str,
+    device: torch.device,
+) -> ImageSource:
+    """The train split's images: from the shards stage's folder when the teacher passed one on, else the files."""
+    options = (config.data_loading, config.memory_limit_gb, config.num_workers, config.pin_memory)
+    shards = teacher_model.get("shards")
+    if shards is None:
+        return train_images(split, image_size, *options)
+    folder = Path(shards["folder"]) / dataset / "train"
+    return train_images_from_shards(folder, split, image_size, *options, decode=shards["decode"], device=device)
+
+
 def finetune_method(
     finetune_params: dict[str, Any],
     linear_probe: TensorBundle | None = None,
@@ -149,9 +169,7 @@ def finetune_method(
         prepare_head_training(loaded.model, head)
     split = dataset_split(inputs["dataset_metadata"], inputs["dataset_index"], dataset, "train")
     data = train_data_from_cache(
-        images=train_images(
-            split, loaded.image_size, config.data_loading, config.memory_limit_gb, config.num_workers, config.pin_memory
-        ),
+        images=_train_images(split, loaded.image_size, config, inputs["teacher_model"], dataset, device),
         labels=torch.from_numpy(split.labels),
         class_names=class_names,
         pool=pool,

@@ -38,8 +38,13 @@ def build_teacher_cache(
     dataset_index: dict[str, Any],
     descriptions: dict[str, Any],
     teacher: dict[str, Any],
+    image_shards: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TensorBundle]:
-    """The model record later stages build from, and the teacher cache with its fingerprint."""
+    """The model record later stages build from, and the teacher cache with its fingerprint.
+
+    With the shards stage's ``image_shards`` (a folder) the images are read from its shards, and the
+    record passes them on (``shards``) to fine-tuning and evaluation."""
+    shards = image_shards if image_shards and image_shards.get("folder") else None
     spec = ModelSpec(**teacher["model"])
     class_names = dataset_info(dataset_index, dataset_index["finetune_dataset"])["class_names"]
     pool = flatten_descriptions(descriptions, class_names)
@@ -62,8 +67,8 @@ def build_teacher_cache(
         precision=precision,
         part_rows=int(teacher.get("part_rows", DEFAULT_PART_ROWS)),
         context=context,
-        shards=teacher.get("shards"),
-        decode=teacher.get("decode", "cpu"),
+        shards=shards["folder"] if shards else None,
+        decode=shards["decode"] if shards else "cpu",
     )
     logger.info(
         "teacher cache %s: logit scale %.2f, %d descriptions", fingerprint_value, cache.logit_scale, len(pool.texts)
@@ -73,7 +78,7 @@ def build_teacher_cache(
         "identity": identity,
         "fingerprint": fingerprint_value,
         "data": dict(data_identity(dataset_index)),
-    }
+    } | ({"shards": {"folder": shards["folder"], "decode": shards["decode"]}} if shards else {})
     return record, cache.to_bundle()
 
 

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 build_teacher_cache,
-                ["dataset_metadata", "dataset_index", "descriptions", "params:teacher"],
+                ["dataset_metadata", "dataset_index", "descriptions", "params:teacher", "image_shards"],
                 ["teacher_model", "teacher_cache"],
                 name="build_teacher_cache",
             ),
