@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params
+from starft_pipeline.core.configs import bounded, check_crop_ratio, check_crop_scale, check_fields, config_from_params
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
 from starft_pipeline.core.precision import PRECISIONS, Precision
 from starft_pipeline.data.descriptions import DescriptionPool
@@ -33,7 +33,7 @@ from starft_pipeline.data.streaming import DATA_LOADING, DataLoading, ImageSourc
 from starft_pipeline.data.tasks import fill_template
 from starft_pipeline.models.clip import LoadedModel, logit_scale
 from starft_pipeline.models.heads import HEAD_MODULE
-from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.augment import SQUARE, apply_crops, crop_boxes
 from starft_pipeline.train.checkpointing import Checkpointer
 from starft_pipeline.train.engine import (
     Encoders,
@@ -88,6 +88,7 @@ class FinetuneConfig:
     caption_templates: tuple[str, ...] = ("a photo of a {c}.",)
     augment: bool = True
     crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
+    crop_ratio: tuple[float, float] = bounded(SQUARE, check=check_crop_ratio)  # width / height; official: 3/4–4/3
     seed: int = bounded(0, ge=0)
     teacher_mode: TeacherMode = (
         "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)
@@ -299,6 +300,9 @@ class CropSettings(Protocol):
     @property
     def crop_scale(self) -> tuple[float, float]: ...
 
+    @property
+    def crop_ratio(self) -> tuple[float, float]: ...
+
 
 def batch_pixels(
     loaded: LoadedModel,
@@ -318,7 +322,7 @@ def batch_pixels(
     if device is not None:
         pixels = to_device(pixels, device)
     if config.augment:
-        boxes = crop_boxes(len(indices), pixels.shape[-1], config.crop_scale, generator)
+        boxes = crop_boxes(len(indices), pixels.shape[-1], config.crop_scale, generator, config.crop_ratio)
         pixels = apply_crops(pixels, boxes[rows])
     return normalise_images(pixels, loaded.image_mean, loaded.image_std)
 
