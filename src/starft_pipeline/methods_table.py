@@ -317,7 +317,7 @@ def write_outputs(
 
 FRONTIER_NOTE = (
     "Each method's OOD metric minus its seed's {reference} WiSE-FT curve at the method's ID accuracy "
-    "(the fine-tuned data set's test adjusted average), mean over seeds with a 95 % t-interval; seeds "
+    "(the fine-tuned data set's test adjusted average), mean over seeds with a t-interval; seeds "
     "where the method's ID accuracy lies outside the curve's range have no gain (`outside curve`). docs/frontier.md."
 )
 

@@ -169,6 +169,9 @@ def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
         "seed": 3,
     }
     assert params["evaluation"] == {"models": ["kl"], "zero_shot": True, "wise_ft": {"methods": []}}
+    # the reference's run sweeps its own WiSE-FT curve (the frontier); a cell's does not
+    assert jobs[0].sweep and not jobs[1].sweep
+    assert jobs[0].runtime_params({})["evaluation"]["wise_ft"] == {"methods": ["flyp"]}
     assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
     assert jobs[1].node_names() == ["kl.finetune", "evaluation.evaluate_models"]
     assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
@@ -252,3 +255,19 @@ def test_the_frontier_gain_is_paired_by_seed_with_a_t_interval():
     assert z["n_seeds"] == 3 and z["gain_mean"] == pytest.approx(-0.01)
     text = frontier_markdown(intervals.reset_index())
     assert "+3.0 [-2.0, +8.0]" in text and "gain over flyp WiSE-FT (points) [95% CI]" in text
+
+
+def test_the_study_writes_its_frontier_from_the_reference_curves(tmp_path):
+    from starft_pipeline.study import curves_path, study_frontier
+
+    runs, curves = _frontier_rows()
+    runs = runs.assign(method=runs["cell"].map({"cell_a": "star", "cell_b": "star"}).fillna("zero_shot"))
+    grid = parse_grid({"study": {"reference": "flyp", "cells": {"cell_a": {"method": "star"}}}}, "g.yml")
+    path = curves_path(tmp_path / "s_runs.csv")
+    assert path.name == "s_curves.csv" and study_frontier(runs, path, grid, "synthetic") is None
+    curves.to_csv(path, index=False)
+    frontiers, intervals = study_frontier(runs, path, grid, "synthetic")
+    a = intervals.set_index(["method", "ood_split", "ood_metric"]).loc[
+        ("cell_a", "waterbirds_like/test", "worst_group_acc")
+    ]
+    assert a["gain_mean"] == pytest.approx(0.03) and set(frontiers["seed"]) == {0, 1, 2}

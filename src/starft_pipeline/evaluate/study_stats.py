@@ -304,7 +304,8 @@ def seed_frontiers(
     from starft_pipeline.evaluate.frontier import ZERO_SHOT as FRONTIER_ZERO_SHOT
     from starft_pipeline.evaluate.frontier import frontier_table
 
-    rows = results.rename(columns={method_column: "method"})
+    rows = results if method_column == "method" else results.drop(columns=["method"], errors="ignore")
+    rows = rows.rename(columns={method_column: "method"})
     zero_shot = rows[rows["method"] == FRONTIER_ZERO_SHOT].drop_duplicates(subset=["split"])
     frames = []
     for seed in sorted(set(curves["seed"])):
