@@ -60,6 +60,7 @@ def test_imagenet_resolves_to_the_recipe_bf16_tf32_and_workers_keeping_base_keys
     for method in ("star", "kl"):
         config = _config(params[method]["finetune"])
         assert config.confounder_types == ("background",) and config.reg_weight == 0.5 and config.diminishing
+        assert config.teacher_mode == "online" and config.crop_ratio == (1.0, 1.0)  # the official teacher, square crop
     assert params["lp"]["finetune"]["linear_probe"] == {"c_grid": [0.316], "max_iter": 1000}
     assert params["teacher"]["model"]["architecture"] == "ViT-B-16-quickgelu"  # OpenAI's weights: QuickGELU
 

@@ -179,3 +179,32 @@ def test_each_session_run_leaves_no_mlflow_run_open(tmp_path, monkeypatch):
         run_pipelines(failing, ["finetune"])
     assert mlflow.active_run() is None
     assert mlflow.get_run(failing.run_id).info.status == "FAILED"
+
+
+def test_the_frontier_over_seeds_is_written_only_with_the_reference_sweep(tmp_path):
+    from starft_pipeline.methods_table import frontier_outputs, mean_frontier, write_frontier
+
+    curves, runs = [], []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        for alpha, id_acc, wg in ((0.0, 0.6, 0.5), (1.0, 0.8, 0.3)):
+            curves.append(("flyp", alpha, "synthetic", "test", id_acc, 0.6, 0.3, seed))
+            curves.append(("flyp", alpha, "waterbirds_like", "test", 0.9, 0.8, wg, seed))
+        for method, id_acc, wg in (("zero_shot", 0.6, 0.5), ("flyp", 0.8, 0.3), ("star", 0.7, 0.42 + shift)):
+            runs.append((method, "synthetic/test", id_acc, 0.6, 0.3, seed))
+            runs.append((method, "waterbirds_like/test", 0.9, 0.8, wg, seed))
+    curve_columns = ["method", "alpha", "dataset", "split", "adjusted_avg_acc", "avg_acc", "worst_group_acc", "seed"]
+    run_columns = ["method", "split", "adjusted_avg_acc", "avg_acc", "worst_group_acc", "seed"]
+    curves, runs = pd.DataFrame(curves, columns=curve_columns), pd.DataFrame(runs, columns=run_columns)
+
+    assert frontier_outputs(runs, curves[curves["method"] != "flyp"], "synthetic", "flyp") is None
+    frontiers, intervals = frontier_outputs(runs, curves, "synthetic", "flyp")
+    star = intervals.set_index(["method", "ood_split", "ood_metric"]).loc[
+        ("star", "waterbirds_like/test", "worst_group_acc")
+    ]
+    # the curve gives 0.40 at ID 0.7 in both seeds; star 0.42 and 0.44 → gains 0.02, 0.04, mean 0.03
+    assert star["n_seeds"] == 2 and star["gain_mean"] == pytest.approx(0.03)
+    mean = mean_frontier(frontiers)
+    assert len(mean) == len(frontiers) // 2  # one row per point and axis, the seeds averaged
+    paths = write_frontier(frontiers, intervals, tmp_path, "table")
+    assert [path.name for path in paths] == ["table_frontier.csv", "table_frontier_runs.csv", "table_frontier.png"]
+    assert all(path.stat().st_size > 0 for path in paths)

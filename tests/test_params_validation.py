@@ -94,6 +94,10 @@ BAD_VALUES = {
         {"star__finetune__crop_scale": [0.9, 0.5]},
         "star.finetune.crop_scale: crop_scale must satisfy 0 < low <= high <= 1",
     ),
+    "crop ratio without the square": (
+        {"star__finetune__crop_ratio": [1.2, 1.5]},
+        "star.finetune.crop_ratio: crop_ratio (width / height) must satisfy 0 < low <= 1 <= high",
+    ),
     "grad accumulation": (
         {"star__finetune__grad_accum_steps": 3},
         "star.finetune: finetune grad_accum_steps must be >= 1 and divide batch_size (128); got 3",
@@ -265,6 +269,7 @@ def test_models_follow_their_dataclasses(dataclass: type, model: type, extra: se
         (FinetuneConfig, FinetuneParams, "epochs", 0),
         (FinetuneConfig, FinetuneParams, "lr", 0.0),
         (FinetuneConfig, FinetuneParams, "crop_scale", (0.9, 0.5)),
+        (FinetuneConfig, FinetuneParams, "crop_ratio", (0.5, 0.9)),
         (ModelSpec, TeacherModelParams, "init_seed", -1),
         (PretrainConfig, PretrainParams, "single_concept_prob", 1.5),
         (PretrainConfig, PretrainParams, "device", "gpu"),

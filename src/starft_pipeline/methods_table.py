@@ -7,7 +7,10 @@ runs the upstream stages once (class_names, descriptions, teacher), then for eac
 ``<method>.finetune.seed`` overridden (the method list is
 ``starft_pipeline.train.methods.METHOD_SPECS``), keeps each seed's results, and writes
 ``data/08_reporting/methods_table.{csv,md}`` plus the per-seed rows ``methods_table_runs.csv``,
-logged to MLflow as one more run. Only the fine-tuning seed varies: data sets and the pretrained
+logged to MLflow as one more run. When every seed sweeps the frontier's reference (FLYP, in
+``evaluation.wise_ft.methods``) it also writes ``methods_table_frontier.{csv,png}`` and
+``methods_table_frontier_runs.csv``: each method's gain over its seed's WiSE-FT curve at equal ID
+accuracy, mean over seeds with a 95 % t-interval (docs/frontier.md). Only the fine-tuning seed varies: data sets and the pretrained
 teacher are fixed, so the std measures fine-tuning noise (batch order, crops, caption and
 description draws), not data noise; the zero-shot rows therefore have std 0.
 
@@ -23,6 +26,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ import pandas as pd
 
 from starft_pipeline.evaluate.markdown import markdown_table
 from starft_pipeline.evaluate.results import mean_std_table, mlflow_metric_key
+from starft_pipeline.evaluate.study_stats import frontier_intervals, frontier_markdown, seed_frontiers
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +146,25 @@ def table_markdown(
     return markdown_table(frame[columns].rename(columns={m: f"{m} (%)" for m in metrics}))
 
 
+def mean_frontier(frontiers: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed frontiers averaged over seeds, point by point (for the figure)."""
+    keys = ["kind", "method", "alpha", "id_split", "ood_split", "ood_metric"]
+    values = ["id_acc", "ood_value", "curve_value", "gain_over_curve"]
+    return frontiers.groupby(keys, sort=False, dropna=False)[values].mean().reset_index()
+
+
+def frontier_outputs(
+    runs: pd.DataFrame, curves: pd.DataFrame, finetune_dataset: str, reference: str
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Per-seed frontiers and their intervals over seeds; None when no seed swept ``reference``."""
+    swept = curves[curves["method"] == reference] if not curves.empty else curves
+    if swept.empty:
+        logger.info("methods table: no %s WiSE-FT sweep in these runs, so no frontier", reference)
+        return None
+    frontiers = seed_frontiers(runs, swept, finetune_dataset, reference)
+    return frontiers, frontier_intervals(frontiers)
+
+
 def markdown_document(table: pd.DataFrame, command: str, seeds: Sequence[int], wall_s: float) -> str:
     lines = [
         "# Methods table",
@@ -208,6 +232,17 @@ def evaluated_rows(catalog: Any, methods: Sequence[str], seed: int) -> pd.DataFr
     return seed_rows(results, groups, catalog.load("dataset_index"), seed)
 
 
+@dataclass(frozen=True)
+class SeedRuns:
+    """What :func:`run_seeds` gathered: every seed's rows, wall times and WiSE-FT curves (with ``seed``)."""
+
+    rows: pd.DataFrame
+    times: dict[int, float]
+    curves: pd.DataFrame
+    finetune_dataset: str
+    frontier_reference: str
+
+
 def run_seeds(
     seeds: Sequence[int],
     project_path: Path,
@@ -215,8 +250,8 @@ def run_seeds(
     run_upstream: bool = True,
     extra_params: Mapping[str, Any] | None = None,
     methods: Sequence[str] | None = None,
-) -> tuple[pd.DataFrame, dict[int, float]]:
-    """Run finetune + evaluation once per seed; returns every seed's rows and each seed's wall time.
+) -> SeedRuns:
+    """Run finetune + evaluation once per seed; returns every seed's rows, wall time and WiSE-FT curve.
 
     ``extra_params`` (runtime parameters, e.g. another λ) apply to every run, upstream included.
     ``methods`` restricts the runs to those methods' namespaces (an ablation of one method costs
@@ -234,7 +269,7 @@ def run_seeds(
             run_pipelines(session, UPSTREAM_PIPELINES)
     with kedro_session(project_path, env, dict(extra_params or {})) as session:
         params = session.load_context().params
-    runs, times = [], {}
+    runs, times, curves = [], {}, []
     for seed in seeds:
         started = time.perf_counter()
         overrides = merged(seed_overrides(params, method_names(), seed), extra_params or {})
@@ -249,9 +284,16 @@ def run_seeds(
             else:
                 results, groups = catalog.load("results"), catalog.load("group_results")
                 runs.append(seed_rows(results, groups, catalog.load("dataset_index"), seed))
+                curves.append(catalog.load("wise_ft_curve").assign(seed=seed))
         times[seed] = time.perf_counter() - started
         logger.info("methods table: seed %d done in %.0f s", seed, times[seed])
-    return pd.concat(runs, ignore_index=True), times
+    return SeedRuns(
+        pd.concat(runs, ignore_index=True),
+        times,
+        pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        str(params["class_names"]["finetune_dataset"]),
+        str(params["reporting"].get("frontier_reference", "flyp")),
+    )
 
 
 def write_outputs(
@@ -268,6 +310,24 @@ def write_outputs(
     runs.to_csv(paths[1], index=False)
     paths[2].write_text(document, encoding="utf-8")
     paths[3].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+FRONTIER_NOTE = (
+    "Each method's OOD metric minus its seed's {reference} WiSE-FT curve at the method's ID accuracy "
+    "(the fine-tuned data set's test adjusted average), mean over seeds with a t-interval; seeds "
+    "where the method's ID accuracy lies outside the curve's range have no gain (`outside curve`). docs/frontier.md."
+)
+
+
+def write_frontier(frontiers: pd.DataFrame, intervals: pd.DataFrame, folder: Path, name: str) -> list[Path]:
+    """``<name>_frontier.csv`` (intervals), ``<name>_frontier_runs.csv`` (per seed), ``<name>_frontier.png``."""
+    from starft_pipeline.evaluate.figures import plot_frontier
+
+    paths = [folder / f"{name}_frontier.csv", folder / f"{name}_frontier_runs.csv", folder / f"{name}_frontier.png"]
+    intervals.to_csv(paths[0], index=False)
+    frontiers.to_csv(paths[1], index=False)
+    plot_frontier(mean_frontier(frontiers), title="Frontier, mean over seeds").savefig(paths[2], dpi=120)
     return paths
 
 
@@ -322,9 +382,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     command = " ".join(["python -m starft_pipeline.methods_table", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    runs, times = run_seeds(
+    gathered = run_seeds(
         args.seeds, args.project_path.resolve(), args.env, not args.skip_upstream, extra_params, args.methods
     )
+    runs, times = gathered.rows, gathered.times
     wall_s = time.perf_counter() - started
     table = aggregate(runs)
     summary = {
@@ -336,14 +397,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed_wall_s": {str(k): round(v, 1) for k, v in times.items()},
         "methods": list(dict.fromkeys(runs["method"])),
     }
-    paths = write_outputs(
-        table,
-        runs,
-        markdown_document(table, command, args.seeds, wall_s),
-        summary,
-        args.project_path / REPORT_DIR,
-        args.name,
-    )
+    document = markdown_document(table, command, args.seeds, wall_s)
+    frontier = frontier_outputs(runs, gathered.curves, gathered.finetune_dataset, gathered.frontier_reference)
+    if frontier is not None:
+        document += f"\n\n## Frontier\n\n{FRONTIER_NOTE.format(reference=gathered.frontier_reference)}\n\n"
+        document += frontier_markdown(frontier[1], gathered.frontier_reference)
+    folder = args.project_path / REPORT_DIR
+    paths = write_outputs(table, runs, document, summary, folder, args.name)
+    if frontier is not None:
+        paths += write_frontier(*frontier, folder, args.name)
     run_id = log_to_mlflow(table, paths, summary, args.project_path.resolve(), args.env)
     logger.info("methods table: %s (MLflow run %s), %.1f min", paths[2], run_id, wall_s / 60)
     print(table_markdown(table))

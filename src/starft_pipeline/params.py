@@ -329,6 +329,8 @@ class ReportingParams(BaseModel):
     wise_ft_annotate_alphas: list[Alpha] | None = None
     training_terms: list[Annotated[str, Strict()]] = ["loss"]
     training_smooth: Annotated[int, Strict(), Field(ge=1)] | None = None
+    frontier_reference: MethodName = "flyp"  # whose WiSE-FT curve the frontier compares every model with
+    frontier_split: SplitName = "test"  # the split of the frontier's ID and OOD metrics
 
 
 PretrainParams = model_from_dataclass(PretrainConfig, check=PretrainConfig.from_params)

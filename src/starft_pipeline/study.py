@@ -33,14 +33,18 @@ from starft_pipeline.evaluate.study_stats import (
     Cell,
     StudyGrid,
     default_selection_split,
+    frontier_intervals,
+    frontier_markdown,
     load_grid,
     paired_table,
     plot_recovered,
+    seed_frontiers,
     select_cell,
     selection_rule,
     study_markdown,
 )
 from starft_pipeline.methods_table import (
+    FRONTIER_NOTE,
     REPORT_DIR,
     UPSTREAM_PIPELINES,
     evaluated_rows,
@@ -48,6 +52,7 @@ from starft_pipeline.methods_table import (
     merged,
     parse_overrides,
     run_pipelines,
+    write_frontier,
 )
 from starft_pipeline.models.heads import ZERO_SHOT
 
@@ -55,8 +60,10 @@ from starft_pipeline.models.heads import ZERO_SHOT
 logger = logging.getLogger("starft_pipeline.study")
 
 GRID_FILE = "study.yml"
-#: A study run evaluates one model: no WiSE-FT sweep (the one-pass node would add every α).
+#: A cell's run evaluates one model: no WiSE-FT sweep (the one-pass node would add every α).
 LEAN_EVALUATION: dict[str, Any] = {"wise_ft": {"methods": []}}
+#: The reference's run also sweeps its own WiSE-FT curve: the frontier every cell is compared with.
+REFERENCE_SWEEP = "sweep"
 
 
 def grid_path(project_path: Path, env: str | None) -> Path:
@@ -77,6 +84,7 @@ class Job:
     seed: int
     finetune: Mapping[str, Any]
     key: str  # fingerprint of the settings: a resumed row must come from the same settings
+    sweep: bool = False  # the reference: its evaluation sweeps its WiSE-FT curve (the frontier)
 
     def node_names(self) -> list[str]:
         """Fine-tuning and the one-pass evaluation. Not ``<method>.log_loss_curve``: it logs one MLflow
@@ -86,9 +94,10 @@ class Job:
     def runtime_params(self, extra: Mapping[str, Any], zero_shot: bool = True) -> dict[str, Any]:
         """``extra``, the cell's finetune overrides and seed, and an evaluation of this model alone
         (plus zero-shot when ``zero_shot``: it does not depend on the seed, so a study needs it once)."""
+        sweep = {"wise_ft": {"methods": [self.method]}} if self.sweep else LEAN_EVALUATION
         own = {
             self.method: {"finetune": {**self.finetune, "seed": self.seed}},
-            "evaluation": {"models": [self.method], "zero_shot": zero_shot, **LEAN_EVALUATION},
+            "evaluation": {"models": [self.method], "zero_shot": zero_shot, **sweep},
         }
         return merged(extra, own)
 
@@ -106,7 +115,7 @@ def study_jobs(
         for cell in cells:
             finetune = cell.finetune_params(all_pools)
             key = fingerprint(cell.method, finetune, dict(extra), upstream)
-            jobs.append(Job(cell.name, cell.method, seed, finetune, key))
+            jobs.append(Job(cell.name, cell.method, seed, finetune, key, sweep=cell.name == grid.reference))
     return jobs
 
 
@@ -182,6 +191,11 @@ def _record_run(study: str, job: Job, metrics: Sequence[tuple[str, float, int]])
     return run_id
 
 
+def curves_path(runs_path: Path) -> Path:
+    """``<name>_curves.csv`` beside ``<name>_runs.csv``: the reference's WiSE-FT curve of every seed."""
+    return runs_path.with_name(runs_path.name.replace("_runs.csv", "_curves.csv"))
+
+
 def run_job(
     job: Job, project_path: Path, env: str | None, extra: Mapping[str, Any], catalog: Any, zero_shot: bool
 ) -> pd.DataFrame:
@@ -235,6 +249,8 @@ def run_study(
         need_zero_shot = not (read_runs(path)["cell"] == ZERO_SHOT).any()
         rows = run_job(job, project_path, env, extra, catalog, need_zero_shot)
         wall_s = time.perf_counter() - run_started
+        if job.sweep:  # before the rows: a resumed study never holds a reference row without its curve
+            append_runs(curves_path(path), catalog.load("wise_ft_curve").assign(seed=job.seed, settings_key=job.key))
         append_runs(path, rows.assign(wall_s=wall_s))
         own = rows[rows["cell"] == job.cell]
         _record_run(name, job, run_metrics(job, own, catalog.load(f"{job.method}.history"), wall_s))
@@ -270,12 +286,33 @@ def write_outputs(
     paths = [folder / f"{name}_table.csv", folder / f"{name}_table.md", folder / f"{name}_recovered.png"]
     with atomic_path(paths[0]) as tmp:
         table.to_csv(tmp, index=False)
+    document = study_markdown(table, grid, split, chosen, summary)
+    frontier = study_frontier(runs, folder / f"{name}_curves.csv", grid, finetune_dataset)
+    if frontier is not None:
+        document += f"\n## Frontier\n\n{FRONTIER_NOTE.format(reference=grid.reference)}\n\n"
+        document += frontier_markdown(frontier[1], grid.reference, grid.confidence) + "\n"
     with atomic_path(paths[1]) as tmp:
-        tmp.write_text(study_markdown(table, grid, split, chosen, summary), encoding="utf-8")
+        tmp.write_text(document, encoding="utf-8")
     with atomic_path(paths[2]) as tmp:
         plot_recovered(table).savefig(tmp, format="png")
     atomic_write_json(folder / f"{name}.json", summary)
+    if frontier is not None:
+        paths += [*write_frontier(*frontier, folder, name), folder / f"{name}_curves.csv"]
     return [*paths, folder / f"{name}.json", folder / f"{name}_runs.csv"], table
+
+
+def study_frontier(
+    runs: pd.DataFrame, curves_file: Path, grid: StudyGrid, finetune_dataset: str
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Per-seed frontiers of every cell against that seed's reference curve, and their intervals;
+    None when no reference run swept its curve (rows of a study run before the frontier existed)."""
+    curves = read_runs(curves_file)
+    curves = curves[curves["seed"].isin(set(runs["seed"]))] if "seed" in curves else curves
+    if curves.empty:
+        logger.info("study: no reference WiSE-FT curves in %s, so no frontier", curves_file)
+        return None
+    frontiers = seed_frontiers(runs, curves, finetune_dataset, grid.reference, method_column="cell")
+    return frontiers, frontier_intervals(frontiers, grid.confidence)
 
 
 def table_metrics(table: pd.DataFrame) -> dict[str, float]:

@@ -19,7 +19,14 @@ from starft_pipeline.train.methods import METHODS
 pytestmark = pytest.mark.slow
 
 MODELS = ("zero_shot", *METHODS)
-REPORTS = ("results.csv", "group_results.csv", "class_results.csv", "results.md", "dataset_checks.json")
+REPORTS = (
+    "results.csv",
+    "group_results.csv",
+    "class_results.csv",
+    "results.md",
+    "dataset_checks.json",
+    "frontier.csv",
+)
 
 
 def has_wise_ft_sweep() -> bool:
@@ -29,7 +36,7 @@ def has_wise_ft_sweep() -> bool:
 def expected_figures() -> list[str]:
     names = [f"group_accuracy_{model}.png" for model in MODELS]
     names += ["group_accuracy_comparison.png", "training_curves.png"]
-    return names + (["wise_ft_curve.png"] if has_wise_ft_sweep() else [])
+    return names + (["wise_ft_curve.png", "frontier.png"] if has_wise_ft_sweep() else [])
 
 
 def tracking_uri(project: Path) -> str:
@@ -72,6 +79,20 @@ def test_reports_are_written(full_run_project: Path) -> None:
     assert list(classes.columns) == list(CLASS_COLUMNS)
     markdown = (reporting / "results.md").read_text()
     assert "adjusted_avg_acc" in markdown and "mean_group_acc" in markdown and "CI" in markdown
+
+
+def test_the_frontier_places_every_model_against_flyps_curve(full_run_project: Path) -> None:
+    frontier = pd.read_csv(full_run_project / "data" / "08_reporting" / "frontier.csv")
+    curve = frontier[frontier["kind"] == "curve"]
+    assert set(curve["method"]) == {"flyp"} and set(curve["alpha"]) == {0.0, 1.0}
+    points = frontier[frontier["kind"] != "curve"]
+    assert set(MODELS) <= set(points["method"])
+    assert set(points["ood_split"]) == {"synthetic/test", "waterbirds_like/test"}
+    inside = points[points["outside_curve"].isna()]
+    gain = inside["ood_value"] - inside["curve_value"]
+    assert gain.to_numpy() == pytest.approx(inside["gain_over_curve"].to_numpy())
+    flyp = points[points["method"] == "flyp"]  # FLYP is its curve's α = 1 end
+    assert flyp["gain_over_curve"].to_numpy() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_the_embedded_teacher_is_a_real_zero_shot_model(full_run_project: Path) -> None:

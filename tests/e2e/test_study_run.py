@@ -105,3 +105,16 @@ def test_every_run_and_the_table_are_tagged_mlflow_runs(study_project):
     table = next(r for r in runs if r.data.tags["study.cell"] == "table")  # the newest: both goes write the table
     artifacts = {a.path for a in client.list_artifacts(table.info.run_id, "tiny")}
     assert {"tiny/tiny_table.csv", "tiny/tiny_table.md", "tiny/tiny_recovered.png"} <= artifacts
+
+
+def test_the_frontier_compares_each_cell_with_its_seeds_flyp_curve(study_project):
+    project, _, _ = study_project
+    reporting = project / "data/08_reporting"
+    curves = pd.read_csv(reporting / "tiny_curves.csv")
+    assert set(curves["method"]) == {"flyp"} and sorted(set(curves["seed"])) == [0, 1]
+    intervals = pd.read_csv(reporting / "tiny_frontier.csv")
+    assert {"star_tiny", "zero_shot"} <= set(intervals["method"])
+    assert set(intervals["ood_split"]) == {"synthetic/test", "waterbirds_like/test"}
+    assert ((intervals["n_seeds"] + intervals["n_outside"]) == 2).all()
+    assert "## Frontier" in (reporting / "tiny_table.md").read_text()
+    assert (reporting / "tiny_frontier.png").stat().st_size > 0

@@ -11,10 +11,13 @@ import yaml
 
 from starft_pipeline.evaluate.study_stats import (
     default_selection_split,
+    frontier_intervals,
+    frontier_markdown,
     load_grid,
     paired_table,
     parse_grid,
     recovered_fraction,
+    seed_frontiers,
     select_cell,
     study_markdown,
     t_interval,
@@ -166,6 +169,9 @@ def test_jobs_run_the_reference_then_each_cell_seed_by_seed():
         "seed": 3,
     }
     assert params["evaluation"] == {"models": ["kl"], "zero_shot": True, "wise_ft": {"methods": []}}
+    # the reference's run sweeps its own WiSE-FT curve (the frontier); a cell's does not
+    assert jobs[0].sweep and not jobs[1].sweep
+    assert jobs[0].runtime_params({})["evaluation"]["wise_ft"] == {"methods": ["flyp"]}
     assert jobs[1].runtime_params({}, zero_shot=False)["evaluation"]["zero_shot"] is False
     assert jobs[1].node_names() == ["kl.finetune", "evaluation.evaluate_models"]
     assert jobs[0].key != study_jobs(_grid(), [3], ["bg"], {"flyp": {"finetune": {"lr": 1.0}}})[0].key
@@ -210,3 +216,58 @@ def test_a_runs_metrics_hold_its_loss_curves_and_accuracies():
     metrics = run_metrics(job, rows, history, 12.5)
     assert ("kl.train.loss", 3.4, 2) in metrics and ("kl.train.contrastive", 3.5 - 0.1, 1) in metrics
     assert ("c.toy.val.worst_group_acc", 0.5, 0) in metrics and ("study.wall_s", 12.5, 0) in metrics
+
+
+def _frontier_rows():
+    """Three seeds; FLYP's curve per seed: ID 0.6 → 0.8, transfer worst group 0.5 → 0.3 (α 0, 1), shifted
+    seed by seed by 0.01·seed; the cell sits at ID 0.7 with worst group 0.41 + 0.02·seed + 0.01·seed."""
+    curves, runs = [], []
+    for seed in (0, 1, 2):
+        for alpha, id_acc, wg in [(0.0, 0.6, 0.5), (1.0, 0.8, 0.3)]:
+            curves.append(("flyp", alpha, "synthetic", "test", id_acc, 0.6, 0.3, seed))
+            curves.append(("flyp", alpha, "waterbirds_like", "test", 0.9, 0.8, wg + 0.01 * seed, seed))
+        runs.append(("cell_a", seed, "synthetic/test", 0.7, 0.6, 0.3))
+        runs.append(("cell_a", seed, "waterbirds_like/test", 0.9, 0.8, 0.41 + 0.03 * seed))
+        runs.append(("cell_b", seed, "synthetic/test", 0.9, 0.6, 0.3))  # ID above the curve
+        runs.append(("cell_b", seed, "waterbirds_like/test", 0.9, 0.8, 0.1))
+    runs.append(("zero_shot", 0, "synthetic/test", 0.6, 0.6, 0.3))
+    runs.append(("zero_shot", 0, "waterbirds_like/test", 0.9, 0.8, 0.5))
+    curve_columns = ["method", "alpha", "dataset", "split", "adjusted_avg_acc", "avg_acc", "worst_group_acc", "seed"]
+    run_columns = ["cell", "seed", "split", "adjusted_avg_acc", "avg_acc", "worst_group_acc"]
+    return pd.DataFrame(runs, columns=run_columns), pd.DataFrame(curves, columns=curve_columns)
+
+
+def test_the_frontier_gain_is_paired_by_seed_with_a_t_interval():
+    runs, curves = _frontier_rows()
+    frontiers = seed_frontiers(runs, curves, "synthetic", method_column="cell")
+    intervals = frontier_intervals(frontiers).set_index(["method", "ood_split", "ood_metric"])
+    # Seed s: curve at ID 0.7 = 0.40 + 0.01·s, the cell 0.41 + 0.03·s → gains 0.01, 0.03, 0.05:
+    # mean 0.03, sd 0.02, half-width t(2)·0.02/√3 = 4.303·0.011547 = 0.049686.
+    a = intervals.loc[("cell_a", "waterbirds_like/test", "worst_group_acc")]
+    assert a["n_seeds"] == 3 and a["n_outside"] == 0 and a["gain_mean"] == pytest.approx(0.03)
+    assert a["gain_ci_low"] == pytest.approx(0.03 - 0.049686, abs=1e-5)
+    assert a["gain_ci_high"] == pytest.approx(0.03 + 0.049686, abs=1e-5)
+    # cell_b's ID 0.9 lies beyond every seed's curve: no gain, three seeds outside.
+    b = intervals.loc[("cell_b", "waterbirds_like/test", "worst_group_acc")]
+    assert b["n_seeds"] == 0 and b["n_outside"] == 3 and math.isnan(b["gain_mean"])
+    # zero-shot is the α = 0 end of every seed's curve at ID 0.6: gains 0, −0.01, −0.02
+    z = intervals.loc[("zero_shot", "waterbirds_like/test", "worst_group_acc")]
+    assert z["n_seeds"] == 3 and z["gain_mean"] == pytest.approx(-0.01)
+    text = frontier_markdown(intervals.reset_index())
+    assert "+3.0 [-2.0, +8.0]" in text and "gain over flyp WiSE-FT (points) [95% CI]" in text
+
+
+def test_the_study_writes_its_frontier_from_the_reference_curves(tmp_path):
+    from starft_pipeline.study import curves_path, study_frontier
+
+    runs, curves = _frontier_rows()
+    runs = runs.assign(method=runs["cell"].map({"cell_a": "star", "cell_b": "star"}).fillna("zero_shot"))
+    grid = parse_grid({"study": {"reference": "flyp", "cells": {"cell_a": {"method": "star"}}}}, "g.yml")
+    path = curves_path(tmp_path / "s_runs.csv")
+    assert path.name == "s_curves.csv" and study_frontier(runs, path, grid, "synthetic") is None
+    curves.to_csv(path, index=False)
+    frontiers, intervals = study_frontier(runs, path, grid, "synthetic")
+    a = intervals.set_index(["method", "ood_split", "ood_metric"]).loc[
+        ("cell_a", "waterbirds_like/test", "worst_group_acc")
+    ]
+    assert a["gain_mean"] == pytest.approx(0.03) and set(frontiers["seed"]) == {0, 1, 2}

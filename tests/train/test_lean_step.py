@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from starft_pipeline.data.tasks import fill_template
-from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.augment import SQUARE, apply_crops, crop_boxes
 from starft_pipeline.train.batches import (
     descriptions_by_class,
     draw_captions,
@@ -35,23 +35,26 @@ def per_image_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     size = images.shape[-1]
     out = [
         F.interpolate(
-            image[None, :, top : top + side, left : left + side],
+            image[None, :, top : top + height, left : left + width],
             size=(size, size),
             mode="bilinear",
             align_corners=False,
         )[0]
-        for image, (top, left, side) in zip(images.float(), boxes.tolist())
+        for image, (top, left, height, width) in zip(images.float(), boxes.tolist())
     ]
     return torch.stack(out)
 
 
-@pytest.mark.parametrize(("size", "scale"), [(32, (0.9, 1.0)), (224, (0.9, 1.0)), (17, (0.05, 1.0))])
-def test_batched_crops_equal_per_image_interpolation(size, scale):
+@pytest.mark.parametrize(
+    ("size", "scale", "ratio"),
+    [(32, (0.9, 1.0), SQUARE), (224, (0.9, 1.0), SQUARE), (17, (0.05, 1.0), SQUARE), (32, (0.3, 1.0), (0.5, 2.0))],
+)
+def test_batched_crops_equal_per_image_interpolation(size, scale, ratio):
     generator = torch.Generator().manual_seed(size)
     images = torch.randint(0, 256, (6, 3, size, size), generator=generator, dtype=torch.uint8)
-    boxes = crop_boxes(len(images), size, scale, generator)
-    boxes[0] = torch.tensor([0, 0, size])  # the whole image: a copy
-    boxes[1] = torch.tensor([size - 1, size - 1, 1])  # one pixel, spread over the image
+    boxes = crop_boxes(len(images), size, scale, generator, ratio)
+    boxes[0] = torch.tensor([0, 0, size, size])  # the whole image: a copy
+    boxes[1] = torch.tensor([size - 1, size - 1, 1, 1])  # one pixel, spread over the image
     cropped = apply_crops(images, boxes)
     assert cropped.dtype == torch.float32 and cropped.shape == images.shape
     assert torch.allclose(cropped, per_image_crops(images, boxes), atol=1e-4, rtol=0)  # a float32 ulp of 255
@@ -61,12 +64,44 @@ def test_batched_crops_equal_per_image_interpolation(size, scale):
 def test_crop_boxes_lie_inside_the_image_and_follow_the_area_scale():
     size, scale = 32, (0.5, 1.0)
     boxes = crop_boxes(4000, size, scale, torch.Generator().manual_seed(0))
-    top, left, side = boxes.T
+    top, left, side, width = boxes.T
+    assert torch.equal(side, width)  # square by default
     assert (top >= 0).all() and (left >= 0).all() and (top + side <= size).all() and (left + side <= size).all()
     assert side.min() == round(size * math.sqrt(0.5)) and side.max() == size
     assert set(top.tolist()) == set(left.tolist()) == set(range(size - int(side.min()) + 1))  # every position
     again = crop_boxes(4000, size, scale, torch.Generator().manual_seed(0))
     assert torch.equal(boxes, again)
+
+
+def test_the_square_crop_draws_as_before_the_ratio_option():
+    # The default's results stay byte-identical: the square boxes are the former (top, left, side) draws.
+    size, scale = 32, (0.9, 1.0)
+    generator = torch.Generator().manual_seed(3)
+    area = torch.empty(50).uniform_(*scale, generator=generator)
+    side = (size * area.double().sqrt()).round().long().clamp(1, size)
+    corners = (torch.rand(50, 2, generator=generator, dtype=torch.float64) * (size - side + 1)[:, None]).long()
+    boxes = crop_boxes(50, size, scale, torch.Generator().manual_seed(3))
+    assert torch.equal(boxes, torch.cat([corners, side[:, None], side[:, None]], dim=1))
+
+
+def test_official_crop_boxes_follow_scale_and_aspect_ratio():
+    # scale (0.9, 1.0), width / height in [3/4, 4/3]: every box fits, its area and aspect are in range
+    # (up to rounding of the sides), and both orientations occur.
+    size, scale, ratio = 224, (0.9, 1.0), (0.75, 4 / 3)
+    boxes = crop_boxes(4000, size, scale, torch.Generator().manual_seed(0), ratio)
+    top, left, height, width = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= size).all() and (left + width <= size).all()
+    area, aspect = (height * width).double() / size**2, width.double() / height
+    assert (area >= 0.9 - 2 / size).all() and (area <= 1.0).all()
+    assert (aspect >= 0.75 - 2 / size).all() and (aspect <= 4 / 3 + 2 / size).all()
+    assert (width > height).any() and (width < height).any()
+    assert torch.equal(boxes, crop_boxes(4000, size, scale, torch.Generator().manual_seed(0), ratio))
+
+
+def test_a_crop_ratio_that_never_fits_falls_back_to_the_whole_image():
+    # Area 1 at aspect 2–4: width = size·√aspect ≥ 22.6 > 16 on every attempt, so every box is the whole image.
+    boxes = crop_boxes(20, 16, (1.0, 1.0), torch.Generator().manual_seed(0), (2.0, 4.0))
+    assert (boxes[:, 2:] == 16).all() and (boxes[:, :2] == 0).all()
 
 
 def test_the_text_table_holds_every_caption_and_description_once_with_its_length():

@@ -78,7 +78,7 @@ def test_star_regulariser_uses_the_teacher_scale_for_both():
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
     s_img, s_txt, t_img, t_txt = unit(4, 8), unit(4, 8), unit(4, 8), unit(4, 8)
     labels = torch.tensor([0, 1, 0, 2])
-    loss = star_regulariser(s_img, s_txt, t_img, t_txt, teacher_scale=50.0, labels=labels, student_scale=10.0)
+    loss = star_regulariser(s_img, s_txt, t_img, t_txt, teacher_scale=50.0, labels=labels)
     mask = labels[:, None] == labels[None, :]
     s = (50.0 * s_img @ s_txt.T).masked_fill(mask, MASK_VALUE)
     t = (50.0 * t_img @ t_txt.T).masked_fill(mask, MASK_VALUE)
@@ -87,14 +87,35 @@ def test_star_regulariser_uses_the_teacher_scale_for_both():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_kl_variant_uses_no_mask_and_the_student_scale():
-    torch.manual_seed(1)
+def test_kl_variant_by_hand_the_teacher_scale_on_both_and_no_mask():
+    # The official SpuriousKLReg: both logits scaled by the teacher's τ₀ = 2, every pair kept.
+    # Row j of a text tensor is description j. Teacher: image [1, 0], descriptions [ln 3 / 2, 0] and
+    # [0, 0] → logits 2·[ln 3 / 2, 0] = [ln 3, 0], p = [3/4, 1/4]. Student: descriptions [0, 0] and
+    # [ln 3 / 2, 0] → logits [0, ln 3], q = [1/4, 3/4] (at scale 1 it would be softmax([0, ln 3 / 2])).
+    # KL(p‖q) = 3/4·ln 3 + 1/4·ln(1/3) = ln 3 / 2 = 0.549306 for each of the two rows.
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    teacher_text = torch.tensor([[math.log(3) / 2, 0.0], [0.0, 0.0]])
+    student_text = teacher_text.flip(0)
+    same_class = torch.tensor([0, 0])
+    loss = star_regulariser(image, student_text, image, teacher_text, 2.0, same_class, kind="kl")
+    assert loss.item() == pytest.approx(math.log(3) / 2, abs=1e-6)
+    # star on the same inputs masks every pair (one class), so the loss vanishes: the mask is the only difference.
+    assert star_regulariser(image, student_text, image, teacher_text, 2.0, same_class).item() == pytest.approx(
+        0.0, abs=1e-7
+    )
+
+
+def test_regulariser_is_fp32_under_cpu_bf16_autocast():
+    torch.manual_seed(2)
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
-    s_img, s_txt, t_img, t_txt = unit(3, 8), unit(3, 8), unit(3, 8), unit(3, 8)
-    loss = star_regulariser(s_img, s_txt, t_img, t_txt, 50.0, torch.tensor([0, 0, 0]), kind="kl", student_scale=10.0)
-    p = torch.softmax(50.0 * t_img @ t_txt.T, -1)
-    expected = (p * (p.log() - torch.log_softmax(10.0 * s_img @ s_txt.T, -1))).sum() / 3
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    features = [unit(6, 16).to(torch.bfloat16) for _ in range(4)]
+    labels = torch.tensor([0, 1, 2, 0, 1, 3])
+    for kind in ("star", "kl"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = star_regulariser(*features, 14.0, labels, kind=kind)
+        reference = star_regulariser(*(f.float() for f in features), 14.0, labels, kind=kind)
+        assert under_autocast.dtype == torch.float32
+        assert under_autocast.item() == pytest.approx(reference.item(), rel=1e-6, abs=1e-7)
 
 
 def test_regulariser_gradient_reaches_both_student_towers():

@@ -22,7 +22,13 @@ from starft_pipeline.train.finetune import (
     train_data_from_cache,
 )
 from starft_pipeline.train.step_losses import contrastive_losses
-from starft_pipeline.train.teacher_modes import CachedViews, OnlineTeacher, draw_view_boxes, load_or_build_views
+from starft_pipeline.train.teacher_modes import (
+    CachedViews,
+    OnlineTeacher,
+    draw_view_boxes,
+    load_or_build_views,
+    views_key,
+)
 from tests.engine_helpers import single_thread, tiny_config, tiny_model, tiny_pool, tiny_train_data  # noqa: F401
 
 N_IMAGES = 12
@@ -133,10 +139,19 @@ def test_view_cache_is_written_once_and_reused(teacher, cached_data, tmp_path, m
 
 def test_view_boxes_come_from_the_seed():
     boxes = draw_view_boxes(5, 32, 4, (0.5, 1.0), seed=0)
-    assert boxes.shape == (5, 4, 3) and torch.equal(boxes, draw_view_boxes(5, 32, 4, (0.5, 1.0), seed=0))
+    assert boxes.shape == (5, 4, 4) and torch.equal(boxes, draw_view_boxes(5, 32, 4, (0.5, 1.0), seed=0))
     assert not torch.equal(boxes, draw_view_boxes(5, 32, 4, (0.5, 1.0), seed=1))
-    top, left, side = boxes.unbind(-1)
-    assert ((top + side) <= 32).all() and ((left + side) <= 32).all() and (side >= 22).all()  # √0.5·32 ≈ 22.6
+    top, left, height, width = boxes.unbind(-1)
+    assert torch.equal(height, width)  # square by default
+    assert ((top + height) <= 32).all() and ((left + width) <= 32).all() and (height >= 22).all()  # √0.5·32 ≈ 22.6
+    official = draw_view_boxes(50, 32, 4, (0.9, 1.0), seed=0, ratio=(0.75, 4 / 3))
+    assert (official[..., 2] != official[..., 3]).any()  # rectangles, keyed apart from the square views
+
+
+def test_the_view_cache_key_holds_the_crop_ratio():
+    square = FinetuneConfig(method="star", teacher_mode="cached_views")
+    official = dataclasses.replace(square, crop_ratio=(0.75, 4 / 3))
+    assert views_key("fp", square, 10, 32) != views_key("fp", official, 10, 32)
 
 
 def test_teacher_mode_is_validated():

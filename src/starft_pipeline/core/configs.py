@@ -76,6 +76,16 @@ def check_crop_scale(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+def check_crop_ratio(value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if not 0.0 < low <= 1.0 <= high:
+        raise ValueError(
+            f"crop_ratio (width / height) must satisfy 0 < low <= 1 <= high (e.g. [1, 1]: square, "
+            f"[0.75, 1.333]: the official crop), got {list(value)}"
+        )
+    return value
+
+
 def bounded(default: Any, check: Check | None = None, **bounds: float) -> Any:
     """A dataclass field with ``default``, its range (``bounded(3, ge=1)``) and/or a ``check``.
 

@@ -423,3 +423,72 @@ def _epoch_marks(ax: Any, history_df: pd.DataFrame, method: Any) -> None:
     )
     for s in starts.to_numpy()[1:]:
         ax.axvline(float(s), color="grey", linestyle=":", linewidth=0.8, label="_epoch")
+
+
+def _frontier_panel(ax: Any, part: pd.DataFrame, colors: Mapping[Any, Any], reference_color: Any) -> None:
+    """The reference's curve (α labelled at its ends), zero-shot as a star, every method as a labelled point."""
+    curve = part[part["kind"] == "curve"].sort_values("alpha")
+    x, y = curve["id_acc"] * 100.0, curve["ood_value"] * 100.0
+    ax.plot(x, y, marker="o", markersize=4, color=reference_color, alpha=0.8)
+    for a, xv, yv in zip(curve["alpha"], x, y, strict=True):
+        if a in (curve["alpha"].min(), curve["alpha"].max()):
+            ax.annotate(f"α={a:g}", (xv, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    for row in part[part["kind"] != "curve"].itertuples(index=False):
+        zero_shot = row.kind == "zero_shot"
+        ax.scatter(
+            row.id_acc * 100.0,
+            row.ood_value * 100.0,
+            marker="*" if zero_shot else "o",
+            s=120 if zero_shot else 40,
+            color="black" if zero_shot else colors[row.method],
+            edgecolors="white",
+            zorder=3,
+        )
+        gain = "" if math.isnan(row.gain_over_curve) else f" {100 * row.gain_over_curve:+.1f}"
+        ax.annotate(
+            f"{row.method}{gain}",
+            (row.id_acc * 100.0, row.ood_value * 100.0),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
+    ax.set_xlabel(f"ID: {part['id_split'].iloc[0]} adjusted avg (%)")
+    ax.set_ylabel(f"{part['ood_metric'].iloc[0]} (%)")
+    ax.grid(alpha=0.3)
+    ax.margins(0.12)
+    _min_span(ax, 5.0)
+
+
+def plot_frontier(
+    frontier_df: pd.DataFrame, *, title: str | None = None, method_order: Sequence[str] | None = None
+) -> Figure:
+    """The frontier (``evaluate.frontier.frontier_table``): one panel per OOD axis, the ID accuracy on x.
+
+    The reference's WiSE-FT curve is the line, zero-shot the black star, each method a point labelled
+    with its gain over the curve in points (none where its ID accuracy is outside the curve's range).
+    """
+    require_columns(
+        frontier_df,
+        ["kind", "method", "alpha", "id_split", "id_acc", "ood_split", "ood_metric", "ood_value", "gain_over_curve"],
+        "frontier_df",
+    )
+    if frontier_df.empty:
+        raise ValueError("`frontier_df` has no rows to plot.")
+    axes_keys = list(dict.fromkeys(zip(frontier_df["ood_split"], frontier_df["ood_metric"], strict=True)))
+    methods = _unique(frontier_df["method"])
+    colors = _palette(methods, method_order)
+    reference = _unique(frontier_df.loc[frontier_df["kind"] == "curve", "method"])
+    columns = min(2, len(axes_keys))
+    rows = math.ceil(len(axes_keys) / columns)
+    fig = _new_figure((5.2 * columns, 4.2 * rows + 0.6))
+    grid = fig.subplots(rows, columns, squeeze=False)
+    for ax, (split, metric) in zip(grid.flat, axes_keys, strict=False):
+        part = frontier_df[(frontier_df["ood_split"] == split) & (frontier_df["ood_metric"] == metric)]
+        _frontier_panel(ax, part, colors, colors[reference[0]] if reference else "grey")
+        ax.set_title(f"{split} {metric}", fontsize=10)
+    for ax in list(grid.flat)[len(axes_keys) :]:
+        ax.set_axis_off()
+    curve_name = f"{reference[0]} WiSE-FT" if reference else "WiSE-FT"
+    fig.suptitle(title or f"Frontier: OOD against ID accuracy; the line is {curve_name} (α from 0 to 1)")
+    fig.tight_layout()
+    return fig

@@ -6,6 +6,9 @@
 * :func:`paired_table`: per split × metric × cell, the reference's and the cell's means over seeds,
   the mean paired difference (cell − reference, paired by seed) with a t-interval on n − 1 degrees of
   freedom, and the fraction of the reference's erosion from zero-shot that the cell recovers.
+* :func:`seed_frontiers` / :func:`frontier_intervals`: each point's OOD metric minus the reference's
+  WiSE-FT curve at its ID accuracy (``evaluate.frontier``), per seed against that seed's curve, then
+  its mean over seeds with the same t-interval.
 * :func:`select_cell`: the setting chosen on a validation split only; :func:`study_markdown` and
   :func:`plot_recovered` render the outcome.
 
@@ -262,6 +265,106 @@ def paired_table(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The frontier over seeds: gain over the reference's WiSE-FT curve at equal ID accuracy
+# --------------------------------------------------------------------------------------------
+
+#: Columns of :func:`frontier_intervals`.
+FRONTIER_INTERVAL_COLUMNS = (
+    "method",
+    "ood_split",
+    "ood_metric",
+    "n_seeds",
+    "n_outside",
+    "id_acc_mean",
+    "ood_mean",
+    "gain_mean",
+    "gain_ci_low",
+    "gain_ci_high",
+)
+
+
+def seed_frontiers(
+    results: pd.DataFrame,
+    curves: pd.DataFrame,
+    finetune_dataset: str,
+    reference: str = "flyp",
+    split: str = "test",
+    method_column: str = "method",
+) -> pd.DataFrame:
+    """Each seed's frontier (:func:`~starft_pipeline.evaluate.frontier.frontier_table`) with a ``seed`` column.
+
+    ``results`` has one row per (``method_column``, seed, split) — ``results.csv`` rows plus ``seed``
+    (the methods table) or the study's rows (``method_column="cell"``); ``curves`` the reference's
+    ``wise_ft_curve.csv`` rows plus ``seed``. A seed's points are compared with *that seed's* curve, so
+    each gain is already paired by seed. Zero-shot rows (seed-independent) join every seed. Seeds
+    without a curve are left out.
+    """
+    from starft_pipeline.evaluate.frontier import ZERO_SHOT as FRONTIER_ZERO_SHOT
+    from starft_pipeline.evaluate.frontier import frontier_table
+
+    rows = results if method_column == "method" else results.drop(columns=["method"], errors="ignore")
+    rows = rows.rename(columns={method_column: "method"})
+    zero_shot = rows[rows["method"] == FRONTIER_ZERO_SHOT].drop_duplicates(subset=["split"])
+    frames = []
+    for seed in sorted(set(curves["seed"])):
+        own = rows[(rows["seed"] == seed) & (rows["method"] != FRONTIER_ZERO_SHOT)]
+        if own.empty:
+            continue
+        table = frontier_table(
+            pd.concat([zero_shot, own]), curves[curves["seed"] == seed], finetune_dataset, reference, split
+        )
+        frames.append(table.assign(seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def frontier_intervals(frontiers: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per method × OOD axis: the mean gain over the reference's curve across seeds with a t-interval.
+
+    ``frontiers`` is :func:`seed_frontiers`' output. The gain of each seed is against that seed's own
+    curve (paired by seed); seeds where the method's ID accuracy lies outside the curve's range have
+    no gain and are counted in ``n_outside``, not averaged. Curve points are left out.
+    """
+    points = frontiers[frontiers["kind"] != "curve"]
+    rows = []
+    for (method, split, metric), part in points.groupby(["method", "ood_split", "ood_metric"], sort=False):
+        gains = pd.to_numeric(part["gain_over_curve"], errors="coerce").dropna()
+        mean, low, high = t_interval(gains.tolist(), confidence)
+        rows.append(
+            {
+                "method": method,
+                "ood_split": split,
+                "ood_metric": metric,
+                "n_seeds": len(gains),
+                "n_outside": int((part["outside_curve"].fillna("") != "").sum()),
+                "id_acc_mean": float(part["id_acc"].mean()),
+                "ood_mean": float(part["ood_value"].mean()),
+                "gain_mean": mean,
+                "gain_ci_low": low,
+                "gain_ci_high": high,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(FRONTIER_INTERVAL_COLUMNS))
+
+
+def frontier_markdown(intervals: pd.DataFrame, reference: str = "flyp", confidence: float = 0.95) -> str:
+    """The frontier intervals as a Markdown table in points."""
+    shown = pd.DataFrame(
+        {
+            "method": intervals["method"],
+            "OOD": intervals["ood_split"] + " " + intervals["ood_metric"],
+            "n_seeds": intervals["n_seeds"],
+            "outside curve": intervals["n_outside"],
+            "ID (%)": intervals["id_acc_mean"].map(_points),
+            "OOD (%)": intervals["ood_mean"].map(_points),
+            f"gain over {reference} WiSE-FT (points) [{confidence:.0%} CI]": [
+                _interval(r.gain_mean, r.gain_ci_low, r.gain_ci_high, 100, "+.1f") for r in intervals.itertuples()
+            ],
+        }
+    )
+    return markdown_table(shown)
 
 
 # --------------------------------------------------------------------------------------------

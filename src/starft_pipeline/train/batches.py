@@ -52,6 +52,9 @@ class CropSettings(Protocol):
     @property
     def crop_scale(self) -> tuple[float, float]: ...
 
+    @property
+    def crop_ratio(self) -> tuple[float, float]: ...
+
 
 class StepSettings(CropSettings, Protocol):
     """What a step's draws and losses read of the fine-tuning config (finetune.FinetuneConfig)."""
@@ -106,7 +109,7 @@ def batch_pixels(
     if device is not None:
         pixels = to_device(pixels, device)
     if config.augment:
-        boxes = crop_boxes(len(indices), pixels.shape[-1], config.crop_scale, generator)
+        boxes = crop_boxes(len(indices), pixels.shape[-1], config.crop_scale, generator, config.crop_ratio)
         pixels = apply_crops(pixels, boxes[rows])
     return normalise_images(pixels, loaded.image_mean, loaded.image_std)
 

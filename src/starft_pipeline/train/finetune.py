@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
-from starft_pipeline.core.configs import bounded, check_crop_scale, check_fields, config_from_params
+from starft_pipeline.core.configs import bounded, check_crop_ratio, check_crop_scale, check_fields, config_from_params
 from starft_pipeline.core.distributed import SINGLE_PROCESS, BatchRows, DistContext, current_context, micro_batch_rows
 from starft_pipeline.core.precision import PRECISIONS, Precision
 from starft_pipeline.data.descriptions import DescriptionPool
 from starft_pipeline.data.streaming import DATA_LOADING, DataLoading, ImageSource, epoch_steps
 from starft_pipeline.models.clip import LoadedModel
+from starft_pipeline.train.augment import SQUARE
 from starft_pipeline.train.batches import (
     StepBatch,
     TrainData,
@@ -82,6 +83,7 @@ class FinetuneConfig:
     caption_templates: tuple[str, ...] = ("a photo of a {c}.",)
     augment: bool = True
     crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
+    crop_ratio: tuple[float, float] = bounded(SQUARE, check=check_crop_ratio)  # width / height; official: 3/4–4/3
     seed: int = bounded(0, ge=0)
     teacher_mode: TeacherMode = (
         "cached"  # star/kl: the teacher's features: cached | online | cached_views (teacher_modes)

@@ -77,22 +77,23 @@ def star_regulariser(
     teacher_scale: torch.Tensor | float,
     labels: torch.Tensor,
     kind: RegulariserKind = "star",
-    student_scale: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """StarReg over a batch: image i against the spurious description s_j drawn for sample j.
 
     ``*_image`` are (B, d) normalised image features, ``*_text`` (B, d) normalised features of the
-    descriptions s_j (row j belongs to sample j). ``star`` scales both logits by the teacher's τ₀ and
-    masks same-class pairs; ``kl`` is the plain variant: no mask, the student's own scale.
+    descriptions s_j (row j belongs to sample j). Both variants scale the teacher's and the student's
+    logits by the teacher's τ₀, as the official StarReg and SpuriousKLReg do; ``star`` masks
+    same-class pairs, ``kl`` does not, so the two differ by the mask alone.
+
+    Logits and softmaxes are computed in fp32 with autocast off (the official code trains in fp32):
+    under bf16 autocast the features arrive in bf16 and the result is the fp32 loss of those values.
     """
-    teacher_logits = teacher_scale * teacher_image @ teacher_text.T
-    if kind == "star":
-        student_logits = teacher_scale * student_image @ student_text.T
-        return spuriosity_alignment_loss(student_logits, teacher_logits, labels)
-    if kind == "kl":
-        scale = teacher_scale if student_scale is None else student_scale
-        return spuriosity_alignment_loss(scale * student_image @ student_text.T, teacher_logits, None)
-    raise ValueError(f"regulariser kind must be 'star' or 'kl', got {kind!r}")
+    if kind not in ("star", "kl"):
+        raise ValueError(f"regulariser kind must be 'star' or 'kl', got {kind!r}")
+    with torch.autocast(device_type=student_image.device.type, enabled=False):
+        student_logits = teacher_scale * student_image.float() @ student_text.float().T
+        teacher_logits = teacher_scale * teacher_image.float() @ teacher_text.float().T
+        return spuriosity_alignment_loss(student_logits, teacher_logits, labels if kind == "star" else None)
 
 
 def diminishing_weight(base_weight: float, epoch: int, num_epochs: int, diminishing: bool = True) -> float:

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from starft_pipeline.core.configs import bounded, check_crop_scale, check_device, check_fields, config_from_params
+from starft_pipeline.core.configs import (
+    bounded,
+    check_crop_ratio,
+    check_crop_scale,
+    check_device,
+    check_fields,
+    config_from_params,
+)
 from starft_pipeline.data import synthetic
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.models.clip import (
@@ -105,6 +112,7 @@ class PretrainConfig:
     object_only_steps: int = bounded(3000, ge=0)
     augment: bool = True
     crop_scale: tuple[float, float] = bounded((0.9, 1.0), check=check_crop_scale)
+    crop_ratio: tuple[float, float] = bounded((1.0, 1.0), check=check_crop_ratio)  # width / height; square
     eval_per_pair: int = bounded(20, ge=1)
     eval_seed: int = 1_000_003
     eval_every: int = bounded(500, ge=0)

@@ -59,7 +59,6 @@ def contrastive_losses(batch: StepBatch) -> Losses:
             teacher_scale=data.teacher_scale,
             labels=to_device(labels[gathered], device),
             kind=batch.config.regulariser,
-            student_scale=logit_scale(model),
         )
         total = total + batch.reg_weight * losses["regulariser"]
     return total, losses

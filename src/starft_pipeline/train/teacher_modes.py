@@ -35,7 +35,7 @@ from starft_pipeline.core.tensor_bundle import DamagedFileError, TensorBundle
 from starft_pipeline.data.splits import normalise_images
 from starft_pipeline.data.streaming import ImageSource, StreamedImages
 from starft_pipeline.models.clip import LoadedModel
-from starft_pipeline.train.augment import apply_crops, crop_boxes
+from starft_pipeline.train.augment import SQUARE, apply_crops, crop_boxes
 from starft_pipeline.train.batches import StepBatch, TrainData
 from starft_pipeline.train.engine import Encoders, to_device
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 #: Where cached_views keeps its per-view teacher features (one file per teacher, K, crop scale and seed).
 DEFAULT_VIEWS_DIR = "data/04_feature/teacher_views"
 #: Bumped when the stored view features of unchanged inputs would change (e.g. how crops are drawn).
-VIEWS_VERSION = 1
+VIEWS_VERSION = 2  # 2: boxes hold height and width (top, left, height, width), the crop ratio is keyed
 
 
 class TeacherSettings(Protocol):
@@ -58,6 +58,9 @@ class TeacherSettings(Protocol):
 
     @property
     def crop_scale(self) -> tuple[float, float]: ...
+
+    @property
+    def crop_ratio(self) -> tuple[float, float]: ...
 
     @property
     def seed(self) -> int: ...
@@ -174,14 +177,21 @@ class OnlineTeacher:
 # --- cached_views --------------------------------------------------------------------------------------
 
 
-def draw_view_boxes(n_images: int, image_size: int, views: int, scale: tuple[float, float], seed: int) -> torch.Tensor:
-    """``(N, K, 3)`` crop boxes (top, left, side): K views per image, drawn once from ``seed``."""
-    boxes = crop_boxes(n_images * views, image_size, scale, torch.Generator().manual_seed(seed))
-    return boxes.reshape(n_images, views, 3)
+def draw_view_boxes(
+    n_images: int,
+    image_size: int,
+    views: int,
+    scale: tuple[float, float],
+    seed: int,
+    ratio: tuple[float, float] = SQUARE,
+) -> torch.Tensor:
+    """``(N, K, 4)`` crop boxes (top, left, height, width): K views per image, drawn once from ``seed``."""
+    boxes = crop_boxes(n_images * views, image_size, scale, torch.Generator().manual_seed(seed), ratio)
+    return boxes.reshape(n_images, views, 4)
 
 
 def view_pixels(loaded: LoadedModel, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Normalised pixels of each image cropped to its box (``boxes``: (n, 3)), on the images' device."""
+    """Normalised pixels of each image cropped to its box (``boxes``: (n, 4)), on the images' device."""
     crops = apply_crops(images, boxes)
     return normalise_images(crops, loaded.image_mean, loaded.image_std)
 
@@ -206,7 +216,7 @@ def encode_views(
     out: torch.Tensor | None = None
     for chunk, uint8 in _image_chunks(images, batch_size):
         repeated = uint8.to(encoders.device).repeat_interleave(views, dim=0)
-        pixels = view_pixels(loaded, repeated, boxes[chunk].reshape(-1, 3))
+        pixels = view_pixels(loaded, repeated, boxes[chunk].reshape(-1, 4))
         features = F.normalize(encoders.encode_image(pixels), dim=-1).cpu().reshape(len(chunk), views, -1)
         out = torch.empty(n_images, views, features.shape[-1]) if out is None else out
         out[chunk] = features
@@ -259,11 +269,12 @@ class CachedViews:
 
 
 def views_key(teacher_fingerprint: str, config: TeacherSettings, n_images: int, image_size: int) -> str:
-    """What the stored view features depend on: the teacher (weights, data), K, the crop scale, the seed, precision."""
+    """What the stored view features depend on: the teacher (weights, data), K, the crop scale and ratio, the seed, precision."""
     return fingerprint(
         teacher_fingerprint,
         config.teacher_views,
         list(config.crop_scale),
+        list(config.crop_ratio),
         config.seed,
         n_images,
         image_size,
@@ -292,7 +303,7 @@ def load_or_build_views(
     if stored is not None:
         logger.info("cached_views: reusing %s (%d images × %d views)", path, len(images), config.teacher_views)
         return CachedViews(loaded, *stored)
-    boxes = draw_view_boxes(len(images), size, config.teacher_views, config.crop_scale, config.seed)
+    boxes = draw_view_boxes(len(images), size, config.teacher_views, config.crop_scale, config.seed, config.crop_ratio)
     features = encode_views(loaded, frozen_encoders(loaded, device, config.precision), images, boxes)
     if write:
         TensorBundle({"boxes": boxes, "features": features}, {"key": key}).save(path)

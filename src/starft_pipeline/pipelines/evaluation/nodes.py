@@ -15,11 +15,13 @@ from starft_pipeline.data.splits import check_groups_present, load_split_images
 from starft_pipeline.evaluate.figures import (
     SavableFigure,
     message_figure,
+    plot_frontier,
     plot_group_accuracy_comparison,
     plot_method_group_accuracy,
     plot_training_curves,
     plot_wise_ft_curves,
 )
+from starft_pipeline.evaluate.frontier import FRONTIER_COLUMNS, frontier_table
 from starft_pipeline.evaluate.markdown import comparison_markdown
 from starft_pipeline.evaluate.metrics import HEADLINE_METRIC, convention_warning
 from starft_pipeline.evaluate.predictions import SplitToEvaluate, zero_shot_predictions
@@ -213,6 +215,27 @@ def plot_wise_ft(wise_ft_curve: pd.DataFrame | Any, reporting: dict[str, Any]) -
         return message_figure("No WiSE-FT sweep: evaluation.wise_ft.methods lists no method.", "WiSE-FT")
     alphas = reporting.get("wise_ft_annotate_alphas")
     return plot_wise_ft_curves(wise_ft_curve, annotate_alphas=alphas, method_order=model_order())
+
+
+def frontier_report(
+    results: pd.DataFrame, wise_ft_curve: pd.DataFrame | Any, dataset_index: dict[str, Any], reporting: dict[str, Any]
+) -> tuple[pd.DataFrame | Any, SavableFigure | Any]:
+    """Every model's OOD metrics against the reference's WiSE-FT curve at equal ID accuracy (evaluate.frontier).
+
+    ``UNCHANGED`` (both files stay as they were) when this run swept nothing; with a sweep that lacks
+    the reference's curve the table is empty and the figure says what to set.
+    """
+    if wise_ft_curve is UNCHANGED:
+        return UNCHANGED, UNCHANGED
+    reference = reporting.get("frontier_reference", "flyp")
+    split = reporting.get("frontier_split", "test")
+    swept = set(wise_ft_curve["method"]) if "method" in wise_ft_curve else set()
+    if reference not in swept:
+        message = f"No frontier: the WiSE-FT sweep has no {reference!r} curve; add it to evaluation.wise_ft.methods."
+        logger.warning(message)
+        return pd.DataFrame(columns=list(FRONTIER_COLUMNS)), message_figure(message, "Frontier")
+    table = frontier_table(results, wise_ft_curve, dataset_index["finetune_dataset"], reference, split)
+    return table, plot_frontier(table, method_order=model_order())
 
 
 def plot_training(reporting: dict[str, Any], *histories: pd.DataFrame) -> SavableFigure:

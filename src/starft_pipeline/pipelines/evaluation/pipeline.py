@@ -10,6 +10,7 @@ from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipelines.evaluation.nodes import (
     check_dataset_conventions,
     collect_results,
+    frontier_report,
     plot_group_comparison,
     plot_method_groups,
     plot_training,
@@ -97,7 +98,21 @@ def with_wise_ft_plot(pipeline: Pipeline) -> Pipeline:
     return pipeline + Pipeline([plot], tags="evaluation")
 
 
+def with_frontier(pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` plus the frontier (every model against the reference's WiSE-FT curve at equal ID
+    accuracy) when ``pipeline`` produces both the results and the sweep."""
+    if not {"results", WISE_FT_CURVE} <= pipeline.all_outputs():
+        return pipeline
+    node = Node(
+        frontier_report,
+        ["results", WISE_FT_CURVE, "dataset_index", "params:reporting"],
+        ["frontier", "frontier_plot"],
+        name="write_frontier",
+    )
+    return pipeline + Pipeline([node], tags="evaluation")
+
+
 def create_pipeline(**kwargs) -> Pipeline:
     charts = sum((model_chart(model) for model in (ZERO_SHOT, *method_names())), Pipeline([]))
     pipeline = one_pass_evaluation() + charts + report_pipeline()
-    return with_wise_ft_plot(pipeline)
+    return with_frontier(with_wise_ft_plot(pipeline))
