@@ -1,7 +1,7 @@
 """A CPU dress rehearsal of the ImageNet run under torchrun: ``conf/imagenet`` on an ImageNet-shaped
 tree (benchmarks/make_imagenet_like.py's generator, 10 classes) with the tiny model, two processes
-(gloo, loopback), class_names → descriptions → teacher → finetune (every method, lp included, a few
-steps) → evaluation → export.
+(gloo, loopback), class_names → descriptions → shards → teacher → finetune (every method, lp included,
+a few steps) → evaluation → export, every stage after the shards reading the pre-resized shards.
 
 The process group's timeout (``distributed.timeout_s``) is set SHORTER than a rank-0-only phase that
 the test slows down: rank 0 sleeps in the descriptions node (where it alone would ask Claude) longer
@@ -34,7 +34,7 @@ from tests.helpers import PROJECT_ROOT, copy_project, kedro_env
 
 TIMEOUT_S = 8.0  # the process group's timeout: any collective waiting longer kills the job
 RANK0_SLOWDOWN_S = 12.0  # rank 0's descriptions phase, made longer than the timeout
-STAGES = "class_names,descriptions,teacher,finetune,evaluation,export"
+STAGES = "class_names,descriptions,shards,teacher,finetune,evaluation,export"
 TREE = "data/01_raw/imagenet_like"
 #: Every fine-tuning method: one epoch of a few steps on the CPU (40 training images, batch 16).
 TINY_FINETUNE = {
@@ -78,6 +78,8 @@ OVERRIDES: dict[str, Any] = {
         "wise_ft": {"alphas": [0.0, 1.0], "splits": ["test"]},
     },
     "export": {"device": "cpu"},
+    # conf/imagenet's shards folder; several tar files per split, so that the two ranks share the writing
+    "shards": {"num_workers": 1, "rows_per_shard": 16},
     "distributed": {"timeout_s": TIMEOUT_S},
 }
 #: Put first on the subprocesses' PYTHONPATH: rank 0 sleeps before building the descriptions document.
@@ -211,3 +213,16 @@ def test_only_rank_zero_opens_an_mlflow_run(rehearsal) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
     assert len(runs) == 1, [run.info.run_name for run in runs]
+
+
+@pytest.mark.slow
+def test_the_stages_after_the_shards_read_them(rehearsal) -> None:
+    import json
+
+    project, lines, _ = rehearsal
+    folder = project / "data/05_model_input/shards/imagenet/train"
+    index = json.loads((folder / "index.json").read_text())
+    assert len(list(folder.glob("*.tar"))) >= 2 and index, "the two ranks share several tar files"
+    teacher_model = json.loads((project / "data/04_feature/teacher_model.json").read_text())
+    assert teacher_model["shards"]["folder"] == "data/05_model_input/shards"  # what finetune and evaluation read
+    assert any("train images:" in line and "data/05_model_input/shards" in line for line in lines), lines[-40:]

@@ -86,8 +86,8 @@ def dataset_split(metadata: pd.DataFrame, index: DatasetIndex, dataset: str, spl
     """One split of one data set, rows in metadata order (the teacher cache's row order)."""
     n_places = int(dataset_info(index, dataset)["n_places"])
     rows = metadata[(metadata["dataset"] == dataset) & (metadata["split"] == SPLIT_CODES[split])]
-    labels = rows["y"].to_numpy(dtype=np.int64)
-    places = rows["place"].to_numpy(dtype=np.int64)
+    labels = rows["y"].to_numpy(dtype=np.int64, copy=True)
+    places = rows["place"].to_numpy(dtype=np.int64, copy=True)
     _check_rows_match_index(labels, places, dataset_info(index, dataset), f"{dataset}/{split}")
     return GroupSplit(
         name=split,

@@ -133,8 +133,8 @@ def split_of(frame: pd.DataFrame, root: str | Path, split: str, n_places: int) -
     if split not in SPLIT_CODES:
         raise DataError(f"unknown split {split!r}; use one of {list(SPLIT_CODES)}")
     rows = frame[frame["split"] == SPLIT_CODES[split]]
-    labels = rows["y"].to_numpy(dtype=np.int64)
-    places = rows["place"].to_numpy(dtype=np.int64)
+    labels = rows["y"].to_numpy(dtype=np.int64, copy=True)
+    places = rows["place"].to_numpy(dtype=np.int64, copy=True)
     return GroupSplit(
         name=split,
         paths=tuple(Path(root) / name for name in rows["img_filename"]),

@@ -358,8 +358,11 @@ def _quiet_random_init_warning(active: bool) -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
-    """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants."""
+def create_model(spec: ModelSpec, device: torch.device | str = "cpu", weights_follow: bool = False) -> LoadedModel:
+    """Build the open_clip model of ``spec`` with its weights, tokenizer and preprocessing constants.
+
+    ``weights_follow``: the caller replaces every weight next (an export), so open_clip's warning that
+    the model starts from random weights does not apply."""
     open_clip = open_clip_with_configs()
     check_architecture_fits_weights(spec)  # first: it needs no weights, only configs
     _check_pretrained_available(spec)
@@ -367,7 +370,7 @@ def create_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedM
     state_dict_file = pretrained if pretrained and _is_weight_file(pretrained) else None
     torch.manual_seed(spec.init_seed)
     try:
-        with _hub_offline(not spec.allow_download), _quiet_random_init_warning(bool(state_dict_file)):
+        with _hub_offline(not spec.allow_download), _quiet_random_init_warning(bool(state_dict_file) or weights_follow):
             model = open_clip.create_model(
                 spec.architecture,
                 pretrained=None if state_dict_file else pretrained,

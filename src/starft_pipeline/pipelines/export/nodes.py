@@ -23,7 +23,7 @@ def export_open_clip(
     architecture = teacher.architecture  # what the model was trained as, e.g. ViT-B-16-quickgelu
     state_dict, heads = split_heads(weights.tensors, weights.metadata)
     device = resolve_device(export.get("device", "auto"))
-    loaded = create_model(ModelSpec(architecture), device=device)  # every weight is replaced next
+    loaded = create_model(ModelSpec(architecture), device=device, weights_follow=True)  # replaced next
     load_state_dict(loaded.model, state_dict, source=f"the weights of {weights.metadata.get('method')!r}")
     task = eval_task(dataset_index, dataset_index["finetune_dataset"])
     head, kind = dataset_classifier(loaded, heads, task.class_names, task.templates, device)
