@@ -4,7 +4,8 @@ Run by ``benchmarks/gpu_check.sh`` (≤ 8 minutes on one GPU; each section's est
 is printed first, its actual time after it). Sections:
 
 - training: FLYP and StarFT (cached teacher), eager and compiled. The model is randomly initialised
-  (open_clip's ``ViT-B-16`` config; speed does not depend on the weights), images, labels and teacher
+  (open_clip's ``ViT-B-16-quickgelu`` config, what conf/imagenet builds for OpenAI's weights; speed does
+  not depend on the weights), images, labels and teacher
   features are random, the classes and descriptions are ImageNet's 1,000 with the background pool: the
   real ``training_step`` of the pipeline, with the recipe's defaults (precision ``auto`` = bf16 on
   CUDA, TF32).
@@ -102,6 +103,10 @@ class Check:
         return TIME_BUDGET_S - (time.perf_counter() - self.started)
 
 
+#: The paper's model as conf/imagenet builds it for OpenAI's weights (QuickGELU).
+RECIPE_ARCHITECTURE = "ViT-B-16-quickgelu"
+
+
 def peak_tflops_for(gpu_name: str) -> float | None:
     """The GPU's dense bf16 peak from its name (``torch.cuda.get_device_name``); None when not known."""
     return next((peak for name, peak in PEAK_TFLOPS if name.lower() in gpu_name.lower()), None)
@@ -136,7 +141,7 @@ def train_flops_per_image(setting: Setting, text_tokens_per_image: float, online
 
     ``online``: plus the frozen teacher's forward (one image and one description text per image),
     work the GPU does each step, so MFU counts it as useful."""
-    if setting.architecture != "ViT-B-16":
+    if setting.architecture != RECIPE_ARCHITECTURE:
         return 0.0
     text = TEXT_GFLOPS * text_tokens_per_image / CONTEXT_LENGTH
     teacher = IMAGE_GFLOPS + text if online else 0.0
@@ -440,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         device, steps, warmup = torch.device("cpu"), 2, 1
         torch.set_num_threads(1)  # a tiny model: threads would only wait for each other on a shared CPU
     else:
-        setting = Setting("vit-b-16", "ViT-B-16", args.batch, tuple(IMAGENET_CLASSNAMES), "background")
+        setting = Setting("vit-b-16", RECIPE_ARCHITECTURE, args.batch, tuple(IMAGENET_CLASSNAMES), "background")
         device, steps, warmup = resolve_device("auto"), args.steps, args.warmup
         if device.type != "cuda":
             raise SystemExit("gpu_check: no CUDA device; use --dry to check the script on the CPU")
