@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from starft_pipeline.evaluate.results import require_columns, split_parts
+from starft_pipeline.models.heads import ZERO_SHOT
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: it costs every kedro command start-up time
     from matplotlib.figure import Figure
@@ -434,7 +435,7 @@ def _frontier_panel(ax: Any, part: pd.DataFrame, colors: Mapping[Any, Any], refe
         if a in (curve["alpha"].min(), curve["alpha"].max()):
             ax.annotate(f"α={a:g}", (xv, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for row in part[part["kind"] != "curve"].itertuples(index=False):
-        zero_shot = row.kind == "zero_shot"
+        zero_shot = row.kind == ZERO_SHOT
         ax.scatter(
             row.id_acc * 100.0,
             row.ood_value * 100.0,

@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 
 from starft_pipeline.evaluate.results import require_columns
+from starft_pipeline.models.heads import ZERO_SHOT
 
 #: The ID axis: the fine-tuned data set's train-weighted average (WILDS ``adj_acc_avg``).
 ID_METRIC = "adjusted_avg_acc"
 #: OOD metrics of the fine-tuned data set's own (balanced, shifted) split, and of a transfer data set.
 SHIFTED_METRICS: tuple[str, ...] = ("avg_acc", "worst_group_acc")
 TRANSFER_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
-ZERO_SHOT = "zero_shot"
 #: Exact column order of ``frontier.csv``.
 FRONTIER_COLUMNS: tuple[str, ...] = (
     "kind",
@@ -138,7 +138,7 @@ def frontier_table(
             rows.append(_row("curve", reference, point.alpha, id_split, point.id_acc, axis, point.ood_value))
         for entry in _wide(results, "method", id_split, axis).itertuples(index=False):
             value, where = curve_value(points["id_acc"], points["ood_value"], entry.id_acc)
-            kind = "zero_shot" if entry.method == ZERO_SHOT else "method"
+            kind = ZERO_SHOT if entry.method == ZERO_SHOT else "method"
             row = _row(kind, entry.method, math.nan, id_split, entry.id_acc, axis, entry.ood_value)
             rows.append(
                 row | {"curve_value": value, "gain_over_curve": entry.ood_value - value, "outside_curve": where}
