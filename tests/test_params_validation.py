@@ -162,7 +162,10 @@ BAD_VALUES = {
         {"evaluation__wise_ft__alpha": 2.0},
         "evaluation.wise_ft.alpha: Input should be less than or equal to 1 (got 2.0)",
     ),
-    "wise method": ({"evaluation__wise_ft__methods": ["zs"]}, "evaluation.wise_ft.methods.0: method must be one of"),
+    "wise method": (
+        {"evaluation__wise_ft__methods": ["zs"]},
+        "evaluation.wise_ft.methods: methods lists ['zs'], which are not fine-tuning methods; known: [",
+    ),
     "empty groups flag": (
         {"evaluation__allow_empty_groups": "no"},
         "evaluation.allow_empty_groups: Input should be a valid boolean (got 'no')",
