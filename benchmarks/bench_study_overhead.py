@@ -44,7 +44,7 @@ def main() -> None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models
+    from starft_pipeline.pipelines.evaluation.nodes import evaluate_models
     from starft_pipeline.pipelines.finetune.nodes import loss_curve_metrics
     from starft_pipeline.train.methods import METHODS
 

@@ -1,7 +1,8 @@
 """Typed parameters: one Pydantic model per parameters block, checked before any node runs.
 
 Blocks that a core dataclass reads (``<method>.finetune`` → :class:`~starft_pipeline.train.finetune.FinetuneConfig`,
-``teacher.model`` → :class:`~starft_pipeline.models.clip.ModelSpec`, ``pretrain``, ``evaluation.bootstrap``,
+``teacher.model`` → :class:`~starft_pipeline.models.clip.ModelSpec`, ``pretrain``, ``evaluation``
+(:class:`~starft_pipeline.evaluate.config.EvaluationConfig`, its ``bootstrap`` and ``wise_ft``),
 the data checks of ``datasets.<name>``) get a model *generated from that dataclass*: its fields, types,
 defaults and the ranges and checks its fields carry (:func:`starft_pipeline.core.configs.bounded`), so a
 field or a range added there is accepted and checked here at once, plus the dataclass's cross-field
@@ -43,6 +44,7 @@ from starft_pipeline.data.formats import DataFormat
 from starft_pipeline.data.metadata import DataChecks
 from starft_pipeline.data.shards import DEFAULT_ROWS_PER_SHARD
 from starft_pipeline.data.tasks import CONVENTIONS
+from starft_pipeline.evaluate.config import EvaluationConfig, SplitName, WiseFtConfig
 from starft_pipeline.evaluate.results import BootstrapSettings
 from starft_pipeline.llm import LLMSettings
 from starft_pipeline.models.clip import ModelSpec
@@ -92,7 +94,6 @@ def _one_of(allowed: Iterable[str]) -> AfterValidator:
 
 
 Device = Annotated[str, Strict(), AfterValidator(check_device)]
-SplitName = Literal["train", "val", "test"]
 Alpha = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 MethodName = Annotated[str, Strict(), AfterValidator(check_method)]  # a row of methods.METHOD_SPECS, read at call time
 
@@ -142,8 +143,13 @@ def field_constraints(cls: type) -> dict[str, list[Any]]:
                 Field(ge=bounds.get("ge"), gt=bounds.get("gt"), le=bounds.get("le"), lt=bounds.get("lt"))
             )
     for name, check in field_checks(cls).items():
-        constraints.setdefault(name, []).append(AfterValidator(check))
+        constraints.setdefault(name, []).append(AfterValidator(_unless_none(check)))
     return constraints
+
+
+def _unless_none(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``check`` that lets None pass, as the dataclass's own ``check_fields`` does (an optional field)."""
+    return lambda value: value if value is None else check(value)
 
 
 def _after_check(check: Callable[[dict[str, Any]], Any]) -> Any:
@@ -300,27 +306,15 @@ FinetuneParams = model_from_dataclass(
 # --- evaluation, reporting, pretrain ---------------------------------------------------------------
 
 BootstrapParams = model_from_dataclass(BootstrapSettings)
-
-
-class WiseFtParams(BaseModel):
-    model_config = STRICT
-    methods: list[MethodName] = []
-    alphas: list[Alpha] = Field(default=[round(0.1 * step, 1) for step in range(11)], min_length=1)
-    alpha: Alpha = 0.5
-    splits: list[SplitName] | None = None
-
-
-class EvaluationParams(BaseModel):
-    model_config = STRICT
-    splits: list[SplitName] = Field(min_length=1)
-    device: Device = "auto"
-    bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)  # type: ignore[valid-type]
-    wise_ft: WiseFtParams = Field(default_factory=WiseFtParams)
-    allow_empty_groups: Annotated[bool, Strict()] = False
-    models: list[MethodName] | None = None  # fine-tuned methods to evaluate (None: every method)
-    zero_shot: Annotated[bool, Strict()] = True  # false: leave the zero-shot model out of this run
-    batch_size: Annotated[int, Strict(), Field(ge=1)] = 256
-    num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
+WiseFtParams = model_from_dataclass(WiseFtConfig)
+#: The nested blocks of ``evaluation``: their own models, so an error names the nested key.
+EVALUATION_NESTED_FIELDS = {
+    "bootstrap": (BootstrapParams, Field(default_factory=BootstrapParams)),
+    "wise_ft": (WiseFtParams, Field(default_factory=WiseFtParams)),
+}
+EvaluationParams = model_from_dataclass(
+    EvaluationConfig, extra_fields=EVALUATION_NESTED_FIELDS, exclude=tuple(EVALUATION_NESTED_FIELDS)
+)
 
 
 class ReportingParams(BaseModel):

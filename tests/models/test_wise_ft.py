@@ -1,5 +1,5 @@
-"""WiSE-FT: the interpolation against hand-computed values, and the sweep's models and outputs (the one-pass
-evaluation of every α is tested in test_one_pass_evaluation.py)."""
+"""WiSE-FT: the interpolation against hand-computed values (the sweep's models and outputs are tested in
+tests/evaluate/test_wise_sweep.py, the one-pass evaluation of every α in test_one_pass_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import torch
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.models.heads import ClassifierHead, head_metadata, head_tensors, split_heads
 from starft_pipeline.models.wise_ft import alpha_grid, interpolate_weights, wise_ft_bundle, zero_shot_counterpart
-from starft_pipeline.pipelines.evaluation.wise_ft import (
-    CURVE_COLUMNS,
-    WiseModel,
-    wise_models,
-    wise_outputs,
-    wise_settings,
-)
 
 ZERO_SHOT = {"w": torch.tensor([[0.0, 2.0], [4.0, -2.0]]), "b": torch.tensor([1.0, 3.0]), "n": torch.tensor([7])}
 FINETUNED = {"w": torch.tensor([[2.0, 2.0], [0.0, 2.0]]), "b": torch.tensor([3.0, -1.0]), "n": torch.tensor([7])}
@@ -88,58 +81,3 @@ def test_learned_heads_are_interpolated_with_the_zero_shot_head():
     assert torch.equal(heads["d"].weight, torch.tensor([[1.0, 5.0], [5.0, 1.0]]))
     assert torch.equal(heads["d"].bias, torch.tensor([0.5, -0.5]))
     assert mixed.metadata["wise_ft_alpha"] == 0.5 and mixed.metadata["method"] == "ft"
-
-
-# ----------------------------------------------------------------------------- the sweep's models
-
-
-def _settings(alphas, splits, alpha=0.5):
-    return wise_settings(
-        {
-            "splits": ["val", "test"],
-            "wise_ft": {"methods": ["flyp"], "alphas": alphas, "alpha": alpha, "splits": splits},
-        },
-        ["flyp"],
-    )
-
-
-def test_chosen_alpha_reuses_the_sweep_when_it_covers_the_evaluation_splits():
-    finetuned = TensorBundle({"w": torch.ones(1)}, {"method": "flyp"})
-    settings = _settings([1.0, 0.0, 0.5], ["val", "test"])
-    models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, settings, ["val", "test"])
-    assert [(model.key, float(bundle.tensors["w"][0]), splits) for model, bundle, splits in models] == [
-        ("flyp+wise@0", 0.0, ("val", "test")),
-        ("flyp+wise@0.5", 0.5, ("val", "test")),
-        ("flyp+wise@1", 1.0, ("val", "test")),
-    ]
-    narrower = _settings([0.0, 1.0], ["test"])  # a narrower sweep: the chosen α is evaluated on its own
-    models = wise_models("flyp", finetuned, {"w": torch.zeros(1)}, {}, narrower, ["val", "test"])
-    assert [(model, splits) for model, _, splits in models][-1] == (WiseModel("flyp"), ("val", "test"))
-    assert {model.label for model, _, _ in models} == {"flyp+wise"}
-    rows = {
-        model.key: {
-            "results": [
-                {
-                    "method": "flyp+wise",
-                    "dataset": "d",
-                    "split": f"d/{split}",
-                    **dict.fromkeys(CURVE_COLUMNS[4:], float(bundle.tensors["w"][0])),
-                }
-                for split in splits
-            ]
-        }
-        for model, bundle, splits in models
-    }
-    curve, chosen = wise_outputs(narrower, rows, ["val", "test"])
-    assert list(curve["alpha"]) == [0.0, 1.0] and list(curve["split"]) == ["test", "test"]
-    assert [row["avg_acc"] for row in chosen["results"]] == [0.5, 0.5]
-
-
-def test_unknown_method_in_the_sweep_list_names_the_parameter():
-    with pytest.raises(ValueError, match=r"evaluation.wise_ft.methods lists \['nope'\]"):
-        wise_settings({"splits": ["test"], "wise_ft": {"methods": ["nope"]}}, ["ft"])
-
-
-def test_methods_not_evaluated_are_not_swept():
-    settings = wise_settings({"splits": ["test"], "wise_ft": {"methods": ["ft", "flyp"]}}, ["flyp"])
-    assert settings["methods"] == ["flyp"]

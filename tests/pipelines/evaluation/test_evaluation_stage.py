@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 
 from starft_pipeline.data.dataset_index import dataset_entry
 from starft_pipeline.data.metadata import DataError
+from starft_pipeline.evaluate import one_pass
+from starft_pipeline.evaluate.config import EvaluationConfig
 from starft_pipeline.evaluate.metrics import (
     WATERBIRDS_GROUP_NAMES,
     WATERBIRDS_TRAIN_GROUP_COUNTS,
@@ -165,14 +167,15 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory):
 def test_every_dataset_is_evaluated_zero_shot_with_its_own_names_and_prompts(tiny_index, monkeypatch) -> None:
     metadata, index, teacher_model, evaluation = tiny_index
     seen = []
-    original = nodes.zero_shot_predictions
+    original = one_pass.zero_shot_predictions
 
     def spy(loaded, images, task, *args, **kwargs):
         seen.append((task.name, task.class_names, task.templates))
         return original(loaded, images, task, *args, **kwargs)
 
-    monkeypatch.setattr(nodes, "zero_shot_predictions", spy)
-    rows = nodes.evaluate_weights(ZERO_SHOT, None, metadata, index, teacher_model, evaluation)
+    monkeypatch.setattr(one_pass, "zero_shot_predictions", spy)
+    config = EvaluationConfig.from_params(evaluation)
+    rows = one_pass.evaluate_weights(ZERO_SHOT, None, metadata, index, teacher_model, config)
     for dataset, entry in index["datasets"].items():
         assert (dataset, tuple(entry["class_names"]), tuple(entry["templates"])) in seen
     assert seen[-1][2] == ("a drawing of a {c}.",)  # waterbirds_like keeps its own prompts
@@ -269,10 +272,10 @@ def test_every_model_gets_a_chart_and_the_reports_are_wired() -> None:
     evaluation = register_pipelines()["evaluation"]
     names = {node.name for node in evaluation.nodes}
     assert {f"evaluation.plot_group_accuracy_{model}" for model in ("zero_shot", *METHODS)} <= names
-    one_pass = next(node for node in evaluation.nodes if node.name == "evaluation.evaluate_models")
-    assert [name for name in one_pass.inputs if name.endswith(".weights")] == [f"{m}.weights" for m in METHODS]
+    one_pass_node = next(node for node in evaluation.nodes if node.name == "evaluation.evaluate_models")
+    assert [name for name in one_pass_node.inputs if name.endswith(".weights")] == [f"{m}.weights" for m in METHODS]
     assert {f"{model}.evaluation" for model in ("zero_shot", *METHODS, "wise_ft")} | {WISE_FT_CURVE} == set(
-        one_pass.outputs
+        one_pass_node.outputs
     )
     outputs = evaluation.all_outputs()
     assert {

@@ -12,14 +12,15 @@ from starft_pipeline.core.distributed import DistContext, all_gather_rows, shard
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.streaming import split_batches
 from starft_pipeline.evaluate import predictions as evaluate
+from starft_pipeline.evaluate.config import EvaluationConfig
+from starft_pipeline.evaluate.one_pass import evaluate_weights
+from starft_pipeline.evaluate.wise_sweep import CURVE_COLUMNS
 from starft_pipeline.kedro_io import UNCHANGED, LazyTensorBundle
 from starft_pipeline.models.clip import ModelSpec, create_model, state_dict_copy
 from starft_pipeline.models.heads import head_metadata, head_tensors, zero_shot_linear_head
 from starft_pipeline.models.teacher import TeacherCache
 from starft_pipeline.models.wise_ft import wise_ft_bundle, zero_shot_counterpart
-from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
-from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
-from starft_pipeline.pipelines.evaluation.wise_ft import CURVE_COLUMNS
+from starft_pipeline.pipelines.evaluation.nodes import evaluate_models, evaluation_outputs
 from starft_pipeline.train.methods import METHODS
 from tests.helpers import stage_tiny
 
@@ -82,7 +83,7 @@ def one_pass(staged, tmp_path_factory):
 def _reference(staged: dict, method: str, bundle: TensorBundle | None) -> pd.DataFrame:
     context = [staged[name] for name in ("dataset_metadata", "dataset_index", "teacher_model")]
     evaluation = {key: value for key, value in staged["evaluation"].items() if key != "batch_size"}
-    return pd.DataFrame(evaluate_weights(method, bundle, *context, evaluation)["results"])
+    return pd.DataFrame(evaluate_weights(method, bundle, *context, EvaluationConfig.from_params(evaluation))["results"])
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "ft", "flyp"])

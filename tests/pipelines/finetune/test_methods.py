@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from starft_pipeline.evaluate.config import EvaluationConfig
+from starft_pipeline.evaluate.one_pass import evaluate_weights
 from starft_pipeline.models.clip import ModelSpec, create_model
 from starft_pipeline.models.heads import (
     ClassifierHead,
@@ -18,7 +20,6 @@ from starft_pipeline.models.heads import (
     weights_bundle,
     zero_shot_linear_head,
 )
-from starft_pipeline.pipelines.evaluation.nodes import evaluate_weights
 from starft_pipeline.pipelines.finetune.nodes import finetune_method, fit_linear_probe, linear_probe_weights
 from starft_pipeline.pipelines.finetune.pipeline import SHARED_INPUTS, create_pipeline
 from starft_pipeline.train.finetune import FinetuneConfig
@@ -150,7 +151,7 @@ def _run_method(staged, method):
 
 
 def _evaluate(staged, method, weights):
-    evaluation = {"splits": ["test"], "device": "cpu", "bootstrap": {"n_resamples": 10}}
+    evaluation = EvaluationConfig.from_params({"splits": ["test"], "device": "cpu", "bootstrap": {"n_resamples": 10}})
     return evaluate_weights(
         method, weights, staged["dataset_metadata"], staged["dataset_index"], staged["teacher_model"], evaluation
     )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from starft_pipeline.core.tensor_bundle import TensorBundle
-from starft_pipeline.data.dataset_index import dataset_info, dataset_split, eval_task
-from starft_pipeline.data.splits import check_groups_present, load_split_images
+from starft_pipeline.evaluate import one_pass
+from starft_pipeline.evaluate.config import EvaluationConfig
 from starft_pipeline.evaluate.figures import (
     SavableFigure,
     message_figure,
@@ -24,19 +22,16 @@ from starft_pipeline.evaluate.figures import (
 from starft_pipeline.evaluate.frontier import FRONTIER_COLUMNS, frontier_table
 from starft_pipeline.evaluate.markdown import comparison_markdown
 from starft_pipeline.evaluate.metrics import HEADLINE_METRIC, convention_warning
-from starft_pipeline.evaluate.predictions import SplitToEvaluate, zero_shot_predictions
 from starft_pipeline.evaluate.results import (
     CLASS_COLUMNS,
     GROUP_COLUMNS,
     METRIC_COLUMNS,
     REPORT_COLUMNS,
-    BootstrapSettings,
     mlflow_metric_key,
-    split_report,
 )
+from starft_pipeline.evaluate.wise_sweep import WISE_FT
 from starft_pipeline.kedro_io import UNCHANGED
-from starft_pipeline.models.clip import ModelSpec, create_model, load_state_dict, resolve_device
-from starft_pipeline.models.heads import ZERO_SHOT, head_for_classes, split_heads
+from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.train.methods import method_names
 
 logger = logging.getLogger(__name__)
@@ -47,98 +42,31 @@ def model_order() -> tuple[str, ...]:
     return (ZERO_SHOT, *method_names())
 
 
-def evaluation_targets(
-    dataset_metadata: pd.DataFrame, dataset_index: dict[str, Any], evaluation: dict[str, Any], split_names: list[str]
-) -> list[SplitToEvaluate]:
-    """Every configured data set's non-empty ``split_names``, in data-set then split order, checked
-    to hold every group (unless ``evaluation.allow_empty_groups``)."""
-    allow_empty = bool(evaluation.get("allow_empty_groups", False))
-    targets = []
-    for dataset in dataset_index["datasets"]:
-        task = eval_task(dataset_index, dataset)
-        for split_name in split_names:
-            split = dataset_split(dataset_metadata, dataset_index, dataset, split_name)
-            if not len(split):
-                continue
-            check_groups_present(split, task.group_names, f"{dataset}/{split_name}", allow_empty)
-            targets.append(SplitToEvaluate(dataset, split_name, split, task))
-    return targets
-
-
-def report_rows(
-    method: str,
-    targets: list[SplitToEvaluate],
-    predictions: Mapping[tuple[str, str], np.ndarray],
-    dataset_index: dict[str, Any],
-    evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    """Metrics rows of one model from its predictions keyed ``(dataset, split name)``; targets without
-    predictions are skipped."""
-    rows: dict[str, list[dict[str, Any]]] = {"results": [], "groups": [], "classes": []}
-    bootstrap = BootstrapSettings(**evaluation.get("bootstrap", {}))
-    allow_empty = bool(evaluation.get("allow_empty_groups", False))
-    for target in targets:
-        if (target.dataset, target.split_name) not in predictions:
-            continue
-        label = f"{target.dataset}/{target.split_name}"
-        convention = dataset_info(dataset_index, target.dataset).get("convention", "generic")
-        report = split_report(
-            method,
-            label,
-            target.split.labels,
-            predictions[(target.dataset, target.split_name)],
-            target.split.groups,
-            target.task,
-            convention,
-            bootstrap,
-            allow_empty,
-        )
-        for table, part in report.items():
-            rows[table].extend({**row, "dataset": target.dataset} for row in part)
-        result = report["results"][0]
-        logger.info(
-            "%s on %s: avg %.3f, worst-group %.3f, adjusted avg %.3f",
-            method,
-            label,
-            result["avg_acc"],
-            result["worst_group_acc"],
-            result["adjusted_avg_acc"],
-        )
-    return rows
-
-
-def evaluate_weights(
-    method: str,
-    weights: TensorBundle | None,
+def evaluate_models(
     dataset_metadata: pd.DataFrame,
     dataset_index: dict[str, Any],
     teacher_model: dict[str, Any],
+    teacher_cache: TensorBundle,
     evaluation: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
-    """Metrics rows of one model on every configured data set and evaluation split, one model at a
-    time (the reference the one-pass evaluation, :mod:`.one_pass`, is tested against).
+    *weights: Any,
+) -> tuple[Any, ...]:
+    """Every model's evaluation in one pass over each split (:func:`starft_pipeline.evaluate.one_pass.evaluate_models`).
 
-    A learned head in ``weights`` (LP, FT, LP-FT) classifies every data set whose classes it knows;
-    the others are classified zero-shot from the model's text tower.
+    Returns the evaluations of ``zero_shot`` and of each method of the table, the WiSE-FT evaluation
+    at the chosen α and the WiSE-FT curve (:func:`evaluation_outputs`); ``UNCHANGED`` (the file stays
+    as it was) for each one this run does not evaluate (a method not in ``evaluation.models``,
+    WiSE-FT without a method to sweep).
     """
-    device = resolve_device(evaluation.get("device", "auto"))
-    loaded = create_model(ModelSpec(**teacher_model["spec"]), device=device)
-    heads: dict[str, Any] = {}
-    if weights is not None:
-        state_dict, heads = split_heads(weights.tensors, weights.metadata)
-        load_state_dict(loaded.model, state_dict)
-    targets = evaluation_targets(dataset_metadata, dataset_index, evaluation, list(evaluation["splits"]))
-    predictions = {
-        (target.dataset, target.split_name): zero_shot_predictions(
-            loaded,
-            load_split_images(target.split, loaded.image_size),
-            target.task,
-            device,
-            head=head_for_classes(heads, target.task.class_names),
-        )
-        for target in targets
-    }
-    return report_rows(method, targets, predictions, dataset_index, evaluation)
+    config = EvaluationConfig.from_params(evaluation)
+    outputs = one_pass.evaluate_models(dataset_metadata, dataset_index, teacher_model, teacher_cache, config, weights)
+    per_model = [outputs.rows.get(model, UNCHANGED) for model in (ZERO_SHOT, *method_names())]
+    swept = [UNCHANGED if output is None else output for output in (outputs.wise_ft, outputs.curve)]
+    return (*per_model, *swept)
+
+
+def evaluation_outputs() -> list[str]:
+    """The one-pass node's outputs, in :func:`evaluate_models`' order."""
+    return [f"{model}.evaluation" for model in (ZERO_SHOT, *method_names(), WISE_FT)] + ["wise_ft_curve"]
 
 
 def collect_results(
@@ -178,7 +106,7 @@ def check_dataset_conventions(dataset_index: dict[str, Any]) -> dict[str, dict[s
 def results_report(results: pd.DataFrame, dataset_checks: dict[str, Any], evaluation: dict[str, Any]) -> str:
     """results.md: the comparison table with bootstrap intervals, the metric legend and data-set warnings."""
     notes = [f"{name}: {check['warning']}" for name, check in dataset_checks.items() if check.get("warning")]
-    confidence = BootstrapSettings(**evaluation.get("bootstrap", {})).confidence
+    confidence = EvaluationConfig.from_params(evaluation).bootstrap.confidence
     return comparison_markdown(results, confidence, notes)
 
 

@@ -6,10 +6,13 @@ emits each model's ``<model>.evaluation``; each model's chart stays in the model
 
 from kedro.pipeline import Node, Pipeline
 
+from starft_pipeline.evaluate.wise_sweep import WISE_FT
 from starft_pipeline.models.heads import ZERO_SHOT
 from starft_pipeline.pipelines.evaluation.nodes import (
     check_dataset_conventions,
     collect_results,
+    evaluate_models,
+    evaluation_outputs,
     frontier_report,
     plot_group_comparison,
     plot_method_groups,
@@ -18,8 +21,6 @@ from starft_pipeline.pipelines.evaluation.nodes import (
     results_metrics,
     results_report,
 )
-from starft_pipeline.pipelines.evaluation.one_pass import evaluate_models, evaluation_outputs
-from starft_pipeline.pipelines.evaluation.wise_ft import WISE_FT
 from starft_pipeline.train.methods import method_names
 
 SHARED = ["dataset_metadata", "dataset_index", "teacher_model", "teacher_cache", "params:evaluation"]
