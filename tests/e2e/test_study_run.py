@@ -50,8 +50,8 @@ def study_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, 
 def test_the_second_go_resumes_from_the_rows_file(study_project):
     project, first, second = study_project
     assert "2 runs, 0 already in" in first
-    assert "4 runs, 2 already in" in second and "star_tiny seed 1 done" in second
-    assert "seed 0 done" not in second
+    assert "4 runs, 2 already in" in second and "star_tiny seed 1 took" in second
+    assert "seed 0 took" not in second
     runs = pd.read_csv(project / "data/08_reporting/tiny_runs.csv")
     assert sorted(set(zip(runs["cell"], runs["seed"], strict=True))) == [
         ("flyp", 0),
