@@ -104,3 +104,23 @@ def stage_tiny(data_root: Path, params: dict[str, Any] | None = None) -> dict[st
         "teacher_model": record,
         "teacher_cache": cache,
     }
+
+
+def tiny_upstream(data_root: Path) -> dict[str, Any]:
+    """The tiny default's first stages run in this process (random-init tiny teacher): its parameters,
+    the checked metadata, the dataset index and the offline descriptions document."""
+    import yaml
+
+    from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
+    from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
+
+    params = tiny_parameters(data_root)
+    params["teacher"]["model"]["pretrained"] = None
+    templates = {
+        name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
+        for name in ("prompt_templates", "spurious_templates")
+    }
+    metadata = prepare_datasets(params["datasets"])
+    index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
+    document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
+    return {"params": params, "metadata": metadata, "index": index, "descriptions": document}

@@ -211,21 +211,12 @@ def test_the_shards_record_reads_as_empty_before_the_stage_ran(tmp_path: Path):
 
 
 def test_the_teacher_stage_reads_the_shards_and_passes_them_on(tmp_path: Path):
-    from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
-    from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
     from starft_pipeline.pipelines.shards.nodes import write_image_shards
     from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
-    from tests.helpers import PROJECT_ROOT, tiny_parameters
+    from tests.helpers import tiny_upstream
 
-    params = tiny_parameters(tmp_path / "data")
-    params["teacher"]["model"]["pretrained"] = None
-    templates = {
-        name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
-        for name in ("prompt_templates", "spurious_templates")
-    }
-    metadata = prepare_datasets(params["datasets"])
-    index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
-    document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
+    upstream = tiny_upstream(tmp_path / "data")
+    params, metadata, index, document = (upstream[key] for key in ("params", "metadata", "index", "descriptions"))
     record = write_image_shards(metadata, index, {"folder": str(tmp_path / "shards")}, params["teacher"])
     teacher_model, _ = build_teacher_cache(metadata, index, document, params["teacher"], record)
     assert teacher_model["shards"] == {

@@ -18,12 +18,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from starft_pipeline.pipelines.class_names.nodes import build_dataset_index, prepare_datasets
 from starft_pipeline.pipelines.descriptions.nodes import generate_descriptions
 from starft_pipeline.pipelines.teacher.nodes import build_teacher_cache
-from tests.helpers import PROJECT_ROOT, tiny_parameters
+from tests.helpers import PROJECT_ROOT, tiny_upstream
 from tests.llm.fake_messages_server import FakeMessagesServer, Reply, auto_answer
 
 pytestmark = pytest.mark.slow
@@ -95,17 +93,7 @@ def _finished_parts(work_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    data_root = tmp_path_factory.mktemp("crash") / "data"
-    params = tiny_parameters(data_root)
-    params["teacher"]["model"]["pretrained"] = None
-    templates = {
-        name: yaml.safe_load((PROJECT_ROOT / "conf/base/templates" / f"{name}.yml").read_text())
-        for name in ("prompt_templates", "spurious_templates")
-    }
-    metadata = prepare_datasets(params["datasets"])
-    index = build_dataset_index(metadata, templates["prompt_templates"], params["class_names"])
-    document, _ = generate_descriptions(index, templates["spurious_templates"], params["descriptions"])
-    return {"params": params, "metadata": metadata, "index": index, "descriptions": document}
+    return tiny_upstream(tmp_path_factory.mktemp("crash") / "data")
 
 
 def test_a_killed_teacher_run_resumes_from_its_finished_splits(
