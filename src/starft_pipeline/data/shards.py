@@ -44,8 +44,7 @@ from starft_pipeline.data.streaming import (
     ImageSource,
     RowOptions,
     StreamedImages,
-    choose_loading,
-    decoded_size_gb,
+    announce_loading,
     row_loader,
 )
 
@@ -378,9 +377,7 @@ def train_images_from_shards(
 ) -> ImageSource:
     """:func:`~starft_pipeline.data.streaming.train_images` from the shards under ``folder``: the same
     choice of memory or stream, the images decoded from the shards instead of the original files."""
-    chosen = choose_loading(mode, len(split), image_size, memory_limit_gb)
-    size_gb = decoded_size_gb(len(split), image_size)
-    logger.info("train images: %s from %s (%d images, %.1f MB decoded)", chosen, folder, len(split), 1000 * size_gb)
+    chosen = announce_loading(mode, len(split), image_size, memory_limit_gb, str(folder))
     if chosen == "stream":
         return streamed_shards(folder, split, image_size, num_workers, pin_memory, decode, device)
     batches = [images for images, _ in shard_batches(folder, split, image_size, 256, num_workers=num_workers)]

@@ -222,6 +222,14 @@ def choose_loading(mode: DataLoading, n_images: int, image_size: int, memory_lim
     return "stream" if decoded_size_gb(n_images, image_size) > memory_limit_gb else "memory"
 
 
+def announce_loading(mode: DataLoading, n_images: int, image_size: int, memory_limit_gb: float, source: str) -> str:
+    """:func:`choose_loading`, logged with where the train images come from and their decoded size."""
+    chosen = choose_loading(mode, n_images, image_size, memory_limit_gb)
+    size_mb = 1000 * decoded_size_gb(n_images, image_size)
+    logger.info("train images: %s from %s (%d images, %.1f MB decoded)", chosen, source, n_images, size_mb)
+    return chosen
+
+
 def train_images(
     split: GroupSplit,
     image_size: int,
@@ -232,9 +240,7 @@ def train_images(
 ) -> ImageSource:
     """The train split's images as the loop reads them: a decoded uint8 tensor, or a streamed source
     (from the original files; :func:`~starft_pipeline.data.shards.train_images_from_shards` from shards)."""
-    chosen = choose_loading(mode, len(split), image_size, memory_limit_gb)
-    size_gb = decoded_size_gb(len(split), image_size)
-    logger.info("train images: %s (%d images, %.1f MB decoded)", chosen, len(split), 1000 * size_gb)
+    chosen = announce_loading(mode, len(split), image_size, memory_limit_gb, "the original files")
     if chosen == "memory":
         return load_split_images(split, image_size, num_workers=num_workers)
     return StreamedImages(split, image_size, num_workers=num_workers, pin_memory=pin_memory)
