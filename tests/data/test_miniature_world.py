@@ -100,10 +100,11 @@ def test_colour_captions_name_the_drawn_colour():
     for caption, obj, colour in zip(
         batch_captions(corpus, torch.arange(72), config, 0), corpus.object_ids, corpus.colour_ids, strict=True
     ):
-        assert f"{synthetic.COLOURS[colour]} {synthetic.OBJECTS[obj]}" in caption, caption
+        assert f"{synthetic.COLOURS[colour]} {synthetic.OBJECTS[obj]}" in caption.text, caption
+        assert (caption.object_id, caption.colour_id) == (obj, colour), caption
     plain = PretrainConfig(corpus_size=144, object_only_steps=0)  # colour_prob 0: no colour words
     assert not any(
-        colour in caption
+        colour in caption.text
         for caption in batch_captions(corpus, torch.arange(72), plain, 0)
         for colour in synthetic.COLOURS
     )

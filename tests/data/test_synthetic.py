@@ -15,13 +15,16 @@ from starft_pipeline.data.synthetic import (
     BACKGROUND_CAPTION_TEMPLATES,
     BACKGROUNDS,
     CAPTION_TEMPLATES,
+    COLOURS,
     DEFAULT_SPECS,
     LAND_BACKGROUNDS,
     METADATA_COLUMNS,
     OBJECT_CAPTION_TEMPLATES,
     OBJECTS,
     WATER_BACKGROUNDS,
+    Caption,
     GroupShiftSpec,
+    describe,
     make_caption,
     pretraining_corpus,
     render_background,
@@ -132,6 +135,33 @@ def test_captions_name_their_concepts() -> None:
     assert all(OBJECTS[2] in c or BACKGROUNDS[3] in c for c in captions)
     assert len(set(captions)) >= 10  # varied phrasings
     assert any(OBJECTS[2] not in c for c in captions) and any(BACKGROUNDS[3] not in c for c in captions)
+
+
+def test_a_caption_knows_which_concepts_it_names() -> None:
+    rng = _rng(2)
+    for _ in range(300):
+        caption = describe(1, 4, rng, single_concept_prob=0.9, colour_id=3, colour_prob=0.5)
+        assert (caption.object_id is not None) == (OBJECTS[1] in caption.text)
+        assert (caption.background_id is not None) == (BACKGROUNDS[4] in caption.text)
+        assert (caption.colour_id is not None) == (COLOURS[3] in caption.text)
+        assert caption.describes(1, 4, 3)
+    colour_only = [describe(1, 4, _rng(k), 1.0, 3, 0.0001) for k in range(60)]
+    named = {(c.object_id, c.background_id, c.colour_id) for c in colour_only}
+    assert named == {(1, None, None), (None, 4, None), (None, None, 3)}  # one concept each, all three kinds
+
+
+def test_describes_compares_only_the_named_concepts() -> None:
+    circle = Caption("a circle.", 0, None, None)
+    assert circle.describes(0, 5, 2) and not circle.describes(1, 5, 2)
+    magenta_circle_on_water = Caption("a magenta circle on water.", 0, 1, 0)
+    assert magenta_circle_on_water.describes(0, 1, 0)
+    assert not magenta_circle_on_water.describes(0, 1, 2) and not magenta_circle_on_water.describes(0, 2, 0)
+
+
+def test_make_caption_is_the_text_of_describe() -> None:
+    first, second = _rng(5), _rng(5)
+    for _ in range(100):
+        assert make_caption(2, 0, first, 0.6, 1, 0.5) == describe(2, 0, second, 0.6, 1, 0.5).text
 
 
 # ---------------------------------------------------------------- pretraining corpus

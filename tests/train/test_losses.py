@@ -9,6 +9,7 @@ from starft_pipeline.train.losses import (
     MASK_VALUE,
     clip_contrastive_loss,
     diminishing_weight,
+    multi_positive_contrastive_loss,
     same_class_mask,
     spuriosity_alignment_loss,
     star_regulariser,
@@ -37,6 +38,45 @@ def test_contrastive_loss_is_symmetric_in_the_two_directions():
     assert expected_i2t.item() == pytest.approx((math.log(2) + math.log(1 + math.exp(-1))) / 2, abs=1e-6)
     loss = clip_contrastive_loss(image, text, torch.tensor(2.0))
     assert loss.item() == pytest.approx(((expected_i2t + expected_t2i) / 2).item(), abs=1e-6)
+
+
+def test_multi_positive_loss_by_hand():
+    # logits = I; both captions describe both images, so each row's target is [1/2, 1/2]:
+    # CE = -(1/2)(1 - L) - (1/2)(-L) = L - 1/2 with L = log(1 + e) = 1.313262, the same in both directions
+    features = torch.eye(2)
+    positives = torch.ones(2, 2, dtype=torch.bool)
+    loss = multi_positive_contrastive_loss(features, features, torch.tensor(1.0), positives)
+    assert loss.item() == pytest.approx(math.log(1 + math.e) - 0.5, abs=1e-6)
+
+
+def test_multi_positive_loss_spreads_each_direction_over_its_own_positives():
+    # image 0 is described by captions 0 and 1, image 1 by caption 1 only (caption 1 names one concept):
+    # image→caption rows: [1/2, 1/2] and [0, 1]; caption→image rows: [1, 0] and [1/2, 1/2]
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    positives = torch.tensor([[True, True], [False, True]])
+    logits = 3.0 * image @ text.T
+    log_i2t, log_t2i = logits.log_softmax(1), logits.T.log_softmax(1)
+    i2t = -(0.5 * log_i2t[0, 0] + 0.5 * log_i2t[0, 1] + log_i2t[1, 1]) / 2
+    t2i = -(log_t2i[0, 0] + 0.5 * log_t2i[1, 0] + 0.5 * log_t2i[1, 1]) / 2
+    loss = multi_positive_contrastive_loss(image, text, torch.tensor(3.0), positives)
+    assert loss.item() == pytest.approx(((i2t + t2i) / 2).item(), abs=1e-6)
+
+
+def test_multi_positive_loss_with_one_positive_each_is_clips():
+    image, text = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
+    identity = torch.eye(5, dtype=torch.bool)
+    expected = clip_contrastive_loss(image, text, torch.tensor(7.0))
+    assert multi_positive_contrastive_loss(image, text, torch.tensor(7.0), identity).item() == pytest.approx(
+        expected.item(), abs=1e-6
+    )
+
+
+def test_multi_positive_loss_refuses_an_image_without_its_own_caption():
+    with pytest.raises(ValueError, match="own caption"):
+        multi_positive_contrastive_loss(
+            torch.eye(2), torch.eye(2), torch.tensor(1.0), torch.zeros(2, 2, dtype=torch.bool)
+        )
 
 
 def test_same_class_mask_includes_the_diagonal():

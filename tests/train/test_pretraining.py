@@ -18,6 +18,7 @@ from starft_pipeline.train.pretraining import (
     PretrainConfig,
     batch_captions,
     batch_indices,
+    caption_positives,
     curriculum_schedule,
     eval_corpus,
     pretrain,
@@ -104,11 +105,38 @@ def test_captions_vary_and_name_only_the_object_first():
     assert batch_captions(corpus, indices, config, 4) == batch_captions(corpus, indices, config, 4)
     assert batch_captions(corpus, indices, config, 4) != batch_captions(corpus, indices, config, 5)
     for caption, obj in zip(batch_captions(corpus, indices, config, 2), corpus.object_ids):
-        assert _named(caption, synthetic.OBJECTS) == [synthetic.OBJECTS[obj]], caption
-        assert not _named(caption, synthetic.BACKGROUNDS), caption
-    later = batch_captions(corpus, indices, config, 3)
+        assert _named(caption.text, synthetic.OBJECTS) == [synthetic.OBJECTS[obj]], caption
+        assert not _named(caption.text, synthetic.BACKGROUNDS), caption
+        assert (caption.object_id, caption.background_id, caption.colour_id) == (obj, None, None)
+    later = [caption.text for caption in batch_captions(corpus, indices, config, 3)]
     assert any(_named(c, synthetic.OBJECTS) and _named(c, synthetic.BACKGROUNDS) for c in later)
     assert any(_named(c, synthetic.BACKGROUNDS) and not _named(c, synthetic.OBJECTS) for c in later)
+
+
+def test_positives_are_the_images_a_caption_describes():
+    config = PretrainConfig(**{**TINY, "object_only_steps": 0, "colour_prob": 0.5, "single_concept_prob": 0.9})
+    corpus = render_corpus(72, seed=3, image_size=32)
+    indices = torch.arange(36, 72)
+    captions = batch_captions(corpus, indices, config, 1)
+    positives = caption_positives(corpus, indices, captions)
+    assert positives.shape == (36, 36) and positives.diagonal().all()
+    for j, caption in enumerate(captions):
+        for i, k in enumerate(indices.tolist()):
+            named = [
+                (caption.object_id, corpus.object_ids[k]),
+                (caption.background_id, corpus.background_ids[k]),
+                (caption.colour_id, corpus.colour_ids[k]),
+            ]
+            assert positives[i, j] == all(mine is None or mine == theirs for mine, theirs in named)
+    # a one-concept caption ("a circle.") describes all six circles of a balanced batch, so more than itself
+    assert (positives.sum(dim=0) > 1).any()
+
+
+def test_multi_positive_pretraining_runs_and_changes_the_step():
+    plain = PretrainConfig(**{**TINY, "object_only_steps": 0, "steps": 2})
+    multi = PretrainConfig(**{**TINY, "object_only_steps": 0, "steps": 2, "multi_positive": True})
+    losses = [pretrain(config).history[0]["loss"] for config in (plain, multi)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[0] != losses[1]
 
 
 def test_learning_rate_warms_up_again_after_the_object_only_phase():

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -354,6 +354,20 @@ COLOUR_CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 
+class Caption(NamedTuple):
+    """A caption and the concepts it names (None: not named), so a batch knows which images it describes."""
+
+    text: str
+    object_id: int | None
+    background_id: int | None
+    colour_id: int | None
+
+    def describes(self, object_id: int, background_id: int, colour_id: int) -> bool:
+        """True when every concept the caption names is the image's (an image it is a true caption of)."""
+        named = ((self.object_id, object_id), (self.background_id, background_id), (self.colour_id, colour_id))
+        return all(mine is None or mine == theirs for mine, theirs in named)
+
+
 def make_caption(
     object_id: int,
     background_id: int,
@@ -362,7 +376,19 @@ def make_caption(
     colour_id: int | None = None,
     colour_prob: float = 0.0,
 ) -> str:
-    """A caption for the pair; with ``single_concept_prob`` it names only one concept (either, 50/50).
+    """A caption for the pair; with ``single_concept_prob`` it names only one concept (see :func:`describe`)."""
+    return describe(object_id, background_id, rng, single_concept_prob, colour_id, colour_prob).text
+
+
+def describe(
+    object_id: int,
+    background_id: int,
+    rng: np.random.Generator,
+    single_concept_prob: float = 0.2,
+    colour_id: int | None = None,
+    colour_prob: float = 0.0,
+) -> Caption:
+    """A caption for the pair and what it names; with ``single_concept_prob`` only one concept (either, 50/50).
 
     With a ``colour_id`` and ``colour_prob > 0`` the object is named with its colour ("magenta
     circle") with probability ``colour_prob``, and a single-concept caption names the object, the
@@ -375,16 +401,30 @@ def make_caption(
             pool = OBJECT_CAPTION_TEMPLATES if rng.random() < 0.5 else BACKGROUND_CAPTION_TEMPLATES
         else:
             pool = CAPTION_TEMPLATES
-        return pool[int(rng.integers(len(pool)))].format(object=obj, background=bg)
+        return _fill(pool[int(rng.integers(len(pool)))], obj, bg, None, (object_id, background_id, None))
     colour = COLOURS[_check_id(colour_id, COLOURS, "colour_id")]
-    if rng.random() < colour_prob:
+    coloured_object = rng.random() < colour_prob
+    if coloured_object:
         obj = f"{colour} {obj}"
     if rng.random() < single_concept_prob:
         pools = (OBJECT_CAPTION_TEMPLATES, BACKGROUND_CAPTION_TEMPLATES, COLOUR_CAPTION_TEMPLATES)
         pool = pools[int(rng.integers(len(pools)))]
     else:
         pool = CAPTION_TEMPLATES
-    return pool[int(rng.integers(len(pool)))].format(object=obj, background=bg, colour=colour)
+    colour_named = pool is COLOUR_CAPTION_TEMPLATES or (coloured_object and pool is not BACKGROUND_CAPTION_TEMPLATES)
+    ids = (object_id, background_id, colour_id if colour_named else None)
+    return _fill(pool[int(rng.integers(len(pool)))], obj, bg, colour, ids)
+
+
+def _fill(template: str, obj: str, bg: str, colour: str | None, ids: tuple[int, int, int | None]) -> Caption:
+    """The template filled in, keeping the ids of the concepts its slots name ("a magenta shape." names no object)."""
+    object_id, background_id, colour_id = ids
+    return Caption(
+        template.format(object=obj, background=bg, colour=colour),
+        object_id if "{object}" in template else None,
+        background_id if "{background}" in template else None,
+        colour_id if ("{object}" in template or "{colour}" in template) else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------

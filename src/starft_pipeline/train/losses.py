@@ -26,6 +26,30 @@ def clip_contrastive_loss(
     return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets))
 
 
+def multi_positive_contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets are spread over every true pair: ``positives[i, j]`` says caption j describes image i.
+
+    Each direction's target row is uniform over that row's positives (image i over the captions that
+    describe it, caption j over the images it describes), so a caption that names one concept ("a
+    circle.") is not pushed away from the other circles of its batch. With ``positives`` the
+    identity it equals :func:`clip_contrastive_loss`.
+    """
+    if positives.shape != (image_features.shape[0], text_features.shape[0]) or not positives.diagonal().all():
+        raise ValueError(
+            f"positives must be a boolean (images, captions) = {(image_features.shape[0], text_features.shape[0])} "
+            f"matrix with every image's own caption positive, got shape {tuple(positives.shape)}"
+        )
+    logits_per_image = logit_scale * image_features @ text_features.T
+    targets = positives.to(logits_per_image.dtype)
+
+    def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(target / target.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+    return 0.5 * (soft_cross_entropy(logits_per_image, targets) + soft_cross_entropy(logits_per_image.T, targets.T))
+
+
 def head_cross_entropy(
     image_features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:

@@ -46,7 +46,7 @@ from starft_pipeline.models.clip import (
     zero_shot_head,
 )
 from starft_pipeline.train.batches import batch_pixels, seeded_generator
-from starft_pipeline.train.losses import clip_contrastive_loss
+from starft_pipeline.train.losses import clip_contrastive_loss, multi_positive_contrastive_loss
 from starft_pipeline.train.optim import MAX_LOGIT_SCALE, adamw, optimizer_step, warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class PretrainConfig:
     single_concept_prob: float = bounded(0.3, ge=0, le=1)
     colour_prob: float = bounded(0.0, ge=0, le=1)
     colour_only_steps: int = bounded(0, ge=0)
+    multi_positive: bool = False
     steps: int = bounded(4000, ge=1)
     batch_size: int = bounded(36, ge=1)
     lr: float = bounded(1e-3, ge=0)
@@ -239,19 +240,29 @@ def batch_indices(corpus: Corpus, config: PretrainConfig, step: int) -> torch.Te
     return torch.cat(chosen)
 
 
-def object_caption(object_id: int, rng: np.random.Generator) -> str:
+def object_caption(object_id: int, rng: np.random.Generator) -> synthetic.Caption:
     """A caption naming only the object, in one of the world's object-only phrasings."""
     templates = synthetic.OBJECT_CAPTION_TEMPLATES
-    return templates[int(rng.integers(len(templates)))].format(object=synthetic.OBJECTS[object_id])
+    text = templates[int(rng.integers(len(templates)))].format(object=synthetic.OBJECTS[object_id])
+    return synthetic.Caption(text, object_id, None, None)
 
 
-def colour_caption(colour_id: int, rng: np.random.Generator) -> str:
+def colour_caption(colour_id: int, rng: np.random.Generator) -> synthetic.Caption:
     """A caption naming only the object's colour ("a magenta shape.")."""
     templates = synthetic.COLOUR_CAPTION_TEMPLATES
-    return templates[int(rng.integers(len(templates)))].format(colour=synthetic.COLOURS[colour_id])
+    text = templates[int(rng.integers(len(templates)))].format(colour=synthetic.COLOURS[colour_id])
+    return synthetic.Caption(text, None, None, colour_id)
 
 
-def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig, step: int) -> list[str]:
+def caption_positives(corpus: Corpus, indices: torch.Tensor, captions: Sequence[synthetic.Caption]) -> torch.Tensor:
+    """Boolean (images, captions): True where the caption describes the image (every concept it names matches)."""
+    ids = [
+        (int(corpus.object_ids[i]), int(corpus.background_ids[i]), int(corpus.colour_ids[i])) for i in indices.tolist()
+    ]
+    return torch.tensor([[caption.describes(*image) for caption in captions] for image in ids])
+
+
+def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig, step: int) -> list[synthetic.Caption]:
     """A fresh phrasing per sample and step: object+background, object only or background only.
 
     During the first ``object_only_steps`` steps every caption names the object only (see
@@ -263,7 +274,7 @@ def batch_captions(corpus: Corpus, indices: torch.Tensor, config: PretrainConfig
     if step < config.object_only_steps + config.colour_only_steps:
         return [colour_caption(int(corpus.colour_ids[i]), rng) for i in indices.tolist()]
     return [
-        synthetic.make_caption(
+        synthetic.describe(
             int(corpus.object_ids[i]),
             int(corpus.background_ids[i]),
             rng,
@@ -305,10 +316,15 @@ def training_step(
     model = loaded.model
     indices = batch_indices(corpus, config, step)
     pixels = batch_pixels(loaded, corpus.images, indices, config, seeded_generator(config.seed, 3, step), device=device)
-    tokens = loaded.tokenizer(batch_captions(corpus, indices, config, step)).to(device)
+    captions = batch_captions(corpus, indices, config, step)
+    tokens = loaded.tokenizer([caption.text for caption in captions]).to(device)
     image_features = F.normalize(model.encode_image(pixels), dim=-1)
     text_features = F.normalize(model.encode_text(tokens), dim=-1)
-    loss = clip_contrastive_loss(image_features, text_features, logit_scale(model))
+    if config.multi_positive:
+        positives = caption_positives(corpus, indices, captions).to(device)
+        loss = multi_positive_contrastive_loss(image_features, text_features, logit_scale(model), positives)
+    else:
+        loss = clip_contrastive_loss(image_features, text_features, logit_scale(model))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     lr = optimizer_step(model, optimizer, scheduler)
