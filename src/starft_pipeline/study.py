@@ -40,6 +40,7 @@ from starft_pipeline.evaluate.study_stats import (
     plot_recovered,
     seed_frontiers,
     select_cell,
+    select_on_frontier,
     selection_rule,
     study_markdown,
 )
@@ -281,7 +282,7 @@ def write_outputs(
     name = summary["name"]
     table = paired_table(runs, [cell.name for cell in grid.cells], grid.reference, confidence=grid.confidence)
     split = grid.selection.split or default_selection_split(list(runs["split"]), finetune_dataset)
-    chosen = select_cell(table, split, grid.selection.metric, grid.selection.tie_break)
+    chosen = chosen_cell(runs, table, grid, split, finetune_dataset, folder / f"{name}_curves.csv")
     summary |= {"selection": {"split": split, "rule": selection_rule(grid.selection, split), "chosen": chosen}}
     paths = [folder / f"{name}_table.csv", folder / f"{name}_table.md", folder / f"{name}_recovered.png"]
     with atomic_path(paths[0]) as tmp:
@@ -301,17 +302,31 @@ def write_outputs(
     return [*paths, folder / f"{name}.json", folder / f"{name}_runs.csv"], table
 
 
+def chosen_cell(
+    runs: pd.DataFrame, table: pd.DataFrame, grid: StudyGrid, split: str, finetune_dataset: str, curves_file: Path
+) -> str:
+    """The grid's selection rule applied on validation ``split``: by paired difference or on the frontier."""
+    selection = grid.selection
+    if selection.on == "difference":
+        return select_cell(table, split, selection.metric, selection.tie_break)
+    frontier = study_frontier(runs, curves_file, grid, finetune_dataset, split="val")
+    if frontier is None:
+        raise ValueError(f"selection.on: frontier needs the reference's WiSE-FT curves ({curves_file} is empty)")
+    cells = [cell.name for cell in grid.cells]
+    return select_on_frontier(frontier[1], cells, split, selection.metric, selection.tie_break)
+
+
 def study_frontier(
-    runs: pd.DataFrame, curves_file: Path, grid: StudyGrid, finetune_dataset: str
+    runs: pd.DataFrame, curves_file: Path, grid: StudyGrid, finetune_dataset: str, split: str = "test"
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Per-seed frontiers of every cell against that seed's reference curve, and their intervals;
-    None when no reference run swept its curve (rows of a study run before the frontier existed)."""
+    """Per-seed frontiers of every cell against that seed's reference curve on ``split``, and their
+    intervals; None when no reference run swept its curve (rows of a study run before the frontier existed)."""
     curves = read_runs(curves_file)
     curves = curves[curves["seed"].isin(set(runs["seed"]))] if "seed" in curves else curves
     if curves.empty:
         logger.info("study: no reference WiSE-FT curves in %s, so no frontier", curves_file)
         return None
-    frontiers = seed_frontiers(runs, curves, finetune_dataset, grid.reference, method_column="cell")
+    frontiers = seed_frontiers(runs, curves, finetune_dataset, grid.reference, split, method_column="cell")
     return frontiers, frontier_intervals(frontiers, grid.confidence)
 
 

@@ -19,9 +19,9 @@ def test_curve_value_interpolates_between_the_points_sorted_by_id_accuracy():
     assert curve_value(ids, oods, 0.8) == (pytest.approx(0.50), "")  # an end point is inside
 
 
-def test_curve_value_outside_the_range_is_nan_and_says_where():
-    value, where = curve_value([0.6, 0.8], [0.3, 0.5], 0.85)
-    assert math.isnan(value) and where == "above"
+def test_curve_value_outside_the_range_says_where_and_is_the_fine_tuned_end_above():
+    # above the most accurate point (0.8, 0.5): compared with that point, not extrapolated
+    assert curve_value([0.6, 0.8], [0.3, 0.5], 0.85) == (pytest.approx(0.5), "above")
     value, where = curve_value([0.6, 0.8], [0.3, 0.5], 0.55)
     assert math.isnan(value) and where == "below"
 
@@ -84,8 +84,9 @@ def test_frontier_table_by_hand():
     assert star["kind"] == "method" and star["outside_curve"] == ""
     zero_shot = transfer[transfer["method"] == "zero_shot"].iloc[0]
     assert zero_shot["kind"] == "zero_shot" and zero_shot["gain_over_curve"] == pytest.approx(0.0)
-    ft = transfer[transfer["method"] == "ft"].iloc[0]  # ID 0.85 beyond FLYP's 0.80: no value
-    assert math.isnan(ft["gain_over_curve"]) and ft["outside_curve"] == "above"
+    ft = transfer[transfer["method"] == "ft"].iloc[0]  # ID 0.85 beyond FLYP's 0.80: compared with FLYP (α = 1)
+    assert ft["outside_curve"] == "above" and ft["curve_value"] == pytest.approx(0.30)
+    assert ft["gain_over_curve"] == pytest.approx(ft["ood_value"] - 0.30)
     # the shifted axis: star's ID 0.75 → curve avg 0.64 (between 0.62 and 0.66); star's 0.65 is +0.01
     shifted = table[(table["ood_split"] == "synthetic/test") & (table["ood_metric"] == "avg_acc")]
     assert shifted[shifted["method"] == "star"]["gain_over_curve"].item() == pytest.approx(0.01)

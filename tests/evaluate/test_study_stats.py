@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from starft_pipeline.evaluate.study_stats import (
+    Selection,
     default_selection_split,
     frontier_intervals,
     frontier_markdown,
@@ -19,6 +20,7 @@ from starft_pipeline.evaluate.study_stats import (
     recovered_fraction,
     seed_frontiers,
     select_cell,
+    select_on_frontier,
     study_markdown,
     t_interval,
     t_quantile,
@@ -59,7 +61,7 @@ def test_paired_table_by_hand():
     assert a["n_seeds"] == 3 and a["reference_mean"] == pytest.approx(0.80) and a["cell_mean"] == pytest.approx(0.82)
     assert a["diff_mean"] == pytest.approx(0.02)
     assert a["diff_ci_low"] == pytest.approx(0.02 - half, abs=1e-5)
-    # erosion 0.90 − 0.80 = 0.10: recovered 0.2, its interval the paired one over 0.10
+    # erosion 0.90 − 0.80 = 0.10 in every seed: per-seed ratios 0.1, 0.2, 0.3 → mean 0.2, half-width half / 0.10
     assert a["recovered"] == pytest.approx(0.2)
     assert a["recovered_ci_high"] == pytest.approx((0.02 + half) / 0.10, abs=1e-4)
     b = table.set_index("cell").loc["b"]
@@ -73,8 +75,18 @@ def test_pairs_only_seeds_both_have():
     assert a["n_seeds"] == 2 and a["diff_mean"] == pytest.approx(0.015)
 
 
+def test_recovered_fraction_is_the_mean_of_per_seed_ratios():
+    # seed 0: (0.85 − 0.80) / (0.90 − 0.80) = 0.5; seed 1: (0.80 − 0.70) / (0.90 − 0.70) = 0.5; seed 2:
+    # (0.78 − 0.75) / 0.15 = 0.2 → mean 0.4, sd 0.173205, half-width 4.3027 · 0.173205 / √3 = 0.430270
+    reference = pd.Series([0.80, 0.70, 0.75])
+    mean, low, high, note = recovered_fraction(pd.Series([0.85, 0.80, 0.78]), reference, zero_shot=0.90)
+    assert note == "" and mean == pytest.approx(0.4)
+    assert (low, high) == (pytest.approx(0.4 - 0.43027, abs=1e-4), pytest.approx(0.4 + 0.43027, abs=1e-4))
+
+
 def test_recovered_fraction_is_nan_with_a_note_without_erosion():
-    *values, note = recovered_fraction((0.02, 0.0, 0.04), zero_shot=0.80, reference_mean=0.85)
+    cell, reference = pd.Series([0.86, 0.90]), pd.Series([0.85, 0.78])
+    *values, note = recovered_fraction(cell, reference, zero_shot=0.80)
     assert all(math.isnan(v) for v in values) and "no erosion" in note and "-5.0" in note
 
 
@@ -85,6 +97,33 @@ def test_selection_uses_validation_and_breaks_ties_by_average():
     assert select_cell(paired_table(tied, ["a", "b"], "flyp"), "toy/val") == "b"
     with pytest.raises(ValueError, match="never on test"):
         select_cell(table, "toy/test")
+
+
+def _val_intervals(gains: dict[tuple[str, str], float]) -> pd.DataFrame:
+    rows = [
+        {"method": method, "ood_split": "toy/val", "ood_metric": metric, "gain_mean": gain}
+        for (method, metric), gain in gains.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_selection_on_the_frontier_ranks_cells_by_their_gain_over_the_curve():
+    gains = {
+        ("a", "worst_group_acc"): 0.01,
+        ("b", "worst_group_acc"): 0.03,
+        ("zero_shot", "worst_group_acc"): 0.05,  # not a cell: never chosen
+        ("a", "avg_acc"): 0.02,
+        ("b", "avg_acc"): -0.01,
+    }
+    assert select_on_frontier(_val_intervals(gains), ["a", "b"], "toy/val") == "b"
+    tied = gains | {("a", "worst_group_acc"): 0.03}  # tie on worst group: a's average gain wins
+    assert select_on_frontier(_val_intervals(tied), ["a", "b"], "toy/val") == "a"
+    no_gain = gains | {("b", "worst_group_acc"): math.nan}  # b outside every curve: a
+    assert select_on_frontier(_val_intervals(no_gain), ["a", "b"], "toy/val") == "a"
+    with pytest.raises(ValueError, match="never on test"):
+        select_on_frontier(_val_intervals(gains), ["a", "b"], "toy/test")
+    with pytest.raises(ValueError, match="selection.on"):
+        Selection(on="test_accuracy")
 
 
 def test_default_selection_split_is_the_transfer_tasks_val():
@@ -247,9 +286,10 @@ def test_the_frontier_gain_is_paired_by_seed_with_a_t_interval():
     assert a["n_seeds"] == 3 and a["n_outside"] == 0 and a["gain_mean"] == pytest.approx(0.03)
     assert a["gain_ci_low"] == pytest.approx(0.03 - 0.049686, abs=1e-5)
     assert a["gain_ci_high"] == pytest.approx(0.03 + 0.049686, abs=1e-5)
-    # cell_b's ID 0.9 lies beyond every seed's curve: no gain, three seeds outside.
+    # cell_b's ID 0.9 lies beyond every seed's curve: compared with its end (FLYP, 0.30 + 0.01·s),
+    # gains 0.1 − 0.30 − 0.01·s = −0.20, −0.21, −0.22; three seeds flagged outside.
     b = intervals.loc[("cell_b", "waterbirds_like/test", "worst_group_acc")]
-    assert b["n_seeds"] == 0 and b["n_outside"] == 3 and math.isnan(b["gain_mean"])
+    assert b["n_seeds"] == 3 and b["n_outside"] == 3 and b["gain_mean"] == pytest.approx(-0.21)
     # zero-shot is the α = 0 end of every seed's curve at ID 0.6: gains 0, −0.01, −0.02
     z = intervals.loc[("zero_shot", "waterbirds_like/test", "worst_group_acc")]
     assert z["n_seeds"] == 3 and z["gain_mean"] == pytest.approx(-0.01)

@@ -11,9 +11,11 @@ that curve at its own ID accuracy (Taori et al. 2020, effective robustness; Wort
   balanced split, where the training correlation is broken: the shifted distribution), and every
   other (transfer) data set's ``worst_group_acc`` and ``avg_acc``.
 * ``gain_over_curve``: a point's OOD value minus the curve's value at the point's ID accuracy,
-  linearly interpolated between the curve's points sorted by ID accuracy. Outside the curve's ID
-  range the curve says nothing (no extrapolation): the gain is NaN and ``outside_curve`` says
-  ``below`` or ``above``.
+  linearly interpolated between the curve's points sorted by ID accuracy. A point more accurate ID
+  than the whole curve is compared with the curve's fine-tuned end (the reference itself, α = 1;
+  ``outside_curve`` says ``above``): the curve is not extrapolated, and beating the reference on
+  both axes is a gain. Below the curve's range (less accurate ID than zero-shot) the gain is NaN
+  (``below``).
 
 Accuracies are fractions, as in ``results.csv``. Pure pandas / numpy; no Kedro, no matplotlib.
 """
@@ -78,7 +80,9 @@ def frontier_axes(splits: Sequence[str], finetune_dataset: str, split: str = "te
 
 def curve_value(curve_id: Sequence[float], curve_ood: Sequence[float], id_acc: float) -> tuple[float, str]:
     """The curve's OOD value at ``id_acc``, linear between its points sorted by ID accuracy, and where
-    ``id_acc`` lies: ``""`` inside the curve's ID range, ``"below"`` / ``"above"`` outside it (value NaN).
+    ``id_acc`` lies: ``""`` inside the curve's ID range; ``"above"`` beyond its most accurate point,
+    whose value is returned (the fine-tuned end: the reference itself); ``"below"`` under its least
+    accurate point (value NaN).
 
     Points sharing an ID accuracy are averaged; points with a missing coordinate are dropped.
     """
@@ -90,7 +94,7 @@ def curve_value(curve_id: Sequence[float], curve_ood: Sequence[float], id_acc: f
     if id_acc < x[0]:
         return math.nan, "below"
     if id_acc > x[-1]:
-        return math.nan, "above"
+        return float(y[-1]), "above"
     return float(np.interp(id_acc, x, y)), ""
 
 

@@ -39,15 +39,25 @@ if TYPE_CHECKING:  # matplotlib is imported by the function that draws
 CELL_METHODS = teacher_method_names()
 #: ``confounder_types: all`` in a cell: every pool the descriptions stage writes (``descriptions.confounder_types``).
 ALL_POOLS = "all"
-STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc")
+#: ``adjusted_avg_acc`` on the fine-tuned data set's test split is the in-distribution accuracy (the frontier's x).
+STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc", "adjusted_avg_acc")
 #: Keys a cell may not set: the runner sets the seed, and the method is the cell's namespace.
 RUNNER_KEYS = ("seed", "method")
 GRID_KEYS = {"reference", "seeds", "confidence", "selection", "cells"}
-SELECTION_KEYS = {"split", "metric", "tie_break"}
-SELECTION_RULE = (
-    "the cell with the highest mean paired difference (cell − reference) in `{metric}` on `{split}`, "
-    "ties broken by the mean paired difference in `{tie_break}` on the same split; validation data only"
-)
+SELECTION_KEYS = {"split", "metric", "tie_break", "on"}
+#: What a cell is ranked by (``selection.on``): its paired difference with the reference, or its gain over
+#: the reference's WiSE-FT curve at its own in-distribution accuracy (the frontier, on validation splits).
+SELECTION_RULES = {
+    "difference": (
+        "the cell with the highest mean paired difference (cell − reference) in `{metric}` on `{split}`, "
+        "ties broken by the mean paired difference in `{tie_break}` on the same split; validation data only"
+    ),
+    "frontier": (
+        "the cell with the highest mean gain over the reference's WiSE-FT curve, at the cell's own "
+        "in-distribution accuracy on the fine-tuned data set's val split, in `{metric}` on `{split}`, "
+        "ties broken by the mean gain in `{tie_break}` on the same split; validation data only"
+    ),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +86,11 @@ class Selection:
     split: str | None = None  # None: the first validation split of a transfer data set (default_selection_split)
     metric: str = "worst_group_acc"
     tie_break: str = "avg_acc"
+    on: str = "difference"  # a key of SELECTION_RULES
+
+    def __post_init__(self) -> None:
+        if self.on not in SELECTION_RULES:
+            raise ValueError(f"selection.on must be one of {list(SELECTION_RULES)}, got {self.on!r}")
 
 
 @dataclass(frozen=True)
@@ -199,18 +214,22 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 
 def recovered_fraction(
-    diff: tuple[float, float, float], zero_shot: float, reference_mean: float
+    cell: pd.Series, reference: pd.Series, zero_shot: float, confidence: float = 0.95
 ) -> tuple[float, float, float, str]:
-    """(StarFT − FLYP) / (zero-shot − FLYP) and its interval: the paired difference's interval divided
-    by the mean erosion, which is taken as fixed (zero-shot does not vary across seeds; the reference
-    mean's own noise is not propagated). NaN with a note when there is no erosion to recover."""
-    erosion = zero_shot - reference_mean
-    if math.isnan(erosion):
+    """Per seed k, (cell_k − reference_k) / (zero-shot − reference_k); their mean and t-interval.
+
+    ``cell`` and ``reference`` are indexed by seed (the same seeds). Each seed's ratio uses that seed's
+    own erosion, so the reference's noise is in the interval. NaN with a note when zero-shot is
+    missing or a seed has no erosion to recover (zero-shot − reference ≤ 0: the ratio is undefined).
+    """
+    if math.isnan(zero_shot):
         return math.nan, math.nan, math.nan, "no zero-shot result"
-    if erosion <= 0:
-        return math.nan, math.nan, math.nan, f"no erosion: zero-shot − reference = {100 * erosion:+.1f} points"
-    mean, low, high = diff
-    return mean / erosion, low / erosion, high / erosion, ""
+    erosion = zero_shot - reference
+    if (erosion <= 0).any():
+        worst = float(erosion.min())
+        return math.nan, math.nan, math.nan, f"no erosion in a seed: zero-shot − reference = {100 * worst:+.1f} points"
+    mean, low, high = t_interval(((cell - reference) / erosion).tolist(), confidence)
+    return mean, low, high, ""
 
 
 def _by_seed(runs: pd.DataFrame, cell: str, split: str, metric: str) -> pd.Series:
@@ -245,7 +264,7 @@ def paired_table(
                 seeds = sorted(set(values.index) & set(ref.index))
                 diff = t_interval((values[seeds] - ref[seeds]).tolist(), confidence)
                 ref_mean = float(ref[seeds].mean()) if seeds else math.nan
-                recovered = recovered_fraction(diff, zero_shot, ref_mean)
+                recovered = recovered_fraction(values[seeds], ref[seeds], zero_shot, confidence)
                 rows.append(
                     {
                         "split": split,
@@ -383,24 +402,58 @@ def default_selection_split(splits: Sequence[str], finetune_dataset: str) -> str
 
 
 def selection_rule(selection: Selection, split: str) -> str:
-    return SELECTION_RULE.format(metric=selection.metric, split=split, tie_break=selection.tie_break)
+    return SELECTION_RULES[selection.on].format(metric=selection.metric, split=split, tie_break=selection.tie_break)
+
+
+def _refuse_test(split: str) -> None:
+    if split.rpartition("/")[2] == "test":
+        raise ValueError(f"selection on {split!r}: choose on a validation split, never on test")
+
+
+def _best(scores: Mapping[str, pd.Series], metric: str, tie_break: str, split: str) -> str:
+    """The index label ranked first by ``scores[metric]`` then ``scores[tie_break]`` (float noise is not a win)."""
+    ranked = pd.DataFrame({key: value.round(12) for key, value in scores.items()})
+    ranked = ranked.dropna(subset=[metric]).fillna({tie_break: -math.inf})
+    if ranked.empty:
+        raise ValueError(f"selection: no cell has a `{metric}` value on {split!r}")
+    return str(ranked.sort_values([metric, tie_break], ascending=False, kind="stable").index[0])
 
 
 def select_cell(table: pd.DataFrame, split: str, metric: str = "worst_group_acc", tie_break: str = "avg_acc") -> str:
     """The cell the pre-registered rule picks: highest mean paired ``metric`` difference on ``split``
     (a validation split), ties by ``tie_break``'s. Test splits are refused."""
-    if split.rpartition("/")[2] == "test":
-        raise ValueError(f"selection on {split!r}: choose on a validation split, never on test")
+    _refuse_test(split)
     scores = {}
     for key in (metric, tie_break):
         part = table[(table["split"] == split) & (table["metric"] == key)]
         if part.empty:
             raise ValueError(f"selection: no `{key}` rows on split {split!r}; splits: {sorted(set(table['split']))}")
-        scores[key] = part.set_index("cell")["diff_mean"].round(12)  # float noise is not a win
-    ranked = pd.DataFrame(scores).dropna(subset=[metric]).fillna({tie_break: -math.inf})
-    if ranked.empty:
-        raise ValueError(f"selection: no cell has a `{metric}` difference on {split!r}")
-    return str(ranked.sort_values([metric, tie_break], ascending=False, kind="stable").index[0])
+        scores[key] = part.set_index("cell")["diff_mean"]
+    return _best(scores, metric, tie_break, split)
+
+
+def select_on_frontier(
+    intervals: pd.DataFrame,
+    cells: Sequence[str],
+    split: str,
+    metric: str = "worst_group_acc",
+    tie_break: str = "avg_acc",
+) -> str:
+    """The cell among ``cells`` with the highest mean gain over the reference's curve in ``metric`` on
+    ``split`` (:func:`frontier_intervals` of validation frontiers), ties by ``tie_break``'s gain."""
+    _refuse_test(split)
+    scores = {}
+    for key in (metric, tie_break):
+        part = intervals[
+            (intervals["ood_split"] == split) & (intervals["ood_metric"] == key) & intervals["method"].isin(cells)
+        ]
+        if part.empty:
+            raise ValueError(
+                f"selection: no frontier rows for `{key}` on {split!r}; axes: "
+                f"{sorted(set(intervals['ood_split'] + ' ' + intervals['ood_metric']))}"
+            )
+        scores[key] = part.set_index("method")["gain_mean"]
+    return _best(scores, metric, tie_break, split)
 
 
 def matching_test_split(split: str) -> str:
@@ -471,8 +524,8 @@ def study_markdown(
         f"{header['runs']} runs, this invocation's wall time {header['wall_s'] / 60:.1f} min (runs already in the rows file are not rerun).",
         "",
         f"Paired by seed: cell − {reference}, mean over seeds with a {grid.confidence:.0%} t-interval (n − 1 dof). "
-        f"Recovered = (cell − {reference}) / (zero-shot − {reference}): the paired interval divided by the mean "
-        "erosion, zero-shot being fixed across seeds (the reference mean's noise is not propagated).",
+        f"Recovered = mean over seeds of (cell − {reference}) / (zero-shot − {reference}), each seed with its own "
+        f"{reference} run, with a {grid.confidence:.0%} t-interval over the per-seed ratios.",
         "",
         "## Selected on validation",
         "",
