@@ -69,7 +69,7 @@ def test_the_table_pairs_both_seeds_on_every_split(study_project):
     table = pd.read_csv(reporting / "tiny_table.csv")
     runs = pd.read_csv(reporting / "tiny_runs.csv")
     assert set(table["split"]) == set(runs["split"]) and len(set(table["split"])) == 4
-    assert set(table["metric"]) == {"worst_group_acc", "avg_acc", "minority_group_acc"}
+    assert set(table["metric"]) == {"worst_group_acc", "avg_acc", "minority_group_acc", "adjusted_avg_acc"}
     assert (table["cell"] == "star_tiny").all() and (table["n_seeds"] == 2).all()
     row = table[(table["split"] == "waterbirds_like/test") & (table["metric"] == "avg_acc")].iloc[0]
     flyp = runs[(runs["cell"] == "flyp") & (runs["split"] == "waterbirds_like/test")]["avg_acc"]
