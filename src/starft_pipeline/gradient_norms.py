@@ -85,6 +85,9 @@ def run(
     project_path: Path, env: str | None, method: str, steps: int, scales: Sequence[float], overrides: dict[str, Any]
 ) -> tuple[GradientNorms, float]:
     """Measure along ``method``'s run as the environment (and ``overrides``) sets it up; (result, own τ₀)."""
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project_path)
     with kedro_session(project_path, env, overrides) as session:
         context = session.load_context()
         params = context.params
