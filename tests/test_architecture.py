@@ -29,6 +29,7 @@ APP_MODULES = (
     "kedro_io",
     "methods_table",
     "study",
+    "gradient_norms",
     "pipelines",
 )
 #: The Kedro-free library: these subpackages (``core`` holds what every area shares).

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
 import pandas as pd
 import torch
 
-from starft_pipeline.core.distributed import broadcast_from_main, init_from_env
+from starft_pipeline.core.distributed import DistContext, broadcast_from_main, init_from_env
 from starft_pipeline.core.tensor_bundle import TensorBundle
 from starft_pipeline.data.dataset_index import dataset_info, dataset_split
 from starft_pipeline.data.descriptions import DescriptionPool, flatten_descriptions
 from starft_pipeline.data.shards import train_images_from_shards
 from starft_pipeline.data.splits import GroupSplit
 from starft_pipeline.data.streaming import ImageSource, train_images
-from starft_pipeline.models.clip import ModelSpec, create_model, resolve_device, state_dict_copy
+from starft_pipeline.models.clip import LoadedModel, ModelSpec, create_model, resolve_device, state_dict_copy
 from starft_pipeline.models.heads import (
     ZERO_SHOT,
     ClassifierHead,
@@ -29,6 +30,7 @@ from starft_pipeline.models.heads import (
     zero_shot_linear_head,
 )
 from starft_pipeline.models.teacher import TeacherCache, check_fresh, expected_fingerprint
+from starft_pipeline.train.batches import TrainData
 from starft_pipeline.train.checkpointing import CheckpointConfig, checkpointer_from_config
 from starft_pipeline.train.finetune import FinetuneConfig, finetune, train_data_from_cache
 from starft_pipeline.train.linear_probe import LinearProbeConfig, select_linear_probe
@@ -149,15 +151,26 @@ def _train_images(
     return train_images_from_shards(folder, split, image_size, *options, decode=shards["decode"], device=device)
 
 
-def finetune_method(
-    finetune_params: dict[str, Any],
-    linear_probe: TensorBundle | None = None,
-    **inputs: Unpack[StageInputs],
-) -> tuple[TensorBundle, pd.DataFrame]:
-    """Fine-tune the teacher's model with one method; returns its weights and loss history.
+@dataclass
+class FinetuneInputs:
+    """What a method's fine-tuning starts from: its config, the model on its device, the train data with its
+    teacher source, and where they came from (the data set, its class names, the checked teacher cache)."""
 
-    FT and LP-FT train the image tower and a head (from the zero-shot or the LP head), text tower frozen.
-    """
+    config: FinetuneConfig
+    loaded: LoadedModel
+    data: TrainData
+    device: torch.device
+    context: DistContext
+    dataset: str
+    class_names: list[str]
+    cache: TeacherCache
+
+
+def prepare_finetune(
+    finetune_params: dict[str, Any], linear_probe: TensorBundle | None, inputs: StageInputs
+) -> FinetuneInputs:
+    """The config, the model (with its initial head for FT / LP-FT), the train data and the teacher source,
+    on this process's device: what :func:`finetune_method` trains (and ``starft_pipeline.gradient_norms`` measures)."""
     config = FinetuneConfig.from_params(finetune_params, exclude=RUNTIME_KEYS)
     dataset, class_names, pool, cache = _finetune_task(inputs)
     spec = ModelSpec(**inputs["teacher_model"]["spec"])
@@ -182,17 +195,31 @@ def finetune_method(
     data.teacher = teacher_source(
         config, lambda: create_model(spec, device=device), data.images, cache.fingerprint, device, write=context.is_main
     )
+    return FinetuneInputs(config, loaded, data, device, context, dataset, class_names, cache)
+
+
+def finetune_method(
+    finetune_params: dict[str, Any],
+    linear_probe: TensorBundle | None = None,
+    **inputs: Unpack[StageInputs],
+) -> tuple[TensorBundle, pd.DataFrame]:
+    """Fine-tune the teacher's model with one method; returns its weights and loss history.
+
+    FT and LP-FT train the image tower and a head (from the zero-shot or the LP head), text tower frozen.
+    """
+    run = prepare_finetune(finetune_params, linear_probe, inputs)
+    config = run.config
     checkpoints = checkpointer_from_config(
         CheckpointConfig.from_params(finetune_params.get("checkpoint")),
         config.method,
-        identity={"teacher_cache": cache.fingerprint, "dataset": dataset},
+        identity={"teacher_cache": run.cache.fingerprint, "dataset": run.dataset},
     )
-    state = finetune(loaded, data, config, device, checkpoints=checkpoints, context=context)
+    state = finetune(run.loaded, run.data, config, run.device, checkpoints=checkpoints, context=run.context)
     weights = weights_bundle(
         state_dict_copy(state.model),
-        dataset,
-        class_names,
-        {"method": config.method, "config": config.as_dict(), "teacher_fingerprint": cache.fingerprint},
+        run.dataset,
+        run.class_names,
+        {"method": config.method, "config": config.as_dict(), "teacher_fingerprint": run.cache.fingerprint},
     )
     history = pd.DataFrame(state.history).assign(method=config.method)
     return weights, history
