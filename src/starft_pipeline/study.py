@@ -307,11 +307,11 @@ def chosen_cell(
 ) -> str:
     """The grid's selection rule applied on validation ``split``: by paired difference or on the frontier."""
     selection = grid.selection
-    if selection.on == "difference":
+    if selection.by == "difference":
         return select_cell(table, split, selection.metric, selection.tie_break)
     frontier = study_frontier(runs, curves_file, grid, finetune_dataset, split="val")
     if frontier is None:
-        raise ValueError(f"selection.on: frontier needs the reference's WiSE-FT curves ({curves_file} is empty)")
+        raise ValueError(f"selection.by: frontier needs the reference's WiSE-FT curves ({curves_file} is empty)")
     cells = [cell.name for cell in grid.cells]
     return select_on_frontier(frontier[1], cells, split, selection.metric, selection.tie_break)
 

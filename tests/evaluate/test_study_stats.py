@@ -122,8 +122,10 @@ def test_selection_on_the_frontier_ranks_cells_by_their_gain_over_the_curve():
     assert select_on_frontier(_val_intervals(no_gain), ["a", "b"], "toy/val") == "a"
     with pytest.raises(ValueError, match="never on test"):
         select_on_frontier(_val_intervals(gains), ["a", "b"], "toy/test")
-    with pytest.raises(ValueError, match="selection.on"):
-        Selection(on="test_accuracy")
+    with pytest.raises(ValueError, match="selection.by"):
+        Selection(by="test_accuracy")
+    grid = parse_grid({"study": {"selection": {"by": "frontier"}, "cells": {"a": {"method": "star"}}}})
+    assert grid.selection.by == "frontier"
 
 
 def test_default_selection_split_is_the_transfer_tasks_val():

@@ -44,8 +44,8 @@ STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc", "adjusted_a
 #: Keys a cell may not set: the runner sets the seed, and the method is the cell's namespace.
 RUNNER_KEYS = ("seed", "method")
 GRID_KEYS = {"reference", "seeds", "confidence", "selection", "cells"}
-SELECTION_KEYS = {"split", "metric", "tie_break", "on"}
-#: What a cell is ranked by (``selection.on``): its paired difference with the reference, or its gain over
+SELECTION_KEYS = {"split", "metric", "tie_break", "by"}
+#: What a cell is ranked by (``selection.by``; not ``on``, which YAML 1.1 reads as true): its paired difference with the reference, or its gain over
 #: the reference's WiSE-FT curve at its own in-distribution accuracy (the frontier, on validation splits).
 SELECTION_RULES = {
     "difference": (
@@ -86,11 +86,11 @@ class Selection:
     split: str | None = None  # None: the first validation split of a transfer data set (default_selection_split)
     metric: str = "worst_group_acc"
     tie_break: str = "avg_acc"
-    on: str = "difference"  # a key of SELECTION_RULES
+    by: str = "difference"  # a key of SELECTION_RULES
 
     def __post_init__(self) -> None:
-        if self.on not in SELECTION_RULES:
-            raise ValueError(f"selection.on must be one of {list(SELECTION_RULES)}, got {self.on!r}")
+        if self.by not in SELECTION_RULES:
+            raise ValueError(f"selection.by must be one of {list(SELECTION_RULES)}, got {self.by!r}")
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,7 @@ def default_selection_split(splits: Sequence[str], finetune_dataset: str) -> str
 
 
 def selection_rule(selection: Selection, split: str) -> str:
-    return SELECTION_RULES[selection.on].format(metric=selection.metric, split=split, tie_break=selection.tie_break)
+    return SELECTION_RULES[selection.by].format(metric=selection.metric, split=split, tie_break=selection.tie_break)
 
 
 def _refuse_test(split: str) -> None:
