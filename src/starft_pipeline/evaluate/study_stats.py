@@ -45,8 +45,9 @@ STUDY_METRICS = ("worst_group_acc", "avg_acc", "minority_group_acc", "adjusted_a
 RUNNER_KEYS = ("seed", "method")
 GRID_KEYS = {"reference", "seeds", "confidence", "selection", "cells"}
 SELECTION_KEYS = {"split", "metric", "tie_break", "by"}
-#: What a cell is ranked by (``selection.by``; not ``on``, which YAML 1.1 reads as true): its paired difference with the reference, or its gain over
-#: the reference's WiSE-FT curve at its own in-distribution accuracy (the frontier, on validation splits).
+#: What a cell is ranked by (``selection.by``; a key named ``on`` would read as true in YAML 1.1): its
+#: paired difference with the reference, or its gain over the reference's WiSE-FT curve at its own
+#: in-distribution accuracy (the frontier, on validation splits).
 SELECTION_RULES = {
     "difference": (
         "the cell with the highest mean paired difference (cell − reference) in `{metric}` on `{split}`, "
@@ -343,8 +344,9 @@ def frontier_intervals(frontiers: pd.DataFrame, confidence: float = 0.95) -> pd.
     """Per method × OOD axis: the mean gain over the reference's curve across seeds with a t-interval.
 
     ``frontiers`` is :func:`seed_frontiers`' output. The gain of each seed is against that seed's own
-    curve (paired by seed); seeds where the method's ID accuracy lies outside the curve's range have
-    no gain and are counted in ``n_outside``, not averaged. Curve points are left out.
+    curve (paired by seed). Seeds where the method's ID accuracy lies outside the curve's range are
+    counted in ``n_outside``: above it the gain is against the curve's fine-tuned end and averaged,
+    below it there is no gain. Curve points are left out.
     """
     points = frontiers[frontiers["kind"] != "curve"]
     rows = []
