@@ -25,7 +25,6 @@ from starft_pipeline.data.synthetic import (
     Caption,
     GroupShiftSpec,
     describe,
-    make_caption,
     pretraining_corpus,
     render_background,
     render_image,
@@ -129,9 +128,9 @@ def test_captions_name_their_concepts() -> None:
     rng = _rng(1)
     for o in range(len(OBJECTS)):
         for b in range(len(BACKGROUNDS)):
-            caption = make_caption(o, b, rng, single_concept_prob=0.0)
+            caption = describe(o, b, rng, single_concept_prob=0.0).text
             assert OBJECTS[o] in caption and BACKGROUNDS[b] in caption
-    captions = [make_caption(2, 3, rng) for _ in range(300)]
+    captions = [describe(2, 3, rng).text for _ in range(300)]
     assert all(OBJECTS[2] in c or BACKGROUNDS[3] in c for c in captions)
     assert len(set(captions)) >= 10  # varied phrasings
     assert any(OBJECTS[2] not in c for c in captions) and any(BACKGROUNDS[3] not in c for c in captions)
@@ -156,12 +155,6 @@ def test_describes_compares_only_the_named_concepts() -> None:
     magenta_circle_on_water = Caption("a magenta circle on water.", 0, 1, 0)
     assert magenta_circle_on_water.describes(0, 1, 0)
     assert not magenta_circle_on_water.describes(0, 1, 2) and not magenta_circle_on_water.describes(0, 2, 0)
-
-
-def test_make_caption_is_the_text_of_describe() -> None:
-    first, second = _rng(5), _rng(5)
-    for _ in range(100):
-        assert make_caption(2, 0, first, 0.6, 1, 0.5) == describe(2, 0, second, 0.6, 1, 0.5).text
 
 
 # ---------------------------------------------------------------- pretraining corpus

@@ -368,18 +368,6 @@ class Caption(NamedTuple):
         return all(mine is None or mine == theirs for mine, theirs in named)
 
 
-def make_caption(
-    object_id: int,
-    background_id: int,
-    rng: np.random.Generator,
-    single_concept_prob: float = 0.2,
-    colour_id: int | None = None,
-    colour_prob: float = 0.0,
-) -> str:
-    """A caption for the pair; with ``single_concept_prob`` it names only one concept (see :func:`describe`)."""
-    return describe(object_id, background_id, rng, single_concept_prob, colour_id, colour_prob).text
-
-
 def describe(
     object_id: int,
     background_id: int,
@@ -461,7 +449,7 @@ def pretraining_corpus(n: int, seed: int, image_size: int = 32, single_concept_p
     images, colour_ids = _render_with_colours(object_ids, background_ids, np.random.default_rng(pixel_ss), image_size)
     caption_rng = np.random.default_rng(caption_ss)
     captions = [
-        make_caption(int(o), int(b), caption_rng, single_concept_prob) for o, b in zip(object_ids, background_ids)
+        describe(int(o), int(b), caption_rng, single_concept_prob).text for o, b in zip(object_ids, background_ids)
     ]
     return PretrainingCorpus(images, captions, object_ids.astype(np.int64), background_ids.astype(np.int64), colour_ids)
 
