@@ -197,6 +197,37 @@ def curves_path(runs_path: Path) -> Path:
     return runs_path.with_name(runs_path.name.replace("_runs.csv", "_curves.csv"))
 
 
+def import_rows(path: Path, folder: Path) -> int:
+    """Append to ``path`` (and its curves file) the rows of the same study in ``folder`` that it lacks.
+
+    For studies split over several project copies (``--seeds`` apart, one core each): their cell ×
+    seed rows, their reference curves, and zero-shot's rows when this file has none. Curves go first,
+    so a reference row never lands without its curve. The settings keys are checked afterwards, by
+    the run as always. Returns the number of cell × seed pairs imported.
+    """
+    theirs_curves = read_runs(folder / curves_path(path).name)
+    if not theirs_curves.empty:
+        have = set(read_runs(curves_path(path)).get("seed", pd.Series(dtype=int)))
+        new_curves = theirs_curves[~theirs_curves["seed"].isin(have)]
+        if not new_curves.empty:
+            append_runs(curves_path(path), new_curves)
+    theirs = read_runs(folder / path.name)
+    if theirs.empty:
+        raise FileNotFoundError(f"--rows-from {folder}: no {path.name} there (run the study in that copy first)")
+    mine = read_runs(path)
+    have_pairs = set(zip(mine["cell"], mine["seed"].astype(int)))
+    is_zero_shot = theirs["cell"] == ZERO_SHOT
+    pairs = list(zip(theirs["cell"], theirs["seed"].astype(int)))
+    wanted = [(not zero and pair not in have_pairs) for zero, pair in zip(is_zero_shot, pairs)]
+    if (mine["cell"] == ZERO_SHOT).any():
+        new = theirs[wanted]
+    else:
+        new = theirs[[want or zero for want, zero in zip(wanted, is_zero_shot)]]
+    if not new.empty:
+        append_runs(path, new)
+    return len({pair for pair, want in zip(pairs, wanted) if want})
+
+
 def run_job(
     job: Job, project_path: Path, env: str | None, extra: Mapping[str, Any], catalog: Any, zero_shot: bool
 ) -> pd.DataFrame:
@@ -220,9 +251,11 @@ def run_study(
     name: str,
     run_upstream: bool = True,
     extra: Mapping[str, Any] | None = None,
+    rows_from: Sequence[Path] = (),
 ) -> tuple[pd.DataFrame, str]:
-    """Every job not yet in ``<name>_runs.csv``; returns the file's rows for this grid and seeds, and the
-    fine-tuning data set's name (the others are transfer tasks)."""
+    """Every job not yet in ``<name>_runs.csv`` (after importing the rows of the copies in ``rows_from``);
+    returns the file's rows for this grid and seeds, and the fine-tuning data set's name (the others are
+    transfer tasks)."""
     from kedro.framework.startup import bootstrap_project
 
     extra = dict(extra or {})
@@ -241,6 +274,8 @@ def run_study(
     all_pools = params["descriptions"]["confounder_types"]
     jobs = study_jobs(grid, seeds, all_pools, extra, str(catalog.load("teacher_model")["fingerprint"]))
     path = project_path / REPORT_DIR / f"{name}_runs.csv"
+    for folder in rows_from:
+        logger.info("study %s: %d cell × seed runs imported from %s", name, import_rows(path, folder), folder)
     done = done_keys(read_runs(path), jobs, path)
     todo = [job for job in jobs if (job.cell, job.seed) not in done]
     logger.info("study %s: %d runs, %d already in %s, %d to go", name, len(jobs), len(done), path, len(todo))
@@ -378,6 +413,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--project-path", type=Path, default=Path.cwd(), help="Kedro project root (default: cwd)")
     parser.add_argument("--skip-upstream", action="store_true", help="reuse cached class_names/descriptions/teacher")
     parser.add_argument(
+        "--rows-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FOLDER",
+        help="first import this study's rows from other project copies' data/08_reporting (a study split by seeds)",
+    )
+    parser.add_argument(
         "--params",
         nargs="+",
         default=[],
@@ -398,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--seeds must be distinct non-negative integers: {seeds}")
     command = " ".join(["python -m starft_pipeline.study", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    runs, finetune_dataset = run_study(grid, seeds, project_path, args.env, args.name, not args.skip_upstream, extra)
+    runs, finetune_dataset = run_study(
+        grid, seeds, project_path, args.env, args.name, not args.skip_upstream, extra, args.rows_from
+    )
     wall_s = time.perf_counter() - started
     run_walls = runs[runs["cell"] != ZERO_SHOT].drop_duplicates(["cell", "seed"])["wall_s"]
     summary = {

@@ -313,3 +313,39 @@ def test_the_study_writes_its_frontier_from_the_reference_curves(tmp_path):
         ("cell_a", "waterbirds_like/test", "worst_group_acc")
     ]
     assert a["gain_mean"] == pytest.approx(0.03) and set(frontiers["seed"]) == {0, 1, 2}
+
+
+def test_rows_of_a_copy_are_imported_once_with_their_curves(tmp_path):
+    from starft_pipeline.study import curves_path, import_rows, read_runs
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir(), theirs.mkdir()
+    path = mine / "s_runs.csv"
+
+    def rows(cells_seeds):
+        return pd.DataFrame(
+            [
+                {"cell": c, "seed": k, "split": "toy/val", "avg_acc": 0.5, "settings_key": f"{c}{k}"}
+                for c, k in cells_seeds
+            ]
+        )
+
+    rows([("zero_shot", 0), ("flyp", 0), ("a", 0)]).to_csv(path, index=False)
+    pd.DataFrame({"method": ["flyp"], "alpha": [1.0], "seed": [0]}).to_csv(curves_path(path), index=False)
+    rows([("zero_shot", 3), ("flyp", 3), ("a", 3), ("a", 0)]).to_csv(theirs / "s_runs.csv", index=False)
+    pd.DataFrame({"method": ["flyp", "flyp"], "alpha": [1.0, 1.0], "seed": [3, 0]}).to_csv(
+        theirs / "s_curves.csv", index=False
+    )
+    assert import_rows(path, theirs) == 2  # flyp and a of seed 3; a seed 0 is already here, zero-shot too
+    merged = read_runs(path)
+    assert sorted(zip(merged["cell"], merged["seed"])) == [
+        ("a", 0),
+        ("a", 3),
+        ("flyp", 0),
+        ("flyp", 3),
+        ("zero_shot", 0),
+    ]
+    assert sorted(read_runs(curves_path(path))["seed"]) == [0, 3]
+    assert import_rows(path, theirs) == 0 and len(read_runs(path)) == 5  # a second import adds nothing
+    with pytest.raises(FileNotFoundError, match="--rows-from"):
+        import_rows(path, tmp_path)
