@@ -315,8 +315,9 @@ def write_outputs(
 
 FRONTIER_NOTE = (
     "Each method's OOD metric minus its seed's {reference} WiSE-FT curve at the method's ID accuracy "
-    "(the fine-tuned data set's test adjusted average), mean over seeds with a t-interval; seeds "
-    "where the method's ID accuracy lies outside the curve's range have no gain (`outside curve`). docs/frontier.md."
+    "(the fine-tuned data set's test adjusted average), mean over seeds with a t-interval. `outside curve` counts "
+    "the seeds outside the curve's ID range: above it a method is compared with {reference} itself (the curve's "
+    "end), below it it has no gain. docs/frontier.md."
 )
 
 

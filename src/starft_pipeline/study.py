@@ -317,7 +317,7 @@ def write_outputs(
     name = summary["name"]
     table = paired_table(runs, [cell.name for cell in grid.cells], grid.reference, confidence=grid.confidence)
     split = grid.selection.split or default_selection_split(list(runs["split"]), finetune_dataset)
-    chosen = chosen_cell(runs, table, grid, split, finetune_dataset, folder / f"{name}_curves.csv")
+    chosen, validation_frontier = chosen_cell(runs, table, grid, split, finetune_dataset, folder / f"{name}_curves.csv")
     summary |= {"selection": {"split": split, "rule": selection_rule(grid.selection, split), "chosen": chosen}}
     paths = [folder / f"{name}_table.csv", folder / f"{name}_table.md", folder / f"{name}_recovered.png"]
     with atomic_path(paths[0]) as tmp:
@@ -325,8 +325,14 @@ def write_outputs(
     document = study_markdown(table, grid, split, chosen, summary)
     frontier = study_frontier(runs, folder / f"{name}_curves.csv", grid, finetune_dataset)
     if frontier is not None:
+        primary = frontier[1][frontier[1]["method"] == chosen]
+        document += f"\n## The selected cell at equal in-distribution accuracy (test)\n\n`{chosen}`:\n\n"
+        document += frontier_markdown(primary, grid.reference, grid.confidence) + "\n"
         document += f"\n## Frontier\n\n{FRONTIER_NOTE.format(reference=grid.reference)}\n\n"
         document += frontier_markdown(frontier[1], grid.reference, grid.confidence) + "\n"
+    if validation_frontier is not None:
+        document += "\n## Frontier on validation (what the selection ranked)\n\n"
+        document += frontier_markdown(validation_frontier, grid.reference, grid.confidence) + "\n"
     with atomic_path(paths[1]) as tmp:
         tmp.write_text(document, encoding="utf-8")
     with atomic_path(paths[2]) as tmp:
@@ -339,16 +345,17 @@ def write_outputs(
 
 def chosen_cell(
     runs: pd.DataFrame, table: pd.DataFrame, grid: StudyGrid, split: str, finetune_dataset: str, curves_file: Path
-) -> str:
-    """The grid's selection rule applied on validation ``split``: by paired difference or on the frontier."""
+) -> tuple[str, pd.DataFrame | None]:
+    """The grid's selection rule applied on validation ``split``: by paired difference, or on the frontier
+    (then also the validation frontier's intervals it ranked, for the report)."""
     selection = grid.selection
     if selection.by == "difference":
-        return select_cell(table, split, selection.metric, selection.tie_break)
+        return select_cell(table, split, selection.metric, selection.tie_break), None
     frontier = study_frontier(runs, curves_file, grid, finetune_dataset, split="val")
     if frontier is None:
         raise ValueError(f"selection.by: frontier needs the reference's WiSE-FT curves ({curves_file} is empty)")
     cells = [cell.name for cell in grid.cells]
-    return select_on_frontier(frontier[1], cells, split, selection.metric, selection.tie_break)
+    return select_on_frontier(frontier[1], cells, split, selection.metric, selection.tie_break), frontier[1]
 
 
 def study_frontier(
