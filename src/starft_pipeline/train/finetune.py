@@ -11,7 +11,7 @@ run over the gathered batch (``distributed``), and nothing in the step reads a d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -193,6 +193,12 @@ class TrainState:
         if self.encoders is None:
             self.encoders = Encoders(self.model, self.model.logit_scale.device)
 
+    @property
+    def step_encoders(self) -> Encoders:
+        """What the loss functions call (set by ``__post_init__``, so never None)."""
+        assert self.encoders is not None
+        return self.encoders
+
 
 def build_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
     return adamw(model, config.lr, config.weight_decay)
@@ -217,6 +223,37 @@ def setup_state(
     return TrainState(model, optimizer, scheduler, encoders=encoders, context=context)
 
 
+def step_batch_maker(
+    loaded: LoadedModel,
+    state: TrainState,
+    data: TrainData,
+    indices: torch.Tensor,
+    config: FinetuneConfig,
+    reg_weight: float,
+    device: torch.device,
+) -> Callable[[BatchRows], StepBatch]:
+    """The :class:`StepBatch` of each micro-batch of the step ``state.step`` over ``indices``.
+
+    Every micro-batch draws from the step's own generator (seed, epoch, step), so the draws are the same
+    for each and a step can be recomputed (``gradient_norms``) exactly as it is trained.
+    """
+
+    def batch_of(rows: BatchRows) -> StepBatch:
+        generator = seeded_generator(config.seed, state.epoch, state.step)
+        return StepBatch(loaded, state.step_encoders, data, indices, config, reg_weight, generator, device, rows)
+
+    return batch_of
+
+
+def epoch_step_indices(
+    data: TrainData, config: FinetuneConfig, state: TrainState
+) -> tuple[int, Iterator[torch.Tensor]]:
+    """Epoch ``state.epoch``'s number of steps and each step's sample indices (the loader's order)."""
+    batches = epoch_batches(len(data.images), config, state.epoch)
+    plan = micro_batch_rows(len(batches[0]), config.grad_accum_steps, state.context)
+    return len(batches), epoch_steps(data.images, batches, torch.cat([rows.local for rows in plan]))
+
+
 def training_step(
     loaded: LoadedModel,
     state: TrainState,
@@ -232,16 +269,14 @@ def training_step(
     losses come back as detached device tensors (reading them is a sync: :func:`read_records`).
     """
     losses_of = step_losses(config.method)
-    encoders = state.encoders
-    assert encoders is not None  # set by TrainState.__post_init__
+    batch_of = step_batch_maker(loaded, state, data, indices, config, reg_weight, device)
 
     def micro_batch(rows: BatchRows) -> Losses:
-        generator = seeded_generator(config.seed, state.epoch, state.step)  # the step's draws, the same for each
-        return losses_of(StepBatch(loaded, encoders, data, indices, config, reg_weight, generator, device, rows))
+        return losses_of(batch_of(rows))
 
     state.optimizer.zero_grad(set_to_none=True)
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
-    total, losses = accumulate_gradients(micro_batch, plan, encoders)
+    total, losses = accumulate_gradients(micro_batch, plan, state.step_encoders)
     lr = optimizer_step(state.model, state.optimizer, state.scheduler)
     record: dict[str, float | torch.Tensor] = {**losses, "loss": total, "reg_weight": reg_weight, "lr": lr}
     return record
@@ -342,14 +377,13 @@ def run_epoch(loaded: LoadedModel, state: TrainState, data: TrainData, config: F
     """
     device = state.model.logit_scale.device
     reg_weight = diminishing_weight(config.reg_weight, state.epoch, config.epochs, config.diminishing)
-    batches = epoch_batches(len(data.images), config, state.epoch)
-    plan = micro_batch_rows(len(batches[0]), config.grad_accum_steps, state.context)
+    n_steps, step_indices = epoch_step_indices(data, config, state)
     meter = EpochMeter(device)
     show = config.progress and state.context.is_main
     with progress_bar(
-        len(batches), f"{config.method} epoch {state.epoch + 1}/{config.epochs}", show, leave=False, unit="steps"
+        n_steps, f"{config.method} epoch {state.epoch + 1}/{config.epochs}", show, leave=False, unit="steps"
     ) as bar:
-        for indices in epoch_steps(data.images, batches, torch.cat([rows.local for rows in plan])):
+        for indices in step_indices:
             meter.start_step()
             record = training_step(loaded, state, data, indices, config, reg_weight, device)
             state.step += 1

@@ -22,11 +22,18 @@ import pandas as pd
 import torch
 
 from starft_pipeline.core.distributed import BatchRows, micro_batch_rows
-from starft_pipeline.data.streaming import epoch_steps
 from starft_pipeline.models.clip import LoadedModel
-from starft_pipeline.train.batches import StepBatch, TrainData, epoch_batches, seeded_generator
+from starft_pipeline.train.batches import TrainData
 from starft_pipeline.train.engine import accumulate_gradients
-from starft_pipeline.train.finetune import FinetuneConfig, TrainState, check_train_data, setup_state, training_step
+from starft_pipeline.train.finetune import (
+    FinetuneConfig,
+    TrainState,
+    check_train_data,
+    epoch_step_indices,
+    setup_state,
+    step_batch_maker,
+    training_step,
+)
 from starft_pipeline.train.losses import diminishing_weight
 from starft_pipeline.train.optim import steps_per_epoch
 from starft_pipeline.train.step_losses import Losses, step_losses
@@ -83,21 +90,18 @@ def regulariser_gradient_norm(
     global RNG (dropout) is restored, so the step that follows is untouched.
     """
     losses_of = step_losses(config.method)
-    encoders = state.encoders
-    assert encoders is not None  # set by TrainState.__post_init__
     at_scale = dataclasses.replace(data, teacher_scale=scale)
+    batch_of = step_batch_maker(loaded, state, at_scale, indices, config, MEASURING_WEIGHT, device)
     plan = micro_batch_rows(len(indices), config.grad_accum_steps, state.context)
 
     def regulariser_only(rows: BatchRows) -> Losses:
-        generator = seeded_generator(config.seed, state.epoch, state.step)
-        batch = StepBatch(loaded, encoders, at_scale, indices, config, MEASURING_WEIGHT, generator, device, rows)
-        _, parts = losses_of(batch)
+        _, parts = losses_of(batch_of(rows))
         return parts["regulariser"], {}
 
     trainable = [p for p in state.model.parameters() if p.requires_grad]
     state.optimizer.zero_grad(set_to_none=True)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        value, _ = accumulate_gradients(regulariser_only, plan, encoders)
+        value, _ = accumulate_gradients(regulariser_only, plan, state.step_encoders)
     norm = gradient_norm(trainable)
     state.optimizer.zero_grad(set_to_none=True)
     return float(value), float(norm)
@@ -164,9 +168,8 @@ def measure_gradient_norms(
     records: list[dict[str, float]] = []
     while state.step < steps:
         reg_weight = diminishing_weight(config.reg_weight, state.epoch, config.epochs, config.diminishing)
-        batches = epoch_batches(len(data.images), config, state.epoch)
-        plan = micro_batch_rows(len(batches[0]), config.grad_accum_steps, state.context)
-        for indices in epoch_steps(data.images, batches, torch.cat([rows.local for rows in plan])):
+        _, step_indices = epoch_step_indices(data, config, state)
+        for indices in step_indices:
             for scale in compared:
                 value, norm = regulariser_gradient_norm(loaded, state, data, indices, config, device, scale)
                 row = {"step": state.step + 1, "epoch": state.epoch, "scale": scale, "regulariser": value}
