@@ -215,17 +215,14 @@ def import_rows(path: Path, folder: Path) -> int:
     if theirs.empty:
         raise FileNotFoundError(f"--rows-from {folder}: no {path.name} there (run the study in that copy first)")
     mine = read_runs(path)
-    have_pairs = set(zip(mine["cell"], mine["seed"].astype(int)))
-    is_zero_shot = theirs["cell"] == ZERO_SHOT
-    pairs = list(zip(theirs["cell"], theirs["seed"].astype(int)))
-    wanted = [(not zero and pair not in have_pairs) for zero, pair in zip(is_zero_shot, pairs)]
-    if (mine["cell"] == ZERO_SHOT).any():
-        new = theirs[wanted]
-    else:
-        new = theirs[[want or zero for want, zero in zip(wanted, is_zero_shot)]]
-    if not new.empty:
-        append_runs(path, new)
-    return len({pair for pair, want in zip(pairs, wanted) if want})
+    pairs = pd.MultiIndex.from_arrays([theirs["cell"], theirs["seed"].astype(int)])
+    missing = ~pairs.isin(list(zip(mine["cell"], mine["seed"].astype(int))))
+    zero_shot = (theirs["cell"] == ZERO_SHOT).to_numpy()
+    new_runs = missing & ~zero_shot
+    take = new_runs | (zero_shot & ~(mine["cell"] == ZERO_SHOT).any())
+    if take.any():
+        append_runs(path, theirs[take])
+    return len(set(pairs[new_runs]))
 
 
 def run_job(
