@@ -389,7 +389,7 @@ def describe(
             pool = OBJECT_CAPTION_TEMPLATES if rng.random() < 0.5 else BACKGROUND_CAPTION_TEMPLATES
         else:
             pool = CAPTION_TEMPLATES
-        return _fill(pool[int(rng.integers(len(pool)))], obj, bg, None, (object_id, background_id, None))
+        return _fill(pool[int(rng.integers(len(pool)))], obj, bg, (object_id, background_id, None))
     colour = COLOURS[_check_id(colour_id, COLOURS, "colour_id")]
     coloured_object = rng.random() < colour_prob
     if coloured_object:
@@ -399,19 +399,28 @@ def describe(
         pool = pools[int(rng.integers(len(pools)))]
     else:
         pool = CAPTION_TEMPLATES
-    colour_named = pool is COLOUR_CAPTION_TEMPLATES or (coloured_object and pool is not BACKGROUND_CAPTION_TEMPLATES)
-    ids = (object_id, background_id, colour_id if colour_named else None)
-    return _fill(pool[int(rng.integers(len(pool)))], obj, bg, colour, ids)
+    ids = (object_id, background_id, colour_id)
+    return _fill(pool[int(rng.integers(len(pool)))], obj, bg, ids, colour, coloured_object)
 
 
-def _fill(template: str, obj: str, bg: str, colour: str | None, ids: tuple[int, int, int | None]) -> Caption:
-    """The template filled in, keeping the ids of the concepts its slots name ("a magenta shape." names no object)."""
+def _fill(
+    template: str,
+    obj: str,
+    bg: str,
+    ids: tuple[int, int, int | None],
+    colour: str | None = None,
+    coloured_object: bool = False,
+) -> Caption:
+    """The template filled in, keeping the ids of the concepts it names: its slots, and the colour when it
+    has a ``{colour}`` slot or an ``{object}`` slot holding the coloured object ("a magenta circle.")."""
     object_id, background_id, colour_id = ids
+    names_object = "{object}" in template
+    names_colour = "{colour}" in template or (names_object and coloured_object)
     return Caption(
         template.format(object=obj, background=bg, colour=colour),
-        object_id if "{object}" in template else None,
+        object_id if names_object else None,
         background_id if "{background}" in template else None,
-        colour_id if ("{object}" in template or "{colour}" in template) else None,
+        colour_id if names_colour else None,
     )
 
 
